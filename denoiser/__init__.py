@@ -1,0 +1,4 @@
+"""The denoising model, its streaming state, the batching engine, training and evaluation.
+
+`denoiser` never imports `sfu`.
+"""

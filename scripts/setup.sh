@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install denoise-sfu into it (editable), with torch's CPU build.
+#   scripts/setup.sh          runtime only (demo server)
+#   scripts/setup.sh --dev    plus evaluation anchors and the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+
+PYTHON="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# torch: the CPU build (this workplace keeps torch 2.13.0+cpu on disk, pip's find-links picks it
+# up); elsewhere the CPU index serves it. Users with GPUs install a CUDA build of torch instead.
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install --quiet "torch==2.13.0" 2>/dev/null \
+    || python -m pip install --quiet "torch>=2.3,<3" --index-url https://download.pytorch.org/whl/cpu
+fi
+python -m pip install --quiet -e ".${extras}"
