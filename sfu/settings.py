@@ -1,0 +1,134 @@
+"""One settings object for the SFU, read from CLI flags and `DENOISE_SFU_*` variables.
+
+Precedence: a flag given on the command line, then the environment variable, then the
+default. Every flag `--foo-bar` has the variable `DENOISE_SFU_FOO_BAR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from denoiser.paths import WEB_DIR
+
+ENV_PREFIX = "DENOISE_SFU_"
+ENGINES = ("local", "workers")
+MODES = ("auto", "on", "off")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `serve` (and `create_app`) is configured by."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str | None = None
+    secret: str = ""
+    redis: str | None = None
+    engine: str = "local"
+    device: str = "cpu"
+    web_dir: Path = WEB_DIR
+    ice_servers: tuple[str, ...] = ()
+    max_sdp_bytes: int = 64 * 1024
+    max_sessions_per_room: int = 64
+    connect_timeout: float = 30.0
+    token_ttl: int = 3600
+    log_level: str = "info"
+    log_format: str = "json"
+    secret_generated: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise SettingsError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is out of range")
+        if self.max_sdp_bytes < 1024:
+            raise SettingsError("max_sdp_bytes must be at least 1024")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError("log_format must be json or text")
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients reach this server at (public_url, else derived from host/port)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def with_secret(self) -> Settings:
+        """These settings, with a fresh random secret if none was configured."""
+        if self.secret:
+            return self
+        return dataclasses.replace(self, secret=secrets.token_urlsafe(32), secret_generated=True)
+
+
+# (flag, field, type converter, help). The flag is also the env variable name.
+_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--host", "host", str, "address to listen on"),
+    ("--port", "port", int, "port to listen on"),
+    ("--public-url", "public_url", str, "URL clients reach this server at"),
+    ("--secret", "secret", str, "HMAC secret for room tokens (random if unset)"),
+    ("--redis", "redis", str, "Redis URL for placement across nodes"),
+    ("--engine", "engine", str, "where denoising runs: local (in-process) or workers"),
+    ("--device", "device", str, "device of the local engine: cpu or cuda"),
+    ("--web-dir", "web_dir", Path, "directory of the demo page served at /"),
+    ("--ice-server", "ice_servers", str, "STUN/TURN URL offered to peers (repeatable; "
+     "comma-separated in the environment)"),
+    ("--max-sdp-bytes", "max_sdp_bytes", int, "largest SDP body accepted"),
+    ("--max-sessions-per-room", "max_sessions_per_room", int, "publishers + subscribers per room"),
+    ("--connect-timeout", "connect_timeout", float, "seconds a peer may take to connect"),
+    ("--token-ttl", "token_ttl", int, "lifetime of tokens this server issues (seconds)"),
+    ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--log-format", "log_format", str, "json or text"),
+)
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every settings flag; defaults are None so that the environment can fill them."""
+    for flag, dest, conv, help_text in _OPTIONS:
+        kwargs: dict[str, Any] = {"dest": dest, "default": None,
+                                  "help": f"{help_text} [{env_name(flag)}]"}
+        if dest == "ice_servers":
+            kwargs["action"] = "append"
+        elif dest == "engine":
+            kwargs["choices"] = ENGINES
+        else:
+            kwargs["type"] = conv
+        parser.add_argument(flag, **kwargs)
+
+
+def from_sources(args: argparse.Namespace | None = None,
+                 env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from parsed flags (if any) over `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for flag, dest, conv, _ in _OPTIONS:
+        given = getattr(args, dest, None) if args is not None else None
+        if given is not None:
+            values[dest] = tuple(given) if dest == "ice_servers" else given
+            continue
+        raw = env.get(env_name(flag))
+        if raw is None or raw == "":
+            continue
+        try:
+            if dest == "ice_servers":
+                values[dest] = tuple(u.strip() for u in raw.split(",") if u.strip())
+            else:
+                values[dest] = conv(raw)
+        except ValueError as err:
+            raise SettingsError(f"{env_name(flag)}={raw!r}: {err}") from err
+    return Settings(**values)
