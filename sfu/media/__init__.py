@@ -1,0 +1,1 @@
+"""The SFU's audio path: decode once, denoise, encode once per speaker, fan the packets out."""

@@ -1,0 +1,84 @@
+"""One Opus encoder per speaker: mono 48 kHz, 20 ms packets, in-band FEC, VoIP mode.
+
+The packets it returns are handed unchanged to every subscriber's RTCRtpSender, which packs
+an `av.Packet` without re-encoding (aiortc's `OpusEncoder.pack`). Their `pts` count samples
+at 48 kHz from the first frame and never go back, so every sender's RTP timestamps stay
+monotonic, gaps included (a gap in pts is a gap in RTP time, which receivers conceal).
+"""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 48_000
+FRAME_SIZE = 960  # 20 ms
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+
+
+class OpusPacketEncoder:
+    """Encode exact 20 ms mono float32 frames to Opus `av.Packet`s with 48 kHz pts."""
+
+    #: Encoders created in this process so far (tests check: one per speaker, never per pair).
+    instances_created = 0
+
+    def __init__(self, bitrate: int = 32_000, packet_loss_percent: int = 10,
+                 start_pts: int = 0) -> None:
+        if not 6_000 <= bitrate <= 510_000:
+            raise ValueError(f"Opus bitrate must be 6-510 kbit/s, got {bitrate}")
+        codec = av.CodecContext.create("libopus", "w")
+        codec.sample_rate = SAMPLE_RATE
+        codec.layout = "mono"
+        codec.format = "s16"
+        codec.bit_rate = bitrate
+        codec.time_base = TIME_BASE
+        codec.options = {
+            "application": "voip",
+            "frame_duration": "20",
+            "fec": "1",
+            "packet_loss": str(packet_loss_percent),
+            "vbr": "on",
+        }
+        codec.open()
+        self._codec = codec
+        self._next_pts = start_pts
+        self._pts_offset: int | None = None
+        self.frames_encoded = 0
+        self.packets_out = 0
+        OpusPacketEncoder.instances_created += 1
+
+    @property
+    def next_pts(self) -> int:
+        """The pts (48 kHz samples) the next frame will get."""
+        return self._next_pts
+
+    def skip(self, samples: int) -> None:
+        """Leave a gap of `samples` in the timeline (publisher silent): pts jump, no packet."""
+        if samples < 0:
+            raise ValueError("cannot skip backwards")
+        self._next_pts += samples
+
+    def encode(self, samples: np.ndarray) -> list[av.Packet]:
+        """Encode one 960-sample float32 frame; returns the packet(s) it produced."""
+        if samples.shape != (FRAME_SIZE,):
+            raise ValueError(f"expected {FRAME_SIZE} mono samples, got shape {samples.shape}")
+        pcm = np.clip(samples, -1.0, 1.0)
+        pcm = np.round(pcm * 32767.0).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = TIME_BASE
+        frame.pts = self._next_pts
+        self._next_pts += FRAME_SIZE
+        packets = list(self._codec.encode(frame))
+        for packet in packets:
+            # libopus reports its pre-skip as a negative first pts; re-base the packets on the
+            # input timeline (monotonic, starting at 0), as aiortc's own encoder does.
+            if self._pts_offset is None:
+                self._pts_offset = frame.pts - packet.pts
+            packet.pts += self._pts_offset
+            packet.time_base = TIME_BASE
+        self.frames_encoded += 1
+        self.packets_out += len(packets)
+        return packets

@@ -1,0 +1,238 @@
+"""One speaker's audio path: decode once, denoise hop by hop, encode once, fan out.
+
+A single task reads the publisher's decoded frames, converts them to mono float32 at 48 kHz,
+cuts exact 10 ms hops, awaits `stream.process_hop` for each (the DenoisedStream decides what
+comes back: denoised, or the original when late or bypassed), joins the results into 20 ms
+frames, encodes each ONCE and hands the same `av.Packet` to every subscriber's track.
+
+Timeline and gaps (decided here, documented in docs/latency.md):
+- Output pts follow the publisher's RTP timeline, so they never go back.
+- A gap of up to 100 ms (lost packets) is filled with silence through the denoiser, so the
+  model state and the timeline stay continuous (counted as `hop_concealed`).
+- A longer gap is the publisher pausing: subscribers get nothing (their own jitter buffer
+  plays comfort noise / silence), and the output pts jump over the gap.
+- A frame older than the timeline (late, duplicate) is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from sfu.media.encoder import SAMPLE_RATE, OpusPacketEncoder
+from sfu.media.fanout import DEFAULT_QUEUE_PACKETS, FanOut, PacketTrack
+from sfu.media.hops import HOP_SIZE, FrameAssembler, FrameConverter, HopCutter
+from sfu.media.metrics import MediaMetricsLike
+from sfu.media.receiver import PacketArrivals
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCEALED_SAMPLES = SAMPLE_RATE // 10  # 100 ms
+
+
+class HopStream(Protocol):
+    """What the pipeline needs of `denoiser.stream.DenoisedStream`."""
+
+    mode: str
+
+    async def process_hop(self, raw: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class PipelineCounters:
+    """Every frame, hop and packet that went in, out, or was dropped (for the bench)."""
+
+    frames_in: int = 0
+    frames_late: int = 0
+    frames_bad: int = 0
+    hops_in: int = 0
+    hops_concealed: int = 0
+    hops_stream_error: int = 0
+    hops_out: int = 0
+    publisher_pauses: int = 0
+    samples_paused: int = 0
+    packets_out: int = 0
+    raw_packets_out: int = 0
+    subscriber_drops: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class SpeakerPipeline:
+    """The audio path of one publisher's track (see module docstring)."""
+
+    def __init__(self, source: MediaStreamTrack, stream: HopStream, metrics: MediaMetricsLike,
+                 *, bitrate: int = 32_000, max_queue: int = DEFAULT_QUEUE_PACKETS,
+                 arrivals: PacketArrivals | None = None) -> None:
+        if source.kind != "audio":
+            raise ValueError(f"SpeakerPipeline needs an audio track, got {source.kind!r}")
+        self.source = source
+        self.stream = stream
+        self.metrics = metrics
+        self.counters = PipelineCounters()
+        self._arrivals = arrivals if arrivals is not None else getattr(
+            source, "packet_arrivals", None)
+        self._bitrate = bitrate
+        self._converter = FrameConverter(SAMPLE_RATE)
+        self._cutter = HopCutter(HOP_SIZE)
+        self._assembler = FrameAssembler()
+        self._raw_assembler = FrameAssembler()
+        self.encoder = OpusPacketEncoder(bitrate)
+        self.raw_encoder: OpusPacketEncoder | None = None  # created on the first raw_subscribe
+        self._fanout = FanOut(max_queue, self._count_drop)
+        self._raw_fanout = FanOut(max_queue, self._count_drop)
+        self._expected_pts: int | None = None  # next input sample (48 kHz) on the timeline
+        self._task: asyncio.Task[None] | None = None
+        self._events = metrics.media_events
+        self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
+        self.record_latencies = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self.stream.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self.stream.mode = value
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._fanout) + len(self._raw_fanout)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._fanout.close()
+        self._raw_fanout.close()
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    def subscribe(self) -> PacketTrack:
+        """A new track of the denoised packets, for one subscriber's RTCRtpSender."""
+        return self._fanout.subscribe()
+
+    def raw_subscribe(self) -> PacketTrack:
+        """A new track of the undenoised audio (encoded once too), for the comparison."""
+        if self.raw_encoder is None:
+            self.raw_encoder = OpusPacketEncoder(self._bitrate, start_pts=self.encoder.next_pts)
+        return self._raw_fanout.subscribe()
+
+    def unsubscribe(self, track: MediaStreamTrack) -> None:
+        self._fanout.unsubscribe(track)
+        self._raw_fanout.unsubscribe(track)
+
+    # -- the task -----------------------------------------------------------------------------
+
+    def _count(self, event: str, n: int = 1) -> None:
+        self._events.labels(event=event).inc(n)
+
+    def _count_drop(self, n: int) -> None:
+        self.counters.subscriber_drops += n
+        self._count("subscriber_drop", n)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    frame = await self.source.recv()
+                except MediaStreamError:
+                    break
+                await self._handle_frame(frame)
+        finally:
+            self._fanout.close()
+            self._raw_fanout.close()
+
+    async def _handle_frame(self, frame) -> None:
+        received = time.monotonic()
+        self.counters.frames_in += 1
+        self._count("frame_in")
+        arrived = self._arrivals.pop(frame.pts) if self._arrivals is not None else None
+        try:
+            samples = self._converter.convert(frame)
+        except (ValueError, TypeError) as exc:
+            logger.warning("dropping unconvertible audio frame: %s", exc)
+            self.counters.frames_bad += 1
+            self._count("frame_bad")
+            return
+        start = self._timeline_position(frame)
+        if start is not None and self._expected_pts is not None:
+            gap = start - self._expected_pts
+            if gap <= -samples.shape[0]:
+                self.counters.frames_late += 1
+                self._count("frame_late")
+                return
+            if 0 < gap <= MAX_CONCEALED_SAMPLES:
+                await self._process(np.zeros(gap, dtype=np.float32), concealed=True,
+                                    arrived=arrived or received)
+            elif gap > MAX_CONCEALED_SAMPLES:
+                self.counters.publisher_pauses += 1
+                self.counters.samples_paused += gap
+                self._count("publisher_pause")
+                self.encoder.skip(gap)
+                if self.raw_encoder is not None:
+                    self.raw_encoder.skip(gap)
+        if start is not None:
+            self._expected_pts = start + samples.shape[0]
+        await self._process(samples, concealed=False, arrived=arrived or received)
+
+    def _timeline_position(self, frame) -> int | None:
+        if frame.pts is None:
+            return None
+        if frame.time_base is None:
+            return int(frame.pts)
+        return round(frame.pts * frame.time_base * SAMPLE_RATE)
+
+    async def _process(self, samples: np.ndarray, *, concealed: bool, arrived: float) -> None:
+        for hop in self._cutter.push(samples):
+            if concealed:
+                self.counters.hops_concealed += 1
+                self._count("hop_concealed")
+            else:
+                self.counters.hops_in += 1
+                self._count("hop_in")
+            try:
+                out = await self.stream.process_hop(hop)
+                if out.shape != (HOP_SIZE,):
+                    raise ValueError(f"stream returned shape {out.shape}")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("DenoisedStream failed; sending the original hop")
+                self.counters.hops_stream_error += 1
+                self._count("hop_stream_error")
+                out = hop
+            self.counters.hops_out += 1
+            for frame in self._assembler.push(out):
+                for packet in self.encoder.encode(frame):
+                    self._fanout.publish(packet)
+                    self.counters.packets_out += 1
+                    self._count("packet_out")
+                    latency = time.monotonic() - arrived
+                    self.metrics.server_added_latency.observe(latency)
+                    if self.record_latencies:
+                        self.latencies.append(latency)
+            if self.raw_encoder is not None:
+                for frame in self._raw_assembler.push(hop):
+                    for packet in self.raw_encoder.encode(frame):
+                        self._raw_fanout.publish(packet)
+                        self.counters.raw_packets_out += 1
+                        self._count("raw_packet_out")
