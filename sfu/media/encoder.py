@@ -44,7 +44,6 @@ class OpusPacketEncoder:
         codec.open()
         self._codec = codec
         self._next_pts = start_pts
-        self._pts_offset: int | None = None
         self.frames_encoded = 0
         self.packets_out = 0
         OpusPacketEncoder.instances_created += 1
@@ -72,12 +71,12 @@ class OpusPacketEncoder:
         frame.pts = self._next_pts
         self._next_pts += FRAME_SIZE
         packets = list(self._codec.encode(frame))
+        if len(packets) > 1:  # libopus gives exactly one packet per 20 ms frame
+            raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one frame")
         for packet in packets:
-            # libopus reports its pre-skip as a negative first pts; re-base the packets on the
-            # input timeline (monotonic, starting at 0), as aiortc's own encoder does.
-            if self._pts_offset is None:
-                self._pts_offset = frame.pts - packet.pts
-            packet.pts += self._pts_offset
+            # libopus stamps packets by its own sample count (minus its pre-skip) and ignores
+            # gaps in the input pts; stamp them with the frame's place on our timeline instead.
+            packet.pts = packet.dts = frame.pts
             packet.time_base = TIME_BASE
         self.frames_encoded += 1
         self.packets_out += len(packets)

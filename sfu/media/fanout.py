@@ -60,11 +60,14 @@ class PacketTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._wakeup.clear()
             await self._wakeup.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
         self.packets_sent += 1
         return self._queue.popleft()
 
     def stop(self) -> None:
         super().stop()
+        self._queue.clear()
         self._wakeup.set()  # wake a pending recv() so that it raises MediaStreamError
 
 

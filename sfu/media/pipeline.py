@@ -29,7 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from sfu.media.encoder import SAMPLE_RATE, OpusPacketEncoder
 from sfu.media.fanout import DEFAULT_QUEUE_PACKETS, FanOut, PacketTrack
 from sfu.media.hops import HOP_SIZE, FrameAssembler, FrameConverter, HopCutter
-from sfu.media.metrics import MediaMetricsLike
+from sfu.media.metrics import MetricsLike, media_events
 from sfu.media.receiver import PacketArrivals
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class PipelineCounters:
 class SpeakerPipeline:
     """The audio path of one publisher's track (see module docstring)."""
 
-    def __init__(self, source: MediaStreamTrack, stream: HopStream, metrics: MediaMetricsLike,
+    def __init__(self, source: MediaStreamTrack, stream: HopStream, metrics: MetricsLike,
                  *, bitrate: int = 32_000, max_queue: int = DEFAULT_QUEUE_PACKETS,
                  arrivals: PacketArrivals | None = None) -> None:
         if source.kind != "audio":
@@ -91,7 +91,8 @@ class SpeakerPipeline:
         self._raw_fanout = FanOut(max_queue, self._count_drop)
         self._expected_pts: int | None = None  # next input sample (48 kHz) on the timeline
         self._task: asyncio.Task[None] | None = None
-        self._events = metrics.media_events
+        self._events = media_events(metrics.registry)
+        self._drops = metrics.frames_dropped
         self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
         self.record_latencies = False
 
@@ -147,7 +148,7 @@ class SpeakerPipeline:
 
     def _count_drop(self, n: int) -> None:
         self.counters.subscriber_drops += n
-        self._count("subscriber_drop", n)
+        self._drops.labels("subscriber_queue").inc(n)
 
     async def _run(self) -> None:
         try:
@@ -171,14 +172,14 @@ class SpeakerPipeline:
         except (ValueError, TypeError) as exc:
             logger.warning("dropping unconvertible audio frame: %s", exc)
             self.counters.frames_bad += 1
-            self._count("frame_bad")
+            self._drops.labels("input_bad").inc()
             return
         start = self._timeline_position(frame)
         if start is not None and self._expected_pts is not None:
             gap = start - self._expected_pts
             if gap <= -samples.shape[0]:
                 self.counters.frames_late += 1
-                self._count("frame_late")
+                self._drops.labels("input_late").inc()
                 return
             if 0 < gap <= MAX_CONCEALED_SAMPLES:
                 await self._process(np.zeros(gap, dtype=np.float32), concealed=True,
@@ -227,7 +228,7 @@ class SpeakerPipeline:
                     self.counters.packets_out += 1
                     self._count("packet_out")
                     latency = time.monotonic() - arrived
-                    self.metrics.server_added_latency.observe(latency)
+                    self.metrics.server_latency.observe(latency)
                     if self.record_latencies:
                         self.latencies.append(latency)
             if self.raw_encoder is not None:
