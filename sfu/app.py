@@ -1,0 +1,188 @@
+"""The SFU's aiohttp application: WHIP/WHEP, health, metrics, the demo page, the room socket.
+
+`create_app(settings, engine=None)` wires the pieces: a `RoomRegistry` whose pipelines are
+`SpeakerPipeline(track, DenoisedStream(engine, ...), metrics)`, the WHIP/WHEP handlers, and
+the engine. With `engine=None` the app builds the engine the settings ask for on startup and
+closes it on cleanup; an engine passed in belongs to the caller (started and closed by it).
+Everything the app shares is in one `SfuContext` at `app[CONTEXT]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from denoiser.engine import Engine
+from sfu.errors import ServiceUnavailable, error_middleware
+from sfu.metrics import CONTENT_TYPE, Metrics
+from sfu.rooms import Participant, Pipeline, RoomRegistry
+from sfu.settings import Settings, SettingsError
+from sfu.whip import WhipHandlers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class SfuContext:
+    """What every handler of one app shares."""
+
+    settings: Settings
+    metrics: Metrics
+    registry: RoomRegistry = field(init=False)
+    engine: Engine | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+CONTEXT = web.AppKey("denoise_sfu_context", SfuContext)
+
+
+def check_supported(settings: Settings) -> None:
+    """Refuse settings this version cannot serve yet, with a clear message."""
+    if not settings.secret:
+        raise SettingsError("a secret is required (--secret or DENOISE_SFU_SECRET)")
+    if settings.redis:
+        raise SettingsError("--redis (placement across SFU nodes) is not available yet; "
+                            "run a single node without it")
+    if settings.engine != "local":
+        raise SettingsError("--engine workers (the shared worker service) is not available "
+                            "yet; use --engine local")
+
+
+async def build_engine(settings: Settings) -> Engine:
+    """The in-process engine with the shipped model (loading runs off the event loop)."""
+    from denoiser.local_engine import LocalEngine
+    from denoiser.models import load_default_model
+
+    model = await asyncio.to_thread(load_default_model, settings.device)
+    return LocalEngine(model, device=settings.device)
+
+
+def _pipeline_factory(ctx: SfuContext):
+    def make(track, stream_id: str, mode: str) -> Pipeline:
+        from denoiser.stream import DenoisedStream
+        from sfu.media.pipeline import SpeakerPipeline
+
+        if ctx.engine is None:
+            raise ServiceUnavailable("the denoising engine is not running", "engine_unavailable")
+        stream = DenoisedStream(ctx.engine, stream_id, mode=mode)
+        return SpeakerPipeline(track, stream, ctx.metrics)
+    return make
+
+
+def _release(ctx: SfuContext):
+    def release(participant: Participant) -> None:
+        if ctx.engine is not None:
+            ctx.engine.close_stream(participant.stream_id)
+    return release
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as err:
+        status = err.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[CONTEXT].metrics.http_requests.labels(route, request.method,
+                                                          str(status)).inc()
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """The SFU application (see module docstring)."""
+    check_supported(settings)
+    metrics = Metrics()
+    ctx = SfuContext(settings=settings, metrics=metrics, engine=engine)
+    ctx.registry = RoomRegistry(_pipeline_factory(ctx), settings.max_sessions_per_room,
+                                on_pipeline_stopped=_release(ctx))
+    metrics.rooms.set_function(lambda: ctx.registry.room_count)
+    metrics.participants.set_function(lambda: ctx.registry.participant_count)
+    metrics.subscribers.set_function(lambda: ctx.registry.subscription_count)
+
+    app = web.Application(middlewares=[_count_requests, error_middleware],
+                          client_max_size=settings.max_sdp_bytes)
+    app[CONTEXT] = ctx
+    whip = WhipHandlers(ctx)
+    app.router.add_routes(whip.routes())
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    _add_ws(app)
+    _add_static(app, settings)
+
+    owns_engine = engine is None
+    background: list[asyncio.Task[None]] = []
+
+    async def on_startup(app: web.Application) -> None:
+        if ctx.engine is None:
+            ctx.engine = await build_engine(settings)
+            await ctx.engine.start()
+        background.append(asyncio.create_task(metrics.monitor_event_loop()))
+        log.info("sfu started", extra={"engine": type(ctx.engine).__name__})
+
+    async def on_shutdown(app: web.Application) -> None:
+        await whip.close()
+        await ctx.registry.close()
+
+    async def on_cleanup(app: web.Application) -> None:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if owns_engine and ctx.engine is not None:
+            await ctx.engine.close()
+            ctx.engine = None
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    engine_ok = ctx.engine is not None
+    body = {"status": "ok" if engine_ok else "starting",
+            "engine": type(ctx.engine).__name__ if engine_ok else None,
+            "rooms": ctx.registry.room_count, "participants": ctx.registry.participant_count,
+            "subscribers": ctx.registry.subscription_count,
+            "uptime_s": round(time.time() - ctx.started_at, 3)}
+    return web.json_response(body, status=200 if engine_ok else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[CONTEXT].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _add_ws(app: web.Application) -> None:
+    """The WebSocket room protocol (sfu/ws.py), once that module exists."""
+    try:
+        from sfu import ws
+    except ImportError as err:
+        if err.name != "sfu.ws":
+            raise
+        return
+    ws.setup(app)
+
+
+def _add_static(app: web.Application, settings: Settings) -> None:
+    index = settings.web_dir / "index.html"
+    if not index.is_file():
+        log.warning("no demo page", extra={"web_dir": str(settings.web_dir)})
+        return
+
+    async def serve_index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(index)
+
+    app.router.add_get("/", serve_index)
+    app.router.add_static("/", settings.web_dir, follow_symlinks=False)
