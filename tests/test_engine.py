@@ -1,0 +1,208 @@
+"""LocalEngine on CPU with a tiny real conv+GRU model: batching, state isolation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_engine_models import HOP, TinyConvGRU
+
+from denoiser.engine import EngineError, EngineFull
+from denoiser.local_engine import LocalEngine, default_buckets
+
+torch.set_num_threads(1)
+
+
+def audio(seed: int, hops: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(hops * HOP) * 0.1).astype(np.float32)
+
+
+def offline(model: TinyConvGRU, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)[None])[0].numpy()
+
+
+async def feed(engine: LocalEngine, sid: str, x: np.ndarray, chunk_hops: int = 1) -> np.ndarray:
+    outs = []
+    for i in range(0, x.size, chunk_hops * HOP):
+        outs.append(await engine.process(sid, x[i:i + chunk_hops * HOP]))
+    return np.concatenate(outs)
+
+
+@pytest.fixture
+def model() -> TinyConvGRU:
+    return TinyConvGRU().eval()
+
+
+async def test_batch_of_n_equals_n_singles(model: TinyConvGRU) -> None:
+    n, hops = 6, 25
+    inputs = [audio(i, hops) for i in range(n)]
+    async with LocalEngine(model, device="cpu", max_streams=8, tick_deadline=0.05) as engine:
+        for i in range(n):
+            engine.open_stream(f"s{i}")
+        outs = await asyncio.gather(*(feed(engine, f"s{i}", inputs[i]) for i in range(n)))
+        stats = engine.stats.snapshot()
+    # Streams really were batched together, not run one by one.
+    assert stats["batch_sizes"].get(n, 0) >= hops - 1
+    for i in range(n):
+        np.testing.assert_allclose(outs[i], offline(model, inputs[i]), atol=2e-6, rtol=1e-5)
+
+
+async def test_padding_to_buckets_does_not_change_output(model: TinyConvGRU) -> None:
+    inputs = [audio(10 + i, 8) for i in range(3)]
+    async with LocalEngine(model, device="cpu", max_streams=4, pad_to_bucket=True,
+                           tick_deadline=0.05) as engine:
+        for i in range(3):
+            engine.open_stream(f"s{i}")
+        outs = await asyncio.gather(*(feed(engine, f"s{i}", inputs[i]) for i in range(3)))
+    for i in range(3):  # batch 3 ran padded to bucket 4 through the scratch slot
+        np.testing.assert_allclose(outs[i], offline(model, inputs[i]), atol=2e-6, rtol=1e-5)
+
+
+async def test_streams_never_share_state_and_slots_are_reset(model: TinyConvGRU) -> None:
+    x = audio(1, 12)
+    y = audio(2, 12)
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.01) as engine:
+        engine.open_stream("a")
+        engine.open_stream("b")
+        first_a = await feed(engine, "a", x[: 6 * HOP])  # a has history, b has none
+        out_b, rest_a = await asyncio.gather(feed(engine, "b", y), feed(engine, "a", x[6 * HOP:]))
+        engine.close_stream("a")
+        engine.open_stream("c")  # reuses a's slot: must start from fresh state
+        out_c = await feed(engine, "c", y)
+    np.testing.assert_allclose(np.concatenate([first_a, rest_a]), offline(model, x), atol=2e-6)
+    np.testing.assert_allclose(out_b, offline(model, y), atol=2e-6)
+    np.testing.assert_allclose(out_c, offline(model, y), atol=2e-6)
+
+
+async def test_chunking_does_not_change_output(model: TinyConvGRU) -> None:
+    x = audio(3, 21)
+    results = []
+    for chunk in (1, 3, 7, 21):
+        async with LocalEngine(model, device="cpu", max_streams=1) as engine:
+            engine.open_stream("s")
+            results.append(await feed(engine, "s", x, chunk_hops=chunk))
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], atol=1e-6)
+
+
+async def test_table_grows_by_doubling_up_to_max(model: TinyConvGRU) -> None:
+    async with LocalEngine(model, device="cpu", max_streams=5, initial_slots=1) as engine:
+        seen = []
+        for i in range(5):
+            engine.open_stream(f"s{i}")
+            seen.append(engine.capacity)
+        assert seen == [1, 2, 4, 4, 5]
+        with pytest.raises(EngineFull):
+            engine.open_stream("s5")
+        with pytest.raises(EngineError, match="already open"):
+            engine.open_stream("s0")
+        # Every grown slot holds independent, correct state.
+        inputs = [audio(20 + i, 4) for i in range(5)]
+        outs = await asyncio.gather(*(feed(engine, f"s{i}", inputs[i]) for i in range(5)))
+    for i in range(5):
+        np.testing.assert_allclose(outs[i], offline(model, inputs[i]), atol=2e-6)
+
+
+@pytest.mark.parametrize(("bad", "match"), [
+    (np.zeros(HOP, dtype=np.float64), "float32"),
+    (np.zeros((2, HOP), dtype=np.float32), "1-D"),
+    (np.zeros(HOP + 1, dtype=np.float32), "multiple of the hop"),
+    (np.zeros(0, dtype=np.float32), "multiple of the hop"),
+    (np.full(HOP, np.nan, dtype=np.float32), "NaN"),
+    ([0.0] * HOP, "numpy array"),
+])
+async def test_bad_input_fails_only_that_caller(model: TinyConvGRU, bad: object,
+                                                match: str) -> None:
+    x = audio(4, 5)
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.01) as engine:
+        engine.open_stream("good")
+        engine.open_stream("bad")
+        good_task = asyncio.create_task(feed(engine, "good", x))
+        with pytest.raises(EngineError, match=match):
+            await engine.process("bad", bad)  # type: ignore[arg-type]
+        with pytest.raises(EngineError, match="unknown stream"):
+            await engine.process("nobody", x[:HOP])
+        np.testing.assert_allclose(await good_task, offline(model, x), atol=2e-6)
+        assert engine.stats.errors["bad_input"] == 1
+
+
+class NaNOnLoud(TinyConvGRU):
+    """Produces NaN for a stream whose hop peaks above 10 (a model blowing up on one input)."""
+
+    def step(self, hops, state):  # type: ignore[no-untyped-def]
+        out, new = super().step(hops, state)
+        loud = hops.abs().amax(dim=1, keepdim=True) > 10
+        return torch.where(loud, torch.full_like(out, float("nan")), out), new
+
+
+async def test_non_finite_output_fails_that_stream_and_resets_it() -> None:
+    model = NaNOnLoud().eval()
+    x = audio(5, 6)
+    loud = np.full(HOP, 20.0, dtype=np.float32)
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.05) as engine:
+        engine.open_stream("ok")
+        engine.open_stream("boom")
+        first, boom = await asyncio.gather(engine.process("ok", x[:HOP]),
+                                           engine.process("boom", loud),
+                                           return_exceptions=True)
+        assert isinstance(boom, EngineError) and "non-finite" in str(boom)
+        rest = await feed(engine, "ok", x[HOP:])
+        after = await feed(engine, "boom", x)  # fresh state after the reset
+    np.testing.assert_allclose(np.concatenate([first, rest]), offline(model, x), atol=2e-6)
+    np.testing.assert_allclose(after, offline(model, x), atol=2e-6)
+
+
+async def test_tick_waits_for_all_live_streams_or_the_deadline(model: TinyConvGRU) -> None:
+    hop = audio(6, 1)
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.3) as engine:
+        engine.open_stream("a")
+        await engine.process("a", hop)  # warm up
+        t0 = time.perf_counter()
+        await engine.process("a", hop)  # the only live stream: closes at once
+        alone = time.perf_counter() - t0
+        engine.open_stream("idle")
+        t0 = time.perf_counter()
+        await engine.process("a", hop)  # "idle" never sends: waits for the deadline
+        waited = time.perf_counter() - t0
+    assert alone < 0.15
+    assert 0.28 <= waited < 1.0
+
+
+async def test_close_fails_pending_and_later_calls(model: TinyConvGRU) -> None:
+    engine = LocalEngine(model, device="cpu", max_streams=2, tick_deadline=5.0)
+    await engine.start()
+    engine.open_stream("a")
+    engine.open_stream("idle")  # keeps a's hop waiting for the 5 s deadline
+    pending = asyncio.create_task(engine.process("a", audio(7, 1)))
+    await asyncio.sleep(0.05)
+    await engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        await pending
+    with pytest.raises(EngineError, match="closed"):
+        await engine.process("a", audio(7, 1))
+
+
+async def test_process_before_start_and_backlog_limit(model: TinyConvGRU) -> None:
+    engine = LocalEngine(model, device="cpu", max_streams=1, max_pending_hops=4)
+    engine.open_stream("a")
+    with pytest.raises(EngineError, match="not started"):
+        await engine.process("a", audio(8, 1))
+    async with engine:
+        with pytest.raises(EngineError, match="limit 4"):
+            await engine.process("a", audio(8, 5))
+        assert (await engine.process("a", audio(8, 4))).shape == (4 * HOP,)
+
+
+def test_device_and_bucket_choices(model: TinyConvGRU) -> None:
+    assert default_buckets(5) == (1, 2, 4, 8)
+    assert LocalEngine(model, device="auto").device.type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="CUDA is not available"):
+            LocalEngine(model, device="cuda")
+    with pytest.raises(ValueError, match="half"):
+        LocalEngine(model, device="cpu", half=True)
