@@ -1,0 +1,227 @@
+"""One live stream through an engine: denoised when it can be, the original when it must.
+
+`DenoisedStream.process_hop(raw)` always returns one hop, delayed by the engine's
+`latency_samples` whichever path it took: the model's output, or the raw input from a delay line
+of the same length. A hop takes the raw path when the mode is `off`, when the bypass detector
+(mode `auto`) asks to keep the original (DTMF, tones, music), when the engine answers after
+`deadline` ("late"), or when the engine fails ("engine_error"). Every change of path is smoothed
+by a short crossfade at the start of the hop, so switching never clicks; every hop is counted.
+
+The detector sees each raw hop as it arrives, and its decision is applied to the output hop that
+carries the same input time, i.e. `latency_samples` later: the detector gets that much look-ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from typing import Protocol
+
+import numpy as np
+
+from denoiser.engine import Engine, EngineError
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "on", "off")
+PASS_REASONS = ("mode_off", "late", "engine_error", "dtmf", "call_progress", "tone", "music")
+CROSSFADES = ("linear", "equal_power")
+
+
+class Detector(Protocol):
+    """What `denoiser.bypass.BypassDetector` offers: a reason to keep the original, or None."""
+
+    def update(self, hop: np.ndarray) -> str | None: ...
+
+
+def crossfade_curves(length: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(fade_out, fade_in) of `length` samples. Linear keeps correlated signals (speech in both
+    paths) at constant level; equal power keeps uncorrelated ones (the noise) at constant power."""
+    if kind not in CROSSFADES:
+        raise ValueError(f"crossfade must be one of {CROSSFADES}, got {kind!r}")
+    t = (np.arange(length, dtype=np.float64) + 0.5) / length
+    if kind == "linear":
+        fade_in = t
+        fade_out = 1.0 - t
+    else:
+        fade_in = np.sin(t * math.pi / 2)
+        fade_out = np.cos(t * math.pi / 2)
+    return fade_out.astype(np.float32), fade_in.astype(np.float32)
+
+
+class DenoisedStream:
+    """Per-stream wrapper around an `Engine` (see the module docstring)."""
+
+    def __init__(self, engine: Engine, stream_id: str, mode: str = "auto",
+                 detector: Detector | None = None, *, deadline: float | None = 0.02,
+                 crossfade_ms: float = 8.0, crossfade: str = "linear",
+                 keep_warm: bool = True, reopen_every_hops: int = 100) -> None:
+        self.engine = engine
+        self.stream_id = stream_id
+        self.detector = detector
+        self.deadline = deadline
+        self.keep_warm = keep_warm
+        self.hop_size = int(engine.hop_size)
+        self.latency_samples = int(engine.latency_samples)
+        fade_len = round(crossfade_ms * engine.sample_rate / 1000)
+        if not 1 <= fade_len <= self.hop_size:
+            raise ValueError(f"crossfade must be between 1 sample and one hop, got {fade_len}")
+        self._fade_out, self._fade_in = crossfade_curves(fade_len, crossfade)
+        self._offset_fade = np.linspace(1.0, 0.0, fade_len, endpoint=False, dtype=np.float32)
+        self._mode = "auto"
+        self.mode = mode
+        self.counters: dict[str, int] = {"denoised": 0, **dict.fromkeys(PASS_REASONS, 0)}
+        self.switches = 0
+        self._raw_tail = np.zeros(self.latency_samples, dtype=np.float32)
+        lags = -(-self.latency_samples // self.hop_size)
+        self._lags = sorted({self.latency_samples // self.hop_size, lags})
+        self._decisions: deque[str | None] = deque([None] * (lags + 1), maxlen=lags + 1)
+        self._path: str | None = None
+        self._last_out = np.float32(0.0)
+        self._background: set[asyncio.Task[np.ndarray]] = set()
+        self._reopen_every = max(1, reopen_every_hops)
+        self._hops_since_open_try = 0
+        self._open = False
+        self._closed = False
+        self._try_open()
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        self._mode = value
+
+    @property
+    def passed_through(self) -> int:
+        return sum(self.counters[r] for r in PASS_REASONS)
+
+    # -- engine session --------------------------------------------------------------------
+
+    def _try_open(self) -> None:
+        self._hops_since_open_try = 0
+        try:
+            self.engine.open_stream(self.stream_id)
+        except EngineError as exc:
+            log.warning("stream %s: engine refused it (%s); passing audio through",
+                        self.stream_id, exc)
+            self._open = False
+        else:
+            self._open = True
+
+    def close(self) -> None:
+        """Release the engine slot; hops still in flight are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._open:
+            self.engine.close_stream(self.stream_id)
+            self._open = False
+
+    def _keep_in_background(self, task: asyncio.Task[np.ndarray]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[np.ndarray]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a late or unwanted result has nowhere to go
+
+    async def _denoise(self, raw: np.ndarray, wait: bool) -> tuple[np.ndarray | None, str | None]:
+        """Send the hop to the engine; returns (output or None, reason it is missing)."""
+        if self._closed:
+            return None, "engine_error"
+        if not self._open:
+            self._hops_since_open_try += 1
+            if self._hops_since_open_try >= self._reopen_every:
+                self._try_open()
+            if not self._open:
+                return None, "engine_error"
+        task = asyncio.ensure_future(self.engine.process(self.stream_id, raw))
+        if not wait:
+            self._keep_in_background(task)
+            return None, None
+        if self.deadline is None:
+            await asyncio.wait({task})
+        else:
+            await asyncio.wait({task}, timeout=self.deadline)
+        if not task.done():
+            self._keep_in_background(task)  # the engine still advances this stream's state
+            return None, "late"
+        exc = task.exception()
+        if exc is not None:
+            if isinstance(exc, EngineError) and "unknown stream" in str(exc):
+                self._open = False  # e.g. a worker that restarted: open again soon
+            log.debug("stream %s: engine error %s", self.stream_id, exc)
+            return None, "engine_error"
+        return task.result(), None
+
+    # -- the audio path --------------------------------------------------------------------
+
+    def _delay_raw(self, raw: np.ndarray) -> np.ndarray:
+        if not self.latency_samples:
+            return raw
+        joined = np.concatenate([self._raw_tail, raw])
+        self._raw_tail = joined[self.hop_size:]
+        return joined[:self.hop_size]
+
+    def _aligned_decision(self, raw: np.ndarray) -> str | None:
+        """The detector's verdict for the input time carried by this output hop."""
+        decision = self.detector.update(raw) if self.detector is not None else None
+        self._decisions.append(decision)
+        for lag in self._lags:  # the one or two input hops this output hop overlaps
+            reason = self._decisions[-1 - lag]
+            if reason is not None:
+                return reason
+        return None
+
+    async def process_hop(self, raw: np.ndarray) -> np.ndarray:
+        """One hop in (float32[hop_size]), one hop out (delayed by `latency_samples`)."""
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.shape != (self.hop_size,):
+            raise ValueError(f"expected one mono hop of {self.hop_size} samples, "
+                             f"got shape {raw.shape}")
+        if not np.isfinite(raw).all():
+            raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+        delayed_raw = self._delay_raw(raw)
+        reason = self._aligned_decision(raw)
+        if self._mode == "off":
+            reason = "mode_off"
+        elif self._mode == "on":
+            reason = None
+        need_output = reason is None or self._path == "denoised"
+        if need_output or self.keep_warm:
+            denoised, missing = await self._denoise(raw, wait=need_output)
+        else:
+            denoised, missing = None, None
+        if reason is None and denoised is None:
+            reason = missing or "engine_error"
+        path = "denoised" if reason is None else "raw"
+        self.counters["denoised" if reason is None else reason] += 1
+        out = self._switch(path, denoised, delayed_raw)
+        self._last_out = out[-1]
+        return out
+
+    def _switch(self, path: str, denoised: np.ndarray | None, raw: np.ndarray) -> np.ndarray:
+        new = denoised if path == "denoised" else raw
+        assert new is not None
+        previous, self._path = self._path, path
+        if previous is None or previous == path:
+            return new
+        self.switches += 1
+        old = raw if previous == "raw" else denoised
+        n = self._fade_in.size
+        out = new.copy()
+        if old is not None:
+            out[:n] = old[:n] * self._fade_out + new[:n] * self._fade_in
+        else:
+            # The denoised hop never came: glide from the last sample sent onto the raw path.
+            out[:n] += (self._last_out - new[0]) * self._offset_fade
+        return out

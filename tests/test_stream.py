@@ -1,0 +1,171 @@
+"""DenoisedStream over a real LocalEngine: alignment, modes, crossfades, late and failed hops."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_engine_models import HOP, GainModel, TinyConvGRU
+
+from denoiser.local_engine import LocalEngine
+from denoiser.stream import DenoisedStream, crossfade_curves
+
+torch.set_num_threads(1)
+
+
+def sine(hops: int, freq: float = 200.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(hops * HOP) / 48_000
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+async def run(stream: DenoisedStream, x: np.ndarray,
+              on_hop=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    outs = []
+    for k in range(x.size // HOP):
+        if on_hop is not None:
+            on_hop(k)
+        outs.append(await stream.process_hop(x[k * HOP:(k + 1) * HOP]))
+    return np.concatenate(outs)
+
+
+def delayed(x: np.ndarray, latency: int) -> np.ndarray:
+    return np.concatenate([np.zeros(latency, np.float32), x[: x.size - latency]])
+
+
+@pytest.mark.parametrize("delay", [0, 240, 480])
+@pytest.mark.parametrize("mode", ["on", "off"])
+async def test_impulse_latency_equals_declared_latency(delay: int, mode: str) -> None:
+    model = TinyConvGRU(delay=delay).eval()
+    x = np.zeros(12 * HOP, np.float32)
+    at = 5 * HOP + 123
+    x[at] = 0.9
+    async with LocalEngine(model, device="cpu", max_streams=1) as engine:
+        stream = DenoisedStream(engine, "s", mode=mode, deadline=None)
+        y = await run(stream, x)
+    assert engine.latency_samples == delay
+    assert int(np.argmax(np.abs(y))) == at + delay
+    assert abs(y[at + delay]) > 0.1
+    key = "denoised" if mode == "on" else "mode_off"
+    assert stream.counters[key] == 12 and stream.passed_through == (12 if mode == "off" else 0)
+
+
+async def test_mode_switches_crossfade_without_clicks() -> None:
+    # The "denoiser" inverts the signal, so a hard switch would jump by up to 2 x amplitude.
+    latency, fade = 240, 384
+    x = sine(30, freq=170)
+    raw = delayed(x, latency)
+    den = -raw
+    switches = {8: "off", 16: "on", 24: "off"}
+    async with LocalEngine(GainModel(delay=latency, gain=-1.0), device="cpu") as engine:
+        stream = DenoisedStream(engine, "s", mode="on", deadline=None, crossfade_ms=8)
+        y = await run(stream, x, lambda k: setattr(stream, "mode", switches.get(k, stream.mode)))
+    assert stream.switches == 3
+    assert stream.counters == {**stream.counters, "denoised": 16, "mode_off": 14}
+    max_step_signal = np.abs(np.diff(raw)).max()
+    assert np.abs(np.diff(y)).max() < 4 * max_step_signal  # no click anywhere
+    assert np.abs(raw[8 * HOP] - den[8 * HOP]) > 0.3  # a hard cut there would have clicked
+    out_curve, in_curve = crossfade_curves(fade, "linear")
+    for k, (a, b) in {8: (den, raw), 16: (raw, den), 24: (den, raw)}.items():
+        s = k * HOP
+        np.testing.assert_allclose(y[s - HOP:s], a[s - HOP:s], atol=1e-6)
+        np.testing.assert_allclose(y[s:s + fade], a[s:s + fade] * out_curve
+                                   + b[s:s + fade] * in_curve, atol=1e-6)
+        np.testing.assert_allclose(y[s + fade:s + HOP], b[s + fade:s + HOP], atol=1e-6)
+
+
+def test_equal_power_curves_keep_power() -> None:
+    out_c, in_c = crossfade_curves(400, "equal_power")
+    np.testing.assert_allclose(out_c**2 + in_c**2, 1.0, atol=1e-6)
+    with pytest.raises(ValueError):
+        crossfade_curves(10, "cubic")
+
+
+class SleepyGain(GainModel):
+    """A GainModel whose step can be made slow, to miss deadlines on demand."""
+
+    sleep_s = 0.0
+
+    def step(self, hops, state):  # type: ignore[no-untyped-def]
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return super().step(hops, state)
+
+
+async def test_late_hops_pass_through_counted_and_state_stays_in_order() -> None:
+    model = SleepyGain(delay=240, gain=0.5)
+    x = sine(40, freq=300)
+    raw = delayed(x, 240)
+    async with LocalEngine(model, device="cpu", max_streams=1) as engine:
+        stream = DenoisedStream(engine, "s", mode="on", deadline=0.03)
+
+        def slow_between(k: int) -> None:
+            model.sleep_s = 0.06 if 10 <= k < 14 else 0.0
+
+        y = await run(stream, x, slow_between)
+        hops_run = engine.stats.hops
+    assert stream.counters["late"] >= 4
+    assert stream.counters["denoised"] + stream.counters["late"] == 40
+    s = 10 * HOP
+    np.testing.assert_allclose(y[s + 400: s + HOP], raw[s + 400: s + HOP], atol=1e-6)
+    assert np.abs(np.diff(y)).max() < 4 * np.abs(np.diff(raw)).max()
+    # The late hops still ran, in order: once back on time the output is exactly the model's.
+    assert hops_run >= 39
+    np.testing.assert_allclose(y[-5 * HOP:], 0.5 * raw[-5 * HOP:], atol=1e-6)
+
+
+async def test_engine_failure_passes_through_and_full_engine_is_survivable() -> None:
+    x = sine(10)
+    raw = delayed(x, 240)
+    engine = LocalEngine(TinyConvGRU(delay=240).eval(), device="cpu", max_streams=1)
+    await engine.start()
+    first = DenoisedStream(engine, "a", mode="on", deadline=None)
+    second = DenoisedStream(engine, "b", mode="on", deadline=None)  # no slot left
+    y_b = await run(second, x)
+    np.testing.assert_array_equal(y_b, raw)
+    assert second.counters["engine_error"] == 10
+    await run(first, x[: 4 * HOP])
+    await engine.close()  # the engine goes away mid-stream
+    y_a = await run(first, x[4 * HOP:])
+    assert first.counters["engine_error"] == 6 and first.counters["denoised"] == 4
+    s = 4 * HOP
+    np.testing.assert_allclose(y_a[400:], raw[s + 400:], atol=1e-6)
+
+
+class LoudnessDetector:
+    """A minimal real detector: asks to keep the original for loud hops ("tone")."""
+
+    def update(self, hop: np.ndarray) -> str | None:
+        return "tone" if float(np.sqrt(np.mean(hop**2))) > 0.2 else None
+
+
+@pytest.mark.parametrize(("delay", "raw_hops"), [(0, range(10, 20)), (240, range(10, 21)),
+                                                 (480, range(11, 21))])
+async def test_detector_decision_applies_to_the_same_input_time(delay: int,
+                                                               raw_hops: range) -> None:
+    x = sine(30, amp=0.01)
+    x[10 * HOP:20 * HOP] *= 50  # loud between input hops 10 and 19
+    async with LocalEngine(GainModel(delay=delay, gain=0.0), device="cpu") as engine:
+        stream = DenoisedStream(engine, "s", mode="auto", detector=LoudnessDetector(),
+                                deadline=None)
+        y = await run(stream, x)
+        stream.mode = "on"  # "on" overrides the detector
+        y_on = await run(stream, x)
+    assert stream.counters["tone"] == len(raw_hops)
+    passed = [k for k in range(30) if np.abs(y[k * HOP + 400:(k + 1) * HOP]).max() > 0]
+    assert passed == list(raw_hops)
+    assert np.abs(y_on[400:]).max() == 0.0
+
+
+async def test_bad_hops_and_modes_get_clear_errors() -> None:
+    async with LocalEngine(GainModel(), device="cpu") as engine:
+        stream = DenoisedStream(engine, "s", deadline=None)
+        with pytest.raises(ValueError, match="mode"):
+            stream.mode = "loud"
+        with pytest.raises(ValueError, match="one mono hop"):
+            await stream.process_hop(np.zeros(100, np.float32))
+        bad = np.full(HOP, np.nan, np.float32)
+        assert np.isfinite(await stream.process_hop(bad)).all()  # NaN input becomes silence
+        stream.close()
+        assert engine.live_streams == 0
