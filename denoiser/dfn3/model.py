@@ -1,0 +1,157 @@
+"""`DFN3`: DeepFilterNet3 as a batched `StreamingModel` whose whole memory is an explicit state.
+
+One step takes one 480-sample hop per stream and:
+1. analyses it into a 481-bin spectrum (libDF's Vorbis-window STFT),
+2. computes the ERB-dB and unit-normalised complex features (exponential-mean norms),
+3. runs the encoder, ERB decoder and DF decoder on one frame, with the conv time context and
+   GRU hidden states taken from the state,
+4. applies the ERB gains to the spectrum from `conv_lookahead` frames ago and the deep filter
+   (frames t-4..t) to its lowest `nb_df` bins,
+5. optionally limits the attenuation, then overlap-adds the inverse FFT.
+Latency: fft - hop + conv_lookahead * hop = 1440 samples (30 ms), like libDF's runtime.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from denoiser.dfn3.config import DFN3Config
+from denoiser.dfn3.deep_filter import apply_erb_gains, deep_filter
+from denoiser.dfn3.features import (
+    erb_band_widths,
+    erb_features,
+    erb_matrices,
+    norm_alpha,
+    stft_analysis,
+    stft_synthesis,
+    unit_norm_features,
+    vorbis_window,
+)
+from denoiser.dfn3.network import DfDecoder, Encoder, ErbDecoder
+from denoiser.streaming import State, StreamingModel
+
+# libDF's initial normalisation states (MEAN_NORM_INIT, UNIT_NORM_INIT), spread over the bands.
+ERB_NORM_INIT = (-60.0, -90.0)
+UNIT_NORM_INIT = (0.001, 0.0001)
+
+
+class DFN3(StreamingModel):
+    """DeepFilterNet3, stepping a batch of independent streams one hop at a time."""
+
+    def __init__(self, cfg: DFN3Config | None = None, atten_lim_db: float | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or DFN3Config()
+        self.sample_rate = cfg.sr
+        self.hop_size = cfg.hop_size
+        self.latency_samples = cfg.latency_samples
+        self.atten_lim_db = atten_lim_db
+        self.alpha = norm_alpha(cfg.sr, cfg.hop_size, cfg.norm_tau)
+        widths = erb_band_widths(cfg.sr, cfg.fft_size, cfg.nb_erb, cfg.min_nb_erb_freqs)
+        erb_mean, erb_expand = erb_matrices(widths)
+        self.register_buffer("window", vorbis_window(cfg.fft_size), persistent=False)
+        self.register_buffer("erb_mean", erb_mean, persistent=False)
+        self.register_buffer("erb_expand", erb_expand, persistent=False)
+        self.enc = Encoder(cfg)
+        self.erb_dec = ErbDecoder(cfg)
+        self.df_dec = DfDecoder(cfg)
+        # Spectrum frames kept: the deep filter spans df_order frames ending at the newest one.
+        self.spec_history = cfg.df_order - 1
+        if cfg.df_lookahead != cfg.conv_lookahead or self.spec_history < cfg.conv_lookahead:
+            raise ValueError("this implementation needs df_lookahead == conv_lookahead < order")
+
+    def network_state_dict(self) -> dict[str, Tensor]:
+        """The trained parameters (all the persistent state of this module)."""
+        return self.state_dict()
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> State:
+        cfg = self.cfg
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(batch, *shape, device=device, dtype=dtype)
+
+        erb_init = torch.linspace(*ERB_NORM_INIT, cfg.nb_erb, device=device, dtype=dtype)
+        unit_init = torch.linspace(*UNIT_NORM_INIT, cfg.nb_df, device=device, dtype=dtype)
+        return {
+            "analysis_mem": zeros(cfg.hop_size),
+            "synthesis_mem": zeros(cfg.hop_size),
+            "erb_norm": erb_init.expand(batch, -1).clone(),
+            "unit_norm": unit_init.expand(batch, -1).clone(),
+            "erb_ctx": zeros(1, Encoder.erb_context, cfg.nb_erb),
+            "spec_ctx": zeros(2, Encoder.spec_context, cfg.nb_df),
+            "c0_ctx": zeros(cfg.conv_ch, self.df_dec.context, cfg.nb_df),
+            "h_enc": zeros(1, cfg.emb_hidden),
+            "h_erb": zeros(cfg.emb_layers - 1, cfg.emb_hidden),
+            "h_df": zeros(cfg.df_layers, cfg.df_hidden),
+            "spec_hist": zeros(self.spec_history, cfg.freq_bins, 2),
+        }
+
+    def _check(self, audio: Tensor) -> None:
+        if audio.dim() != 2 or audio.shape[1] == 0 or audio.shape[1] % self.hop_size:
+            raise ValueError(f"expected audio [B, n*{self.hop_size}], got {tuple(audio.shape)}")
+
+    def step(self, hops: Tensor, state: State) -> tuple[Tensor, State]:
+        if hops.dim() != 2 or hops.shape[1] != self.hop_size:
+            raise ValueError(f"expected hops [B, {self.hop_size}], got {tuple(hops.shape)}")
+        out, new_state, _ = self.process(hops, state)
+        return out, new_state
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Offline: the whole signal at once (sequence GRUs, batched convs); equals stepping."""
+        self._check(audio)
+        state = self.initial_state(audio.shape[0], audio.device, audio.dtype)
+        return self.process(audio, state)[0]
+
+    def process(self, audio: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
+        """Any whole number of hops [B, T*hop] from `state` -> (out, new state, lsnr [B, T])."""
+        self._check(audio)
+        cfg = self.cfg
+        io_dtype = audio.dtype
+        net_dtype = self.enc.lsnr_fc.weight.dtype
+        f32 = {k: v.float() for k, v in state.items()}
+
+        spec, analysis_mem = stft_analysis(audio.float(), f32["analysis_mem"], self.window)
+        feat_erb, erb_norm = erb_features(spec, self.erb_mean, f32["erb_norm"], self.alpha)
+        feat_cplx, unit_norm = unit_norm_features(spec[..., :cfg.nb_df], f32["unit_norm"],
+                                                  self.alpha)
+
+        # Network inputs with their past frames prepended: [B, C, ctx + T, F].
+        erb_in = torch.cat([f32["erb_ctx"], feat_erb.unsqueeze(1)], dim=2)
+        spec_in = torch.cat([f32["spec_ctx"],
+                             torch.view_as_real(feat_cplx).permute(0, 3, 1, 2)], dim=2)
+        e0, e1, e2, e3, emb, c0, lsnr, h_enc = self.enc(
+            erb_in.to(net_dtype), spec_in.to(net_dtype), state["h_enc"].to(net_dtype))
+        gains, h_erb = self.erb_dec(emb, e3, e2, e1, e0, state["h_erb"].to(net_dtype))
+        c0_in = torch.cat([state["c0_ctx"].to(net_dtype), c0], dim=2)
+        coefs, h_df = self.df_dec(emb, c0_in, state["h_df"].to(net_dtype))
+
+        # Spectra t-4 .. t for each new frame t; the enhanced frame is t - conv_lookahead.
+        frames = torch.cat([torch.view_as_complex(f32["spec_hist"].contiguous()), spec], dim=1)
+        t = spec.shape[1]
+        la = cfg.conv_lookahead
+        target = frames[:, self.spec_history - la:self.spec_history - la + t]
+        enhanced = apply_erb_gains(target, gains[:, 0], self.erb_expand)
+        low = deep_filter(frames[..., :cfg.nb_df], coefs)
+        enhanced = torch.cat([low, enhanced[..., cfg.nb_df:]], dim=-1)
+        if self.atten_lim_db is not None:
+            lim = 10.0 ** (-abs(self.atten_lim_db) / 20.0)
+            enhanced = enhanced * (1.0 - lim) + target * lim
+        out, synthesis_mem = stft_synthesis(enhanced, f32["synthesis_mem"], self.window)
+
+        new_state = {
+            "analysis_mem": analysis_mem,
+            "synthesis_mem": synthesis_mem,
+            "erb_norm": erb_norm,
+            "unit_norm": unit_norm,
+            "erb_ctx": erb_in[:, :, -Encoder.erb_context:],
+            "spec_ctx": spec_in[:, :, -Encoder.spec_context:],
+            "c0_ctx": c0_in[:, :, -self.df_dec.context:],
+            "h_enc": h_enc,
+            "h_erb": h_erb,
+            "h_df": h_df,
+            "spec_hist": torch.view_as_real(frames[:, -self.spec_history:]),
+        }
+        new_state = {k: v.to(state[k].dtype).contiguous() for k, v in new_state.items()}
+        return out.to(io_dtype), new_state, lsnr[..., 0].float()
+
