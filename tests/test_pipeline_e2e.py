@@ -162,7 +162,6 @@ async def test_publish_denoise_encode_once_fan_out_to_real_peers() -> None:
     assert counters.hops_in == 2 * (counters.frames_in - counters.frames_late)
     assert counters.packets_out == counters.hops_out // 2
     assert stream.counters["denoised"] == counters.hops_out
-    assert metrics.frames_denoised._value.get() == counters.hops_out  # one outcome per hop
     # the stuck subscriber kept its newest 8 packets and counted the rest as dropped
     assert stuck.packets_queued > 100
     assert stuck.packets_dropped == stuck.packets_queued - 8 == counters.subscriber_drops

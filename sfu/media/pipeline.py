@@ -146,20 +146,6 @@ class SpeakerPipeline:
     def _count(self, event: str, n: int = 1) -> None:
         self._events.labels(event=event).inc(n)
 
-    def _stream_counts(self) -> dict[str, int] | None:
-        counts = getattr(self.stream, "counters", None)
-        return dict(counts) if isinstance(counts, dict) else None
-
-    def _record_outcome(self, before: dict[str, int] | None) -> None:
-        """Tell `metrics.record_hop` which path the hop took (DenoisedStream counts it)."""
-        record = getattr(self.metrics, "record_hop", None)
-        if before is None or record is None:
-            return
-        for key, value in self.stream.counters.items():  # type: ignore[attr-defined]
-            if value != before.get(key, 0):
-                record(None if key == "denoised" else key)
-                return
-
     def _count_drop(self, n: int) -> None:
         self.counters.subscriber_drops += n
         self._drops.labels("subscriber_queue").inc(n)
@@ -224,12 +210,10 @@ class SpeakerPipeline:
             else:
                 self.counters.hops_in += 1
                 self._count("hop_in")
-            before = self._stream_counts()
             try:
                 out = await self.stream.process_hop(hop)
                 if out.shape != (HOP_SIZE,):
                     raise ValueError(f"stream returned shape {out.shape}")
-                self._record_outcome(before)
             except asyncio.CancelledError:
                 raise
             except Exception:
