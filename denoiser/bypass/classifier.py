@@ -1,0 +1,35 @@
+"""The small speech / music / noise model: standardise, one hidden layer, softmax (numpy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from denoiser.paths import MODELS_DIR
+
+CLASSES: tuple[str, ...] = ("speech", "music", "noise")
+DEFAULT_PATH = MODELS_DIR / "bypass_classifier.npz"
+
+
+class MusicClassifier:
+    """Loads `models/bypass_classifier.npz` (mean, std, w1, b1, w2, b2) and scores feature rows."""
+
+    def __init__(self, path: Path | str = DEFAULT_PATH) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: train it with `python -m denoiser.bypass.train_classifier`")
+        with np.load(path) as z:
+            self.mean = z["mean"].astype(np.float32)
+            self.std = z["std"].astype(np.float32)
+            self.w1, self.b1 = z["w1"].astype(np.float32), z["b1"].astype(np.float32)
+            self.w2, self.b2 = z["w2"].astype(np.float32), z["b2"].astype(np.float32)
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for one feature vector [F] or a batch [N, F]."""
+        h = np.tanh(((x - self.mean) / self.std) @ self.w1 + self.b1)
+        z = h @ self.w2 + self.b2
+        z = z - z.max(axis=-1, keepdims=True)
+        ez = np.exp(z)
+        return ez / ez.sum(axis=-1, keepdims=True)

@@ -1,0 +1,158 @@
+"""`BypassDetector`: per hop, should this stream's audio pass untouched, and why.
+
+One instance per live stream, fed every raw input hop in order. Detectors, strongest first:
+DTMF (exact, Q.24), call-progress tones (exact tone plans), sustained tones (stable dominant
+peaks), music (the learned classifier). Each has its own hysteresis so decisions do not flicker:
+
+- dtmf: on from the first hop that holds a dual tone (fast, so the digit's start is not
+  denoised); held 250 ms after the last one, through the pauses between digits.
+- call_progress: on after 3 hops of a matching tone; held through the cadence's off periods
+  (up to 4.5 s, the longest standard silence) while the line stays quiet, and dropped after
+  30 ms of non-tone sound louder than the tone minus 15 dB (someone answered).
+- tone: on after 8 stable tonal hops, off after 10 hops without.
+- music: on after 5 hops with P(music) >= `music_on`, off after 50 hops (0.5 s) with
+  P(music) < `music_off`; silent hops change nothing. Speech over music (an announcement on
+  hold) is trained as music, so the bypass holds and the announcement passes with the music
+  intact (see docs/bypass.md for the measurement behind that choice).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from denoiser.bypass.analysis import RATE, Decimator, SlidingSpectrum
+from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
+from denoiser.bypass.dtmf import DtmfReceiver
+from denoiser.bypass.features import ContextFeatures
+from denoiser.bypass.tones import CallProgressDetector, TonalDetector
+
+REASONS: tuple[str, ...] = ("dtmf", "call_progress", "tone", "music")
+_SILENT_DB = -60.0
+
+
+@lru_cache(maxsize=1)
+def default_classifier() -> MusicClassifier:
+    """The shipped classifier, loaded once per process and shared (read-only) by all streams."""
+    return MusicClassifier(DEFAULT_PATH)
+
+
+class BypassDetector:
+    """Decides per raw input hop whether to keep the original audio (see module doc)."""
+
+    def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
+                 classifier: MusicClassifier | None = None, use_music: bool = True,
+                 music_on: float = 0.6, music_off: float = 0.3) -> None:
+        if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
+            raise ValueError(
+                f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
+        self.sample_rate, self.hop_size = sample_rate, hop_size
+        self._decim = Decimator(sample_rate // RATE)
+        short = SlidingSpectrum(2 * RATE // 100, 1024)
+        long = SlidingSpectrum(8 * RATE // 100, 2048)
+        self._short, self._long = short, long
+        self.dtmf = DtmfReceiver(short)
+        self._cp = CallProgressDetector(long)
+        self._tonal = TonalDetector(long)
+        self.classifier = (classifier or default_classifier()) if use_music else None
+        self._features = ContextFeatures(long)
+        self.music_on, self.music_off = music_on, music_off
+        self.p_music = 0.0
+        self.reason: str | None = None
+        self._dtmf_hold = 0
+        self._cp_run = 0
+        self._cp_hold = 0
+        self._cp_loud = 0
+        self._tone_run = 0
+        self._tone_off = 0
+        self._tone_on = False
+        self._music_run = 0
+        self._music_off_run = 0
+        self._music_on = False
+
+    @property
+    def digits(self) -> list[str]:
+        """DTMF digits decoded so far on this stream."""
+        return self.dtmf.digits
+
+    def update(self, hop: np.ndarray) -> str | None:
+        """Feed one raw hop; returns "dtmf", "call_progress", "tone", "music" or None (denoise)."""
+        hop = np.asarray(hop, np.float32)
+        if hop.shape != (self.hop_size,):
+            raise ValueError(f"expected a hop of shape ({self.hop_size},), got {hop.shape}")
+        if not np.all(np.isfinite(hop)):
+            hop = np.nan_to_num(hop, nan=0.0, posinf=0.0, neginf=0.0)
+        h = self._decim(hop)
+        self._short.push(h)
+        self._long.push(h)
+        hop_ms = float(np.dot(h, h)) / len(h)
+
+        self.dtmf.update(h)
+        self._dtmf_hold = 25 if self.dtmf.present else max(0, self._dtmf_hold - 1)
+        cp_active = self._update_call_progress(self._cp.detect(), hop_ms)
+        tone_active = self._update_tone(self._tonal.detect())
+        self._features.push(hop_ms, self._tonal.peak_ratio)
+        music_active = self._update_music(hop_ms)
+
+        if self._dtmf_hold:
+            self.reason = "dtmf"
+        elif cp_active:
+            self.reason = "call_progress"
+        elif tone_active:
+            self.reason = "tone"
+        elif music_active:
+            self.reason = "music"
+        else:
+            self.reason = None
+        return self.reason
+
+    def _update_call_progress(self, seen: bool, hop_ms: float) -> bool:
+        if seen:
+            self._cp_run += 1
+            if self._cp_run >= 3:
+                self._cp_hold, self._cp_loud = 450, 0
+        else:
+            self._cp_run = 0
+            if self._cp_hold:
+                self._cp_hold -= 1
+                quiet = hop_ms < self._cp.level * 10 ** (-15 / 10)
+                self._cp_loud = 0 if quiet else self._cp_loud + 1
+                if self._cp_loud >= 3:
+                    self._cp_hold = 0
+        return self._cp_hold > 0
+
+    def _update_tone(self, seen: bool) -> bool:
+        if seen:
+            self._tone_run += 1
+            self._tone_off = 0
+            if self._tone_run >= 8:
+                self._tone_on = True
+        else:
+            self._tone_run = 0
+            self._tone_off += 1
+            if self._tone_off >= 10:
+                self._tone_on = False
+        return self._tone_on
+
+    def _update_music(self, hop_ms: float) -> bool:
+        if self.classifier is None:
+            return False
+        if self._features.context_max_db < _SILENT_DB:
+            self.p_music = 0.0
+            return self._music_on
+        self.p_music = float(self.classifier.proba(self._features.vector())[1])
+        if 10 * np.log10(hop_ms + 1e-10) < _SILENT_DB:
+            return self._music_on  # a silent hop says nothing either way
+        if self.p_music >= self.music_on:
+            self._music_run += 1
+            self._music_off_run = 0
+            if self._music_run >= 5:
+                self._music_on = True
+        else:
+            self._music_run = 0
+            if self.p_music < self.music_off:
+                self._music_off_run += 1
+                if self._music_off_run >= 50:
+                    self._music_on = False
+        return self._music_on

@@ -1,0 +1,97 @@
+"""Call-progress tones and general sustained tones, from the shared 80 ms window spectrum.
+
+Call progress: the one or two strongest peaks in 300-660 Hz must match one of the standard
+tone plans (NA precise tones 350+440, 440+480, 480+620; ITU/EU 425; UK 350+450, 400+450, 400)
+within +-2.5 % and hold most of the 100-4000 Hz energy. Cadence is not needed to detect; the
+bypass is held through the off periods while the line stays quiet.
+
+General tone: at most three spectral peaks hold most of the 100-7800 Hz energy (high
+peak-to-floor) and the strongest stays put from hop to hop (speech pitch glides; a tone does not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from denoiser.bypass.analysis import SlidingSpectrum, interpolate_peak
+from denoiser.bypass.synth import CALL_PROGRESS_TONES
+
+PLANS: tuple[tuple[float, ...], ...] = tuple(
+    sorted({t.freqs for t in CALL_PROGRESS_TONES.values()}))
+
+
+def _local_peaks(p: np.ndarray, band: slice, count: int, floor_ratio: float) -> list[int]:
+    """Indices of the `count` strongest local maxima within `band` above max * floor_ratio."""
+    seg = p[band]
+    if len(seg) < 3:
+        return []
+    mid = seg[1:-1]
+    idx = np.flatnonzero((mid > seg[:-2]) & (mid >= seg[2:])) + 1
+    if len(idx) == 0:
+        return []
+    idx = idx[np.argsort(seg[idx])[::-1][:count]]
+    top = seg[idx[0]]
+    return [band.start + int(i) for i in idx if seg[i] >= top * floor_ratio]
+
+
+class CallProgressDetector:
+    """Per hop: does the window hold a standard call-progress tone?"""
+
+    def __init__(self, spec: SlidingSpectrum, *, freq_tol: float = 0.025, min_ratio: float = 0.85,
+                 min_level_dbfs: float = -45.0) -> None:
+        self.spec = spec
+        self.freq_tol = freq_tol
+        self.min_ratio = min_ratio
+        self.min_ms = 10 ** (min_level_dbfs / 10)
+        self._band = spec.band(300, 660)
+        self.level = 0.0  # mean square of the matched tone
+
+    def detect(self) -> bool:
+        s = self.spec
+        total = s.band_ms(100, 4000)
+        if total < self.min_ms:
+            return False
+        cluster = s.band_ms(280, 680)
+        if cluster < self.min_ratio * total:
+            return False
+        peaks = _local_peaks(s.power, self._band, 3, 0.1)  # within 10 dB of the strongest
+        freqs = sorted(interpolate_peak(s.power, k) * s.bin_hz for k in peaks)
+        for plan in PLANS:
+            if len(plan) == len(freqs) and all(
+                abs(f - g) <= self.freq_tol * g for f, g in zip(freqs, plan, strict=True)
+            ):
+                self.level = cluster
+                return True
+        return False
+
+
+class TonalDetector:
+    """Per hop: a few stable, dominant spectral peaks (test tones, fax/modem, SIT, whistles)."""
+
+    def __init__(self, spec: SlidingSpectrum, *, max_peaks: int = 3, min_ratio: float = 0.8,
+                 min_level_dbfs: float = -50.0, max_drift: float = 0.01) -> None:
+        self.spec = spec
+        self.max_peaks = max_peaks
+        self.min_ratio = min_ratio
+        self.min_ms = 10 ** (min_level_dbfs / 10)
+        self.max_drift = max_drift
+        self._band = spec.band(100, 7800)
+        self._lobe = 2.0 * spec.rate / spec.win + spec.bin_hz
+        self._last_f = 0.0
+        self.peak_ratio = 0.0  # share of the band energy in the strongest peaks (a feature too)
+
+    def detect(self) -> bool:
+        s = self.spec
+        total = s.band_ms(100, 7800)
+        peaks = _local_peaks(s.power, self._band, self.max_peaks, 1e-3)
+        if total <= 1e-12 or not peaks:
+            self.peak_ratio = 0.0
+            self._last_f = 0.0
+            return False
+        f0 = interpolate_peak(s.power, peaks[0]) * s.bin_hz
+        energy = sum(s.band_ms(f - self._lobe, f + self._lobe)
+                     for f in (k * s.bin_hz for k in peaks))
+        self.peak_ratio = min(1.0, energy / total)
+        stable = self._last_f > 0 and abs(f0 - self._last_f) <= self.max_drift * f0
+        self._last_f = f0
+        return stable and total >= self.min_ms and self.peak_ratio >= self.min_ratio
