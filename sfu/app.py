@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from denoiser.engine import Engine
-from sfu.errors import ServiceUnavailable, error_middleware
-from sfu.metrics import CONTENT_TYPE, Metrics
+from sfu.errors import NotFound, ServiceUnavailable, error_middleware
+from sfu.metrics import CONTENT_TYPE, EngineCollector, Metrics
 from sfu.rooms import Participant, Pipeline, RoomRegistry
 from sfu.settings import Settings, SettingsError
 from sfu.whip import WhipHandlers
@@ -75,10 +75,19 @@ def _pipeline_factory(ctx: SfuContext):
 
 
 def _release(ctx: SfuContext):
+    """After a pipeline stops: free its engine slot and count its last hops."""
     def release(participant: Participant) -> None:
-        if ctx.engine is not None:
-            ctx.engine.close_stream(participant.stream_id)
+        stream = participant.pipeline.stream
+        stream.close()
+        ctx.metrics.sync_hops(participant.stream_id, stream.counters, final=True)
     return release
+
+
+def sync_live_hops(ctx: SfuContext) -> None:
+    """Bring the hop counters up to date with every live stream (before a scrape)."""
+    for room in ctx.registry.rooms():
+        for participant in room.participants.values():
+            ctx.metrics.sync_hops(participant.stream_id, participant.pipeline.stream.counters)
 
 
 @web.middleware
@@ -108,6 +117,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     metrics.rooms.set_function(lambda: ctx.registry.room_count)
     metrics.participants.set_function(lambda: ctx.registry.participant_count)
     metrics.subscribers.set_function(lambda: ctx.registry.subscription_count)
+    metrics.registry.register(EngineCollector(lambda: ctx.engine))
 
     app = web.Application(middlewares=[_count_requests, error_middleware],
                           client_max_size=settings.max_sdp_bytes)
@@ -160,7 +170,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = request.app[CONTEXT].metrics.render()
+    ctx = request.app[CONTEXT]
+    sync_live_hops(ctx)
+    body = ctx.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -176,13 +188,17 @@ def _add_ws(app: web.Application) -> None:
 
 
 def _add_static(app: web.Application, settings: Settings) -> None:
-    index = settings.web_dir / "index.html"
-    if not index.is_file():
-        log.warning("no demo page", extra={"web_dir": str(settings.web_dir)})
+    """The demo page: `/` is index.html, other GETs are files under web_dir (JSON 404 else)."""
+    root = settings.web_dir.resolve()
+    if not (root / "index.html").is_file():
+        log.warning("no demo page", extra={"web_dir": str(root)})
         return
 
-    async def serve_index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(index)
+    async def serve_file(request: web.Request) -> web.FileResponse:
+        target = (root / (request.match_info["path"] or "index.html")).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise NotFound(f"no such page: {request.path}", "not_found")
+        return web.FileResponse(target)
 
-    app.router.add_get("/", serve_index)
-    app.router.add_static("/", settings.web_dir, follow_symlinks=False)
+    # Registered last; WHIP/WHEP paths stay theirs (a GET there is 405, not a missing page).
+    app.router.add_get(r"/{path:(?!whip/|whep/).*}", serve_file)

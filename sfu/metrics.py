@@ -1,7 +1,8 @@
 """Prometheus metrics of one SFU process, on its own registry (so tests can run many apps).
 
-The media pipeline records per-hop outcomes and packet latency here; the app wires room
-gauges (read at scrape time), the event-loop lag monitor and engine statistics.
+The media pipeline records packet latency and drops here; hop outcomes are synced from each
+`DenoisedStream`'s counters (`sync_hops`); room gauges and engine statistics are read at
+scrape time; the app runs the event-loop lag monitor.
 
 Names (all prefixed `denoise_sfu_`):
   rooms, participants, subscribers              gauges, read from the room registry
@@ -11,9 +12,11 @@ Names (all prefixed `denoise_sfu_`):
   frames_dropped_total{reason}                  input or output frames dropped, by reason
   server_latency_seconds                        histogram, packet in to packet out
   event_loop_lag_seconds                        histogram, how late a timer fires
-  engine_batch_size, engine_tick_seconds        histograms, one observation per engine tick
+  engine_ticks_total, engine_hops_total         read from the engine's stats at scrape time
+  engine_batch_size                             histogram of streams per tick
+  engine_tick_seconds, engine_forward_seconds   count/sum, plus p50/p99 gauges (`quantile`)
+  engine_errors_total{reason}, engine_streams
   http_requests_total{route,method,status}      signalling requests
-  peer_connections{role}                        live aiortc peers (publisher, subscriber)
   peer_failures_total{reason}                   peers dropped: failed, timeout
 """
 
@@ -21,8 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 PREFIX = "denoise_sfu_"
@@ -33,7 +44,6 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.0
                    0.2, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 class Metrics:
@@ -62,29 +72,28 @@ class Metrics:
         self.event_loop_lag = Histogram(PREFIX + "event_loop_lag_seconds",
                                         "How late an event-loop timer fires",
                                         buckets=LAG_BUCKETS, registry=reg)
-        self.engine_batch_size = Histogram(PREFIX + "engine_batch_size",
-                                           "Streams in one engine tick", buckets=BATCH_BUCKETS,
-                                           registry=reg)
-        self.engine_tick_seconds = Histogram(PREFIX + "engine_tick_seconds",
-                                             "Duration of one batched engine forward",
-                                             buckets=TICK_BUCKETS, registry=reg)
-        self.engine_streams = Gauge(PREFIX + "engine_streams", "Streams open on the engine",
-                                    registry=reg)
         self.http_requests = Counter(PREFIX + "http_requests", "Signalling requests",
                                      ["route", "method", "status"], registry=reg)
-        self.peer_connections = Gauge(PREFIX + "peer_connections", "Live peer connections",
-                                      ["role"], registry=reg)
-        for role in ("publisher", "subscriber"):
-            self.peer_connections.labels(role)
         self.peer_failures = Counter(PREFIX + "peer_failures", "Peers dropped, by reason",
                                      ["reason"], registry=reg)
 
-    def record_hop(self, passed_reason: str | None) -> None:
-        """Count one output hop: denoised when `passed_reason` is None."""
-        if passed_reason is None:
-            self.frames_denoised.inc()
+        self._hops_seen: dict[str, dict[str, int]] = {}
+
+    def sync_hops(self, stream_id: str, counters: Mapping[str, int], final: bool = False) -> None:
+        """Add what a stream's hop counters (`DenoisedStream.counters`: `denoised` and one
+        count per pass-through reason) gained since the last sync; `final` forgets the stream."""
+        seen = self._hops_seen.get(stream_id, {})
+        for key, value in counters.items():
+            delta = value - seen.get(key, 0)
+            if delta > 0:
+                if key == "denoised":
+                    self.frames_denoised.inc(delta)
+                else:
+                    self.frames_passed_through.labels(key).inc(delta)
+        if final:
+            self._hops_seen.pop(stream_id, None)
         else:
-            self.frames_passed_through.labels(passed_reason).inc()
+            self._hops_seen[stream_id] = dict(counters)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -98,3 +107,55 @@ class Metrics:
                 start = loop.time()
                 await asyncio.sleep(interval)
                 self.event_loop_lag.observe(max(0.0, loop.time() - start - interval))
+
+
+class EngineCollector:
+    """Exports an engine's own statistics (`LocalEngine.stats`) when Prometheus scrapes.
+
+    The engine keeps exact counts per batch size and timing series in milliseconds; they are
+    read here instead of being observed twice. Engines without `stats` export nothing.
+    """
+
+    def __init__(self, get_engine: Callable[[], object | None]) -> None:
+        self._get_engine = get_engine
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self._get_engine()
+        stats = getattr(engine, "stats", None)
+        if stats is None:
+            return
+        yield CounterMetricFamily(PREFIX + "engine_ticks", "Engine ticks (batched forwards)",
+                                  value=stats.ticks)
+        yield CounterMetricFamily(PREFIX + "engine_hops", "Hops denoised by the engine",
+                                  value=stats.hops)
+        sizes = dict(stats.batch_sizes)
+        cumulative = [(str(b), sum(n for size, n in sizes.items() if size <= b))
+                      for b in BATCH_BUCKETS]
+        cumulative.append(("+Inf", sum(sizes.values())))
+        batch = HistogramMetricFamily(PREFIX + "engine_batch_size", "Streams in one engine tick")
+        batch.add_metric([], cumulative, sum_value=sum(s * n for s, n in sizes.items()))
+        yield batch
+        for name, series, text in (
+                ("engine_tick_seconds", stats.tick_ms, "First hop of a tick to results"),
+                ("engine_forward_seconds", stats.forward_ms, "Batched forward of one tick")):
+            summary = SummaryMetricFamily(PREFIX + name, text)
+            summary.add_metric([], count_value=series.count, sum_value=series.total / 1000.0)
+            yield summary
+            gauge = GaugeMetricFamily(PREFIX + name.replace("_seconds", "_recent_seconds"),
+                                      f"{text}: percentile of recent ticks", labels=["quantile"])
+            for q in (50, 99):
+                value = series.percentile(q) if series.count else 0.0
+                gauge.add_metric([str(q / 100)], value / 1000.0)
+            yield gauge
+        errors = CounterMetricFamily(PREFIX + "engine_errors", "Engine errors by reason",
+                                     labels=["reason"])
+        for reason, n in sorted(stats.errors.items()):
+            errors.add_metric([reason], n)
+        yield errors
+        live = getattr(engine, "live_streams", None)
+        if live is not None:
+            yield GaugeMetricFamily(PREFIX + "engine_streams", "Streams open on the engine",
+                                    value=live)

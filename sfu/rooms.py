@@ -39,6 +39,7 @@ class Pipeline(Protocol):
     """What the registry needs of `sfu.media.pipeline.SpeakerPipeline`."""
 
     mode: str
+    stream: Any  # the DenoisedStream it runs hops through
 
     def start(self) -> None: ...
 

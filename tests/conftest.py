@@ -1,0 +1,144 @@
+"""Shared fixtures: the machine's real interface address, a running SFU, tokens, Opus files.
+
+aioice does not offer loopback host candidates, so servers and peers in tests meet on the
+address of the default route's interface (no packet leaves the machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+import soundfile
+from aiohttp import web
+
+from denoiser.engine import Engine
+from denoiser.paths import SHARED_DATA_DIR
+from sfu.app import CONTEXT, SfuContext, create_app
+from sfu.auth import GRANTS, issue_token
+from sfu.settings import Settings
+
+TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+SPEECH_WAV = SHARED_DATA_DIR / "clean" / "vctk_p286" / "p286_011.wav"
+
+
+def interface_address() -> str:
+    """The IPv4 address of the default route's interface (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+            address = sock.getsockname()[0]
+        except OSError:
+            address = socket.gethostbyname(socket.gethostname())
+    if address.startswith("127."):
+        pytest.skip("no non-loopback interface for aiortc peers")
+    return address
+
+
+@pytest.fixture(scope="session")
+def host_ip() -> str:
+    return interface_address()
+
+
+@pytest.fixture
+def make_token() -> Callable[..., str]:
+    """`make_token(room, identity, ttl=600, grants=GRANTS, secret=TEST_SECRET)`."""
+    def make(room: str, identity: str, ttl: int = 600, grants: tuple[str, ...] = GRANTS,
+             secret: str = TEST_SECRET, now: float | None = None) -> str:
+        return issue_token(secret, room, identity, ttl, grants, now=now)
+    return make
+
+
+@dataclass
+class RunningSfu:
+    """An SFU app served on a real TCP port of the interface address."""
+
+    app: web.Application
+    base_url: str
+    session: aiohttp.ClientSession
+
+    @property
+    def ctx(self) -> SfuContext:
+        return self.app[CONTEXT]
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+SfuFactory = Callable[..., Awaitable[RunningSfu]]
+
+
+@pytest.fixture
+async def sfu_factory(host_ip: str) -> AsyncIterator[SfuFactory]:
+    """Start SFUs with `await sfu_factory(engine, **settings_overrides)`; all stop at teardown."""
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(engine: Engine | None, **overrides: object) -> RunningSfu:
+        settings = dataclasses.replace(Settings(secret=TEST_SECRET, host=host_ip, port=0),
+                                       **overrides)
+        app = create_app(settings, engine=engine)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, host_ip, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        return RunningSfu(app, f"http://{host_ip}:{port}", session)
+
+    yield start
+    for session in sessions:
+        await session.close()
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+def write_opus(path: Path, samples: np.ndarray, rate: int = 48_000) -> Path:
+    """Encode mono float samples to an Ogg/Opus file (what a real client would send)."""
+    with av.open(str(path), "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=48_000, layout="mono")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000)
+        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for resampled in resampler.resample(frame):
+            for packet in stream.encode(resampled):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_opus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 48 kHz speech recording from the shared corpus, as an Ogg/Opus file."""
+    if not SPEECH_WAV.is_file():
+        pytest.skip(f"shared speech data missing: {SPEECH_WAV}")
+    samples, rate = soundfile.read(SPEECH_WAV, dtype="float32", always_2d=True)
+    return write_opus(tmp_path_factory.mktemp("opus") / "speech.ogg", samples.mean(axis=1), rate)
+
+
+@pytest.fixture
+async def gain_engine() -> AsyncIterator[Engine]:
+    """A real LocalEngine on CPU running `GainModel(gain=0.5)`: a denoiser with a known answer
+    (output = half the input, 240 samples late), so tests can tell the denoised path."""
+    import torch
+    from test_engine_models import GainModel
+
+    from denoiser.local_engine import LocalEngine
+
+    torch.set_num_threads(1)
+    engine = LocalEngine(GainModel(delay=240, gain=0.5), device="cpu", max_streams=8,
+                         tick_deadline=0.002)
+    await engine.start()
+    yield engine
+    await engine.close()
