@@ -1,0 +1,96 @@
+"""Our DFN3 encoder / ERB decoder / DF decoder equal the exported ONNX graphs (onnxruntime)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from denoiser.dfn3 import DFN3
+from denoiser.dfn3.convert import convert
+from denoiser.dfn3.features import erb_features, stft_analysis, unit_norm_features
+from denoiser.dfn3.reference import OnnxDFN3, noisy_example
+from denoiser.models import load_dfn3
+
+torch.set_num_threads(1)
+
+
+def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - est) ** 2), 1e-300)))
+
+
+@pytest.fixture(scope="module")
+def converted() -> tuple[DFN3, dict]:
+    state, provenance = convert()
+    model = DFN3()
+    model.load_state_dict(state)
+    return model.eval(), provenance
+
+
+@pytest.fixture(scope="module")
+def onnx_ref() -> OnnxDFN3:
+    return OnnxDFN3()
+
+
+@pytest.fixture(scope="module")
+def features(converted: tuple[DFN3, dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real features of a 2 s noisy clip: feat_erb [1, 1, T, 32], feat_spec [1, 2, T, 96]."""
+    model, _ = converted
+    audio = torch.from_numpy(noisy_example(2.0))[None]
+    state = model.initial_state(1)
+    spec, _ = stft_analysis(audio, state["analysis_mem"], model.window)
+    erb, _ = erb_features(spec, model.erb_mean, state["erb_norm"], model.alpha)
+    cplx, _ = unit_norm_features(spec[..., :96], state["unit_norm"], model.alpha)
+    return erb[:, None], torch.view_as_real(cplx).permute(0, 3, 1, 2).contiguous()
+
+
+def _pad_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, frames, 0))
+
+
+@torch.no_grad()
+def test_encoder_equals_onnx(converted, onnx_ref, features) -> None:
+    model, _ = converted
+    feat_erb, feat_spec = features
+    ref = onnx_ref.run("enc", feat_erb=feat_erb.numpy(), feat_spec=feat_spec.numpy())
+    outs = model.enc(_pad_time(feat_erb, 2), _pad_time(feat_spec, 2), torch.zeros(1, 1, 256))
+    for name, ours in zip(("e0", "e1", "e2", "e3", "emb", "c0", "lsnr"), outs, strict=False):
+        assert ours.shape == ref[name].shape, name
+        assert snr_db(ref[name], ours.numpy()) > 100, name
+    assert ref["lsnr"].std() > 1.0  # a real clip: the SNR estimate moves
+
+
+@torch.no_grad()
+def test_erb_decoder_equals_onnx(converted, onnx_ref, features) -> None:
+    model, _ = converted
+    feat_erb, feat_spec = features
+    enc = onnx_ref.run("enc", feat_erb=feat_erb.numpy(), feat_spec=feat_spec.numpy())
+    names = ("emb", "e3", "e2", "e1", "e0")
+    ref = onnx_ref.run("erb_dec", **{k: enc[k] for k in names})["m"]
+    ours, _ = model.erb_dec(*(torch.from_numpy(enc[k]) for k in names), torch.zeros(1, 2, 256))
+    assert ours.shape == ref.shape
+    assert np.abs(ours.numpy() - ref).max() < 1e-5
+    assert ref.min() < 0.1 and ref.max() > 0.9  # the gains really vary
+
+
+@torch.no_grad()
+def test_df_decoder_equals_onnx(converted, onnx_ref, features) -> None:
+    model, _ = converted
+    feat_erb, feat_spec = features
+    enc = onnx_ref.run("enc", feat_erb=feat_erb.numpy(), feat_spec=feat_spec.numpy())
+    ref = onnx_ref.run("df_dec", emb=enc["emb"], c0=enc["c0"])["coefs"]
+    ours, _ = model.df_dec(torch.from_numpy(enc["emb"]),
+                           _pad_time(torch.from_numpy(enc["c0"]), 4), torch.zeros(1, 2, 256))
+    ours = ours.reshape(ref.shape).numpy()
+    assert snr_db(ref, ours) > 100
+
+
+def test_shipped_weights_are_the_converted_ones(converted) -> None:
+    model, provenance = converted
+    shipped = load_dfn3()
+    assert shipped.provenance["archive_sha256"] == provenance["archive_sha256"]
+    for name, value in model.state_dict().items():
+        stored = shipped.state_dict()[name]
+        assert torch.equal(stored, value.half().float()), name
