@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
-from aiortc import RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection
 
 from denoiser.engine import EngineError, EngineFull
 from sfu.auth import Claims, authenticate, authorize
@@ -42,6 +42,7 @@ from sfu.rooms import (
     new_session_id,
 )
 from sfu.settings import MODES
+from sfu.ws import SwitchTrack
 
 if TYPE_CHECKING:
     from sfu.app import SfuContext
@@ -76,6 +77,32 @@ async def read_sdp(request: web.Request, max_bytes: int) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise BadRequest("SDP body is not UTF-8 text", "bad_sdp") from err
+
+
+class WhepSender:
+    """A WHEP subscriber's peer connection as the registry sees it (`addTrack`,
+    `replaceTrack`, `close`).
+
+    The RTCRtpSender keeps one `SwitchTrack` for its whole life and only the source under it
+    changes, because aiortc's sender stops for good when its track ends: a speaker who
+    republishes (new pipeline, the old track ends) must not silence the listener.
+    """
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self.pc = pc
+        self.track = SwitchTrack()
+        pc.addTrack(self.track)
+
+    def addTrack(self, track: MediaStreamTrack) -> WhepSender:
+        self.track.set_source(track)
+        return self
+
+    def replaceTrack(self, track: MediaStreamTrack) -> None:
+        self.track.set_source(track)
+
+    async def close(self) -> None:
+        self.track.stop()
+        await self.pc.close()
 
 
 class WhipHandlers:
@@ -164,8 +191,9 @@ class WhipHandlers:
         registered = False
         try:
             await apply_offer(pc, sdp)
+            sender = WhepSender(pc)
             try:
-                sub = ctx.registry.subscribe(room, claims.identity, target, pc, session_id)
+                ctx.registry.subscribe(room, claims.identity, target, sender, session_id)
             except OwnVoice as err:
                 raise Forbidden(str(err), err.code) from err
             except (UnknownRoom, UnknownParticipant) as err:
@@ -174,14 +202,15 @@ class WhipHandlers:
                 raise ServiceUnavailable(str(err), err.code) from err
             registered = True
             answer_sdp = await answer(pc)
-            transceiver = next(t for t in pc.getTransceivers() if t.sender is sub.sender)
+            transceiver = next(t for t in pc.getTransceivers()
+                               if t.sender.track is sender.track)
             if transceiver.currentDirection not in ("sendonly", "sendrecv"):
                 raise BadRequest("the offer does not receive audio (direction must be "
                                  "recvonly or sendrecv)", "bad_sdp")
         except BaseException:
             if registered:
                 await ctx.registry.leave(session_id)
-            await pc.close()
+            await sender.close()
             raise
         self._watch(pc, session_id, "subscriber")
         return self._created(answer_sdp, f"/whep/{room}/{target}/{session_id}", session_id)

@@ -1,0 +1,182 @@
+"""WHIP publish of a real Opus file, WHEP subscribe, replace, DELETE: real aiortc peers over the
+machine's interface, a real LocalEngine (GainModel: known output), real Opus both ways."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from conftest import RunningSfu, SfuFactory
+
+from denoiser.engine import Engine
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+class Client:
+    """One WHIP or WHEP client peer."""
+
+    def __init__(self, sfu: RunningSfu, token: str) -> None:
+        self.sfu, self.token = sfu, token
+        self.pc = RTCPeerConnection()
+        self.location: str | None = None
+        self.received: list[np.ndarray] = []
+        self.player: MediaPlayer | None = None
+
+    async def post(self, path: str) -> int:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with self.sfu.session.post(self.sfu.url(path), data=self.pc.localDescription.sdp,
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/sdp"}) as resp:
+            if resp.status != 201:
+                return resp.status
+            assert resp.content_type == "application/sdp"
+            assert resp.headers["ETag"]
+            self.location = resp.headers["Location"]
+            answer = await resp.text()
+        assert "a=candidate" in answer  # non-trickle: candidates gathered before answering
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await wait_for(lambda: self.pc.connectionState == "connected")
+        return 201
+
+    async def publish(self, room: str, audio: Path, mode: str = "on") -> int:
+        self.player = MediaPlayer(str(audio), loop=True)
+        self.pc.addTrack(self.player.audio)
+        return await self.post(f"/whip/{room}?mode={mode}")
+
+    async def subscribe(self, room: str, identity: str) -> int:
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.on("track", lambda track: asyncio.ensure_future(self._collect(track)))
+        return await self.post(f"/whep/{room}/{identity}")
+
+    async def _collect(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.received.append(frame.to_ndarray().astype(np.float32).reshape(-1) / 32768)
+        except MediaStreamError:
+            pass
+
+    async def delete(self, token: str | None = None) -> int:
+        assert self.location is not None
+        async with self.sfu.session.delete(
+                self.sfu.url(self.location),
+                headers={"Authorization": f"Bearer {token or self.token}"}) as resp:
+            return resp.status
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self.player is not None and self.player.audio is not None:
+            self.player.audio.stop()
+
+    def rms_since(self, start: int) -> float:
+        audio = np.concatenate(self.received[start:]) if len(self.received) > start else [0.0]
+        return float(np.sqrt(np.mean(np.square(audio))))
+
+
+async def test_publish_subscribe_replace_and_leave(
+        sfu_factory: SfuFactory, gain_engine: Engine, make_token: Callable[..., str],
+        speech_opus: Path) -> None:
+    sfu = await sfu_factory(gain_engine)
+    registry, metrics = sfu.ctx.registry, sfu.ctx.metrics
+    alice = Client(sfu, make_token("room1", "alice"))
+    bob = Client(sfu, make_token("room1", "bob"))
+    try:
+        assert await alice.publish("room1", speech_opus, mode="on") == 201
+        assert alice.location is not None and alice.location.startswith("/whip/room1/")
+        assert registry.get("room1").participants["alice"].mode == "on"
+
+        # bob hears alice's processed voice
+        assert await bob.subscribe("room1", "alice") == 201
+        assert bob.location is not None and bob.location.startswith("/whep/room1/alice/")
+        await wait_for(lambda: len(bob.received) >= 50)  # one second of 20 ms frames
+        assert bob.rms_since(10) > 0.003, "subscriber received silence"
+        stream = registry.get("room1").participants["alice"].pipeline.stream
+        assert stream.counters["denoised"] > 50
+        assert stream.counters["mode_off"] == 0
+        assert gain_engine.live_streams == 1
+
+        # nobody hears themselves; unknown targets are 404
+        assert await Client(sfu, alice.token).subscribe("room1", "alice") == 403
+        carol = Client(sfu, make_token("room1", "carol"))
+        assert await carol.subscribe("room1", "nobody") == 404
+        await carol.close()
+        # a session can only be ended by its owner
+        assert await bob.delete(token=make_token("room1", "mallory")) == 403
+
+        # alice publishes again (a new tab): the old session is replaced, bob keeps listening
+        old_location = alice.location
+        alice2 = Client(sfu, alice.token)
+        assert await alice2.publish("room1", speech_opus, mode="on") == 201
+        await wait_for(lambda: registry.find(old_location.rsplit("/", 1)[1]) is None)
+        assert len(registry.get("room1").participants) == 1
+        await wait_for(lambda: alice.pc.connectionState in ("closed", "failed"))
+        await wait_for(lambda: gain_engine.live_streams == 1)
+        before = len(bob.received)
+        await wait_for(lambda: len(bob.received) >= before + 75)  # past the file's 0.6 s pause
+        assert bob.rms_since(before + 5) > 0.003, "subscriber lost audio after republish"
+        assert await alice.delete() == 404  # the replaced session is gone
+
+        # metrics saw it all
+        async with sfu.session.get(sfu.url("/metrics")) as resp:
+            text = await resp.text()
+        assert "denoise_sfu_participants 1.0" in text
+        assert "denoise_sfu_subscribers 1.0" in text
+        assert metrics.frames_denoised._value.get() > 50
+
+        # alice leaves: her subscribers are closed, the room disappears, the slot is free
+        assert await alice2.delete() == 200
+        assert registry.get("room1") is None and registry.room_count == 0
+        assert gain_engine.live_streams == 0
+        await wait_for(lambda: bob.pc.connectionState in ("closed", "failed"), timeout=40)
+        assert await bob.delete() == 404
+        await alice2.close()
+    finally:
+        for client in (alice, bob):
+            await client.close()
+
+
+async def test_subscriber_delete_frees_only_itself(
+        sfu_factory: SfuFactory, gain_engine: Engine, make_token: Callable[..., str],
+        speech_opus: Path) -> None:
+    sfu = await sfu_factory(gain_engine)
+    registry = sfu.ctx.registry
+    alice = Client(sfu, make_token("r", "alice"))
+    bob = Client(sfu, make_token("r", "bob"))
+    other = Client(sfu, make_token("elsewhere", "dave"))
+    try:
+        assert await alice.publish("r", speech_opus, mode="off") == 201
+        assert await other.publish("elsewhere", speech_opus) == 201
+        assert await bob.subscribe("r", "alice") == 201
+        await wait_for(lambda: len(bob.received) >= 10)
+        pipeline = registry.get("r").participants["alice"].pipeline
+        assert pipeline.subscriber_count == 1
+        assert await bob.delete() == 200
+        assert pipeline.subscriber_count == 0
+        assert registry.subscription_count == 0
+        assert list(registry.get("r").participants) == ["alice"]
+        assert list(registry.get("elsewhere").participants) == ["dave"]
+        await wait_for(lambda: pipeline.stream.counters["mode_off"] > 10)
+        assert pipeline.stream.counters["denoised"] == 0
+        # the client going away without DELETE is noticed too
+        await alice.close()
+        await wait_for(lambda: registry.get("r") is None, timeout=40)
+        assert gain_engine.live_streams == 1
+    finally:
+        for client in (alice, bob, other):
+            await client.close()
