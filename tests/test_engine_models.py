@@ -95,3 +95,8 @@ def test_tiny_model_step_matches_offline_forward() -> None:
     # The output really depends on the recurrent state (not a plain gain).
     assert offline.abs().sum() > 0
     assert not torch.allclose(offline[:, HOP:], audio[:, HOP - 240: -240] * 0.5)
+
+
+def make_gain() -> GainModel:
+    """Factory used by the CLI tests: half gain, half-hop latency (a known answer)."""
+    return GainModel(delay=240, gain=0.5)
