@@ -4,8 +4,9 @@ One instance per live stream, fed every raw input hop in order. Detectors, stron
 DTMF (exact, Q.24), call-progress tones (exact tone plans), sustained tones (stable dominant
 peaks), music (the learned classifier). Each has its own hysteresis so decisions do not flicker:
 
-- dtmf: on from the first hop that holds a dual tone (fast, so the digit's start is not
-  denoised); held 250 ms after the last one, through the pauses between digits.
+- dtmf: on from the second hop in a row that holds the same dual tone (fast, so the digit's
+  start is not denoised, yet a single transient hop does not count); held 250 ms after the last
+  one, through the pauses between digits.
 - call_progress: on after 3 hops of a matching tone; held through the cadence's off periods
   (up to 4.5 s, the longest standard silence) while the line stays quiet, and dropped after
   30 ms of non-tone sound louder than the tone minus 15 dB (someone answered).
@@ -61,6 +62,8 @@ class BypassDetector:
         self.p_music = 0.0
         self.reason: str | None = None
         self._dtmf_hold = 0
+        self._dtmf_run = 0
+        self._dtmf_last: str | None = None
         self._cp_run = 0
         self._cp_hold = 0
         self._cp_loud = 0
@@ -89,7 +92,13 @@ class BypassDetector:
         hop_ms = float(np.dot(h, h)) / len(h)
 
         self.dtmf.update(h)
-        self._dtmf_hold = 25 if self.dtmf.present else max(0, self._dtmf_hold - 1)
+        seen = self.dtmf.present
+        self._dtmf_run = self._dtmf_run + 1 if seen and seen == self._dtmf_last else int(bool(seen))
+        self._dtmf_last = seen
+        if self._dtmf_run >= 2 or (seen and self._dtmf_hold):
+            self._dtmf_hold = 25
+        else:
+            self._dtmf_hold = max(0, self._dtmf_hold - 1)
         cp_active = self._update_call_progress(self._cp.detect(), hop_ms)
         tone_active = self._update_tone(self._tonal.detect())
         self._features.push(hop_ms, self._tonal.peak_ratio)
