@@ -77,7 +77,8 @@ def test_excessive_twist_is_rejected(twist: float) -> None:
                                       (-0.035, False), (0.05, False)])
 def test_frequency_tolerance_q24(shift: float, ok: bool) -> None:
     lo, hi = dtmf_freqs("8")
-    x = np.concatenate([tone((lo * (1 + shift), hi * (1 + shift)), 0.1), np.zeros(4800, np.float32)])
+    x = tone((lo * (1 + shift), hi * (1 + shift)), 0.1)
+    x = np.concatenate([x, np.zeros(4800, np.float32)])
     assert decode_dtmf(x, SR) == ("8" if ok else "")
 
 
@@ -122,7 +123,7 @@ def test_dtmf_timeline_onset_hold_release(twist: float, noise: float | None) -> 
 def test_call_progress_tone_held_through_cadence(name: str) -> None:
     from denoiser.bypass.synth import call_progress
 
-    x, on = call_progress(name, 7.0, SR, level_dbfs=-22.0)
+    x, _ = call_progress(name, 7.0, SR, level_dbfs=-22.0)
     x = np.concatenate([np.zeros(SR // 2, np.float32), x])
     x = x + white_noise(len(x) / SR, SR, -55.0, seed=2)
     tl = timeline(x)
