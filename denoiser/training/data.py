@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,18 @@ def _is_validation(path: Path, root: Path, share: float) -> bool:
     return int(hashlib.sha1(key).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
+@cache
+def _audio_files(root: Path, kind: str) -> tuple[AudioFile, ...]:
+    """Every WAV under `root/kind` with its rate and length (read once per process)."""
+    found = []
+    for path in sorted((root / kind).rglob("*.wav")):
+        info = sf.info(str(path))
+        if info.channels != 1:
+            raise ValueError(f"{path}: expected mono, got {info.channels} channels")
+        found.append(AudioFile(path, int(info.samplerate), int(info.frames)))
+    return tuple(found)
+
+
 def scan(root: Path, split_fn: SplitFn | None = None, part: str = "train",
          validation_share: float = 0.05) -> Corpus:
     """List the files of `root` for `part`: "train" (train split minus the validation share)
@@ -94,15 +107,7 @@ def scan(root: Path, split_fn: SplitFn | None = None, part: str = "train",
     split_fn = split_fn or default_split_fn()
 
     def files(kind: str) -> list[AudioFile]:
-        found = []
-        for path in sorted((root / kind).rglob("*.wav")):
-            if split_fn(path) != "train":
-                continue
-            info = sf.info(str(path))
-            if info.channels != 1:
-                raise ValueError(f"{path}: expected mono, got {info.channels} channels")
-            found.append(AudioFile(path, int(info.samplerate), int(info.frames)))
-        return found
+        return [f for f in _audio_files(root, kind) if split_fn(f.path) == "train"]
 
     speech = [f for f in files("clean")
               if _is_validation(f.path, root, validation_share) == (part == "validation")]

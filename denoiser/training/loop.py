@@ -1,0 +1,296 @@
+"""The resumable training loop: AdamW, warm-up + cosine LR, gradient clipping, checkpoints.
+
+A run lives in one folder (`models/<run>/` by default):
+- `settings.json`   the settings of the run (written at start, kept on resume)
+- `train_log.jsonl` one JSON object per step (`"kind": "train"`) and per validation (`"val"`)
+- `checkpoint.pt`   model + optimiser + scheduler + step + every RNG (written atomically)
+- the exported weights (`denoiser.training.export`), in the format `load_default_model` reads.
+
+Resuming restores the checkpoint exactly: the data generator's state is part of it, so a run
+resumed at step k draws the same batches as one that never stopped (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from denoiser.paths import MODELS_DIR, SHARED_DATA_DIR
+from denoiser.streaming import StreamingModel
+from denoiser.training import data as mixdata
+from denoiser.training.export import export_weights
+from denoiser.training.losses import LossConfig, TrainingLoss, si_sdr
+
+CHECKPOINT = "checkpoint.pt"
+SETTINGS = "settings.json"
+LOG = "train_log.jsonl"
+INITS = ("default", "scratch", "tiny")
+
+
+@dataclass
+class TrainSettings:
+    """Everything that defines a run (saved as settings.json)."""
+
+    run: str = "finetune"
+    out: str = ""  # defaults to models/<run>
+    data: str = str(SHARED_DATA_DIR)
+    init: str = "default"
+    steps: int = 2000
+    batch: int = 8
+    seconds: float = 3.0
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    clip_grad: float = 1.0
+    threads: int = 2
+    seed: int = 0
+    val_every: int = 200
+    val_size: int = 16
+    checkpoint_every: int = 100
+    si_sdr_weight: float = 0.0
+    fixed_batch: bool = False  # train on one batch again and again (a sanity check)
+    lookahead: int | None = None  # DFN3 look-ahead in hops; None keeps the model's own
+    loss: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"--init must be one of {INITS}, not {self.init!r}")
+        for name in ("steps", "batch", "threads", "val_every", "val_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.lookahead is not None and self.lookahead < 0:
+            raise ValueError("lookahead must be 0 or more")
+        if self.seconds <= 0.1:
+            raise ValueError("seconds must be above 0.1")
+        if not self.out:
+            self.out = str(MODELS_DIR / self.run)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> TrainSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+
+
+def build_model(settings: TrainSettings) -> StreamingModel:
+    """The model a run starts from: the shipped DFN3 weights, a fresh DFN3, or the tiny FIR."""
+    init = settings.init
+    if init == "tiny":
+        from denoiser.training.tiny import TinyFIRModel
+        return TinyFIRModel()
+    from denoiser.dfn3 import DFN3, DFN3Config
+
+    config = DFN3Config()
+    if settings.lookahead is not None:
+        config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
+                                     df_lookahead=settings.lookahead)
+    model = DFN3(config)
+    if init == "default":
+        # The look-ahead only shifts frames, so the shipped weights fit any look-ahead.
+        from denoiser.models import load_default_model
+        model.load_state_dict(load_default_model("cpu").state_dict())
+    return model
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Owns one run: its model, optimiser, data and folder."""
+
+    def __init__(self, settings: TrainSettings, *, resume: bool = False,
+                 model_factory: Callable[[TrainSettings], StreamingModel] = build_model,
+                 split_fn: mixdata.SplitFn | None = None, progress: bool = True) -> None:
+        self.out = Path(settings.out)
+        if resume:
+            saved = self.out / SETTINGS
+            if not (self.out / CHECKPOINT).is_file():
+                raise FileNotFoundError(f"nothing to resume: {self.out / CHECKPOINT} is missing")
+            # The run's own settings win, except how long to go on and how many threads.
+            old = json.loads(saved.read_text())
+            old.update(steps=settings.steps, threads=settings.threads)
+            settings = TrainSettings.from_dict(old)
+        self.settings = s = settings
+        self.progress = progress
+        torch.set_num_threads(s.threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+        data_root = Path(s.data)
+        self.mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "train"),
+                                   mixdata.MixConfig(seconds=s.seconds))
+        self.val_mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "validation"),
+                                       mixdata.MixConfig(seconds=s.seconds))
+        torch.manual_seed(s.seed)
+        random.seed(s.seed)
+        self.model = model_factory(s)
+        self.model.train()
+        self.hop = self.model.hop_size
+        self.loss_fn = TrainingLoss(LossConfig(si_sdr_weight=s.si_sdr_weight,
+                                               **s.loss))  # type: ignore[arg-type]
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr,
+                                           weight_decay=s.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: lr_factor(k, s.warmup, s.steps, s.min_lr_ratio))
+        self.rng = np.random.default_rng(s.seed)
+        self.step = 0
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._val: tuple[torch.Tensor, torch.Tensor] | None = None
+        if resume:
+            self.load_checkpoint()
+        else:
+            (self.out / SETTINGS).write_text(json.dumps(asdict(s), indent=1))
+
+    # -- data
+
+    def _tensors(self, noisy: np.ndarray, clean: np.ndarray) -> tuple[torch.Tensor,
+                                                                      torch.Tensor]:
+        n = noisy.shape[1] // self.hop * self.hop
+        return torch.from_numpy(noisy[:, :n]), torch.from_numpy(clean[:, :n])
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.settings.fixed_batch:
+            if self._fixed is None:
+                self._fixed = self._tensors(*self.mixer.batch(
+                    np.random.default_rng(self.settings.seed), self.settings.batch))
+            return self._fixed
+        return self._tensors(*self.mixer.batch(self.rng, self.settings.batch))
+
+    def validation_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed set of held-out mixes (same seed every time, never trained on)."""
+        if self._val is None:
+            rng = np.random.default_rng([self.settings.seed, 1])
+            self._val = self._tensors(*self.val_mixer.batch(rng, self.settings.val_size))
+        return self._val
+
+    # -- one step
+
+    def _aligned(self, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+        """Model output against the target it estimates: output n is input n - latency."""
+        estimate = self.model(noisy)
+        lat = self.model.latency_samples
+        if lat:
+            estimate, clean = estimate[:, lat:], clean[:, :-lat]
+        return estimate, clean
+
+    def loss_on(self, noisy: torch.Tensor, clean: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(self.loss_fn(*self._aligned(noisy, clean)))
+
+    def train_step(self) -> dict[str, float]:
+        noisy, clean = self.next_batch()
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = self.loss_fn.parts(*self._aligned(noisy, clean))
+        loss = self.loss_fn.total(parts)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {self.step}")
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        record = {"kind": "train", "step": self.step, "loss": float(loss.detach()), "lr": lr,
+                  "grad_norm": float(grad_norm),
+                  "sec_per_step": round(time.perf_counter() - started, 4)}
+        record.update({k: float(v.detach()) for k, v in parts.items()})
+        return record
+
+    def validate(self) -> dict[str, float]:
+        noisy, clean = self.validation_batch()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                estimate, target = self._aligned(noisy, clean)
+                loss = float(self.loss_fn(estimate, target))
+                sdr = float(si_sdr(estimate, target).mean())
+                lat = self.model.latency_samples
+                sdr_in = float(si_sdr(noisy[:, :noisy.shape[1] - lat], target).mean())
+        finally:
+            self.model.train()
+        return {"kind": "val", "step": self.step, "val_loss": loss, "val_si_sdr": sdr,
+                "val_si_sdr_noisy": sdr_in}
+
+    # -- checkpoints
+
+    def checkpoint_state(self) -> dict[str, object]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "settings": asdict(self.settings),
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = self.out / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.checkpoint_state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["data_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        self.step = int(state["step"])
+
+    # -- the run
+
+    def _log(self, record: dict[str, object]) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.out / LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self, until: int | None = None) -> Path | None:
+        """Train up to `settings.steps` (or stop early at step `until`, checkpointed, as if
+        interrupted); at the end export the weights and return their path."""
+        s = self.settings
+        stop = s.steps if until is None else min(until, s.steps)
+        bar = tqdm(total=s.steps, initial=self.step, disable=not self.progress, unit="step",
+                   desc=s.run)
+        try:
+            while self.step < stop:
+                record = self.train_step()
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                bar.update(1)
+                if self.step % s.val_every == 0 or self.step == s.steps:
+                    val = self.validate()
+                    self._log(val)
+                    bar.write(json.dumps(val))
+                if self.step % s.checkpoint_every == 0 or self.step in (stop, s.steps):
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.save_checkpoint()  # Ctrl-C: keep everything done so far; --resume goes on
+            raise
+        finally:
+            bar.close()
+        if self.step < s.steps:
+            return None
+        self.model.eval()
+        return export_weights(self.model, self.out, asdict(s))
