@@ -35,6 +35,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "denoise_sfu_"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -132,7 +133,7 @@ class EngineCollector:
         yield CounterMetricFamily(PREFIX + "engine_hops", "Hops denoised by the engine",
                                   value=stats.hops)
         sizes = dict(stats.batch_sizes)
-        cumulative = [(str(b), sum(n for size, n in sizes.items() if size <= b))
+        cumulative = [(floatToGoString(b), sum(n for size, n in sizes.items() if size <= b))
                       for b in BATCH_BUCKETS]
         cumulative.append(("+Inf", sum(sizes.values())))
         batch = HistogramMetricFamily(PREFIX + "engine_batch_size", "Streams in one engine tick")
