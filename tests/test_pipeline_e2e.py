@@ -158,8 +158,8 @@ async def test_publish_denoise_encode_once_fan_out_to_real_peers() -> None:
     # the low-latency receive path was in use, and every frame and hop is accounted for
     (jb,) = buffers
     assert jb.packets_released >= counters.frames_in > 100
-    assert counters.hops_in + counters.hops_concealed == counters.hops_out
-    assert counters.hops_in == 2 * (counters.frames_in - counters.frames_late)
+    assert counters.hops_in + counters.hops_concealed == counters.hops_out + counters.hops_cancelled
+    assert 0 <= 2 * (counters.frames_in - counters.frames_late) - counters.hops_in <= 2
     assert counters.packets_out == counters.hops_out // 2
     assert stream.counters["denoised"] == counters.hops_out
     # the stuck subscriber kept its newest 8 packets and counted the rest as dropped

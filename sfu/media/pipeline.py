@@ -35,6 +35,9 @@ from sfu.media.receiver import PacketArrivals
 logger = logging.getLogger(__name__)
 
 MAX_CONCEALED_SAMPLES = SAMPLE_RATE // 10  # 100 ms
+DEFAULT_LATENCY_BUDGET = 0.020  # wall seconds, packet in -> packet out (DESIGN.md budget
+#                                  less the model's algorithmic latency)
+ENCODE_MARGIN = 0.002  # kept back from the budget for encoding and fan-out
 
 
 class HopStream(Protocol):
@@ -56,6 +59,7 @@ class PipelineCounters:
     hops_concealed: int = 0
     hops_stream_error: int = 0
     hops_out: int = 0
+    hops_cancelled: int = 0  # in flight when the pipeline stopped
     publisher_pauses: int = 0
     samples_paused: int = 0
     packets_out: int = 0
@@ -71,7 +75,8 @@ class SpeakerPipeline:
 
     def __init__(self, source: MediaStreamTrack, stream: HopStream, metrics: MetricsLike,
                  *, bitrate: int = 32_000, max_queue: int = DEFAULT_QUEUE_PACKETS,
-                 arrivals: PacketArrivals | None = None) -> None:
+                 arrivals: PacketArrivals | None = None,
+                 latency_budget: float | None = DEFAULT_LATENCY_BUDGET) -> None:
         if source.kind != "audio":
             raise ValueError(f"SpeakerPipeline needs an audio track, got {source.kind!r}")
         self.source = source
@@ -95,6 +100,10 @@ class SpeakerPipeline:
         self._drops = metrics.frames_dropped
         self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
         self.record_latencies = False
+        # The stream's own deadline per hop, tightened so that no packet waits past the budget.
+        self._latency_budget = latency_budget
+        self._base_deadline: float | None = getattr(stream, "deadline", None)
+        self._guard = latency_budget is not None and hasattr(stream, "deadline")
 
     # -- public API -------------------------------------------------------------------------
 
@@ -145,6 +154,14 @@ class SpeakerPipeline:
 
     def _count(self, event: str, n: int = 1) -> None:
         self._events.labels(event=event).inc(n)
+
+    def _tighten_deadline(self, arrived: float) -> None:
+        """Give the stream only what is left of this packet's budget: when the engine is slow,
+        hops pass through as `late` (counted by the stream) instead of the pipeline falling
+        behind, since two 10 ms hops each waiting a full deadline would outrun real time."""
+        left = self._latency_budget - ENCODE_MARGIN - (time.monotonic() - arrived)  # type: ignore[operator]
+        base = self._base_deadline
+        self.stream.deadline = max(0.0, left if base is None else min(base, left))  # type: ignore[attr-defined]
 
     def _count_drop(self, n: int) -> None:
         self.counters.subscriber_drops += n
@@ -210,11 +227,14 @@ class SpeakerPipeline:
             else:
                 self.counters.hops_in += 1
                 self._count("hop_in")
+            if self._guard:
+                self._tighten_deadline(arrived)
             try:
                 out = await self.stream.process_hop(hop)
                 if out.shape != (HOP_SIZE,):
                     raise ValueError(f"stream returned shape {out.shape}")
             except asyncio.CancelledError:
+                self.counters.hops_cancelled += 1
                 raise
             except Exception:
                 logger.exception("DenoisedStream failed; sending the original hop")

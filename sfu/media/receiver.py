@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
@@ -115,3 +115,33 @@ def install_for_track(pc: RTCPeerConnection, track: MediaStreamTrack
         if receiver.track is track:
             return install_low_latency_audio(receiver)
     raise ValueError("track does not belong to this peer connection")
+
+
+class RecordingJitterBuffer(JitterBuffer):
+    """aiortc's own audio jitter buffer, unchanged, that also records packet arrival times.
+
+    Only for measuring the default receive path (bench `--receive-path aiortc`): frames come
+    out exactly as in stock aiortc, and the arrival times are keyed like its TimestampMapper
+    (RTP timestamp minus the first one), which is what decoded frames carry as pts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16, prefetch=4)  # what RTCRtpReceiver gives audio
+        self.arrivals = PacketArrivals()
+        self._first_ts: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if self._first_ts is None:
+            self._first_ts = packet.timestamp
+        self.arrivals.record((packet.timestamp - self._first_ts) & 0xFFFFFFFF, time.monotonic())
+        return super().add(packet)
+
+
+def install_recording_default(receiver: RTCRtpReceiver) -> RecordingJitterBuffer:
+    """Keep aiortc's audio jitter buffer behaviour but record arrivals (measurement only)."""
+    if not hasattr(receiver, _PRIVATE_JITTER_BUFFER):
+        raise RuntimeError("this aiortc version has no RTCRtpReceiver jitter buffer to replace")
+    buffer = RecordingJitterBuffer()
+    setattr(receiver, _PRIVATE_JITTER_BUFFER, buffer)
+    receiver.track.packet_arrivals = buffer.arrivals  # type: ignore[attr-defined]
+    return buffer
