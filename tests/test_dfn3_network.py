@@ -36,27 +36,44 @@ def onnx_ref() -> OnnxDFN3:
 
 @pytest.fixture(scope="module")
 def features(converted: tuple[DFN3, dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real features of a 2 s noisy clip: feat_erb [1, 1, T, 32], feat_spec [1, 2, T, 96]."""
+    """Real features of a 2 s noisy clip: feat_erb [1, T, 32], feat_spec [1, T, 96, 2]."""
     model, _ = converted
     audio = torch.from_numpy(noisy_example(2.0))[None]
     state = model.initial_state(1)
     spec, _ = stft_analysis(audio, state["analysis_mem"], model.window)
     erb, _ = erb_features(spec, model.erb_mean, state["erb_norm"], model.alpha)
     cplx, _ = unit_norm_features(spec[..., :96], state["unit_norm"], model.alpha)
-    return erb[:, None], torch.view_as_real(cplx).permute(0, 3, 1, 2).contiguous()
+    return erb, torch.view_as_real(cplx)
 
 
 def _pad_time(x: torch.Tensor, frames: int) -> torch.Tensor:
-    return F.pad(x, (0, 0, frames, 0))
+    """Zero past frames on dim 1 (as the ONNX graphs pad)."""
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (frames, 0))
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """Our channels-last [B, T, F, C] -> the ONNX layout [B, C, T, F]."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x).permute(0, 2, 3, 1).contiguous()
+
+
+def _onnx_enc(onnx_ref: OnnxDFN3, feat_erb: torch.Tensor, feat_spec: torch.Tensor) -> dict:
+    return onnx_ref.run("enc", feat_erb=feat_erb[:, None].numpy(),
+                        feat_spec=feat_spec.permute(0, 3, 1, 2).contiguous().numpy())
 
 
 @torch.no_grad()
 def test_encoder_equals_onnx(converted, onnx_ref, features) -> None:
     model, _ = converted
     feat_erb, feat_spec = features
-    ref = onnx_ref.run("enc", feat_erb=feat_erb.numpy(), feat_spec=feat_spec.numpy())
-    outs = model.enc(_pad_time(feat_erb, 2), _pad_time(feat_spec, 2), torch.zeros(1, 1, 256))
-    for name, ours in zip(("e0", "e1", "e2", "e3", "emb", "c0", "lsnr"), outs, strict=False):
+    ref = _onnx_enc(onnx_ref, feat_erb, feat_spec)
+    outs = list(model.enc(_pad_time(feat_erb, 2), _pad_time(feat_spec, 2),
+                          torch.zeros(1, 1, 256)))
+    outs = [_nchw(o) for o in outs[:4]] + [outs[4], _nchw(outs[5]), outs[6][..., None]]
+    for name, ours in zip(("e0", "e1", "e2", "e3", "emb", "c0", "lsnr"), outs, strict=True):
         assert ours.shape == ref[name].shape, name
         assert snr_db(ref[name], ours.numpy()) > 100, name
     assert ref["lsnr"].std() > 1.0  # a real clip: the SNR estimate moves
@@ -66,10 +83,11 @@ def test_encoder_equals_onnx(converted, onnx_ref, features) -> None:
 def test_erb_decoder_equals_onnx(converted, onnx_ref, features) -> None:
     model, _ = converted
     feat_erb, feat_spec = features
-    enc = onnx_ref.run("enc", feat_erb=feat_erb.numpy(), feat_spec=feat_spec.numpy())
+    enc = _onnx_enc(onnx_ref, feat_erb, feat_spec)
     names = ("emb", "e3", "e2", "e1", "e0")
-    ref = onnx_ref.run("erb_dec", **{k: enc[k] for k in names})["m"]
-    ours, _ = model.erb_dec(*(torch.from_numpy(enc[k]) for k in names), torch.zeros(1, 2, 256))
+    ref = onnx_ref.run("erb_dec", **{k: enc[k] for k in names})["m"][:, 0]
+    skips = [_nhwc(enc[k]) for k in names[1:]]
+    ours, _ = model.erb_dec(torch.from_numpy(enc["emb"]), *skips, torch.zeros(1, 2, 256))
     assert ours.shape == ref.shape
     assert np.abs(ours.numpy() - ref).max() < 1e-5
     assert ref.min() < 0.1 and ref.max() > 0.9  # the gains really vary
@@ -79,10 +97,10 @@ def test_erb_decoder_equals_onnx(converted, onnx_ref, features) -> None:
 def test_df_decoder_equals_onnx(converted, onnx_ref, features) -> None:
     model, _ = converted
     feat_erb, feat_spec = features
-    enc = onnx_ref.run("enc", feat_erb=feat_erb.numpy(), feat_spec=feat_spec.numpy())
+    enc = _onnx_enc(onnx_ref, feat_erb, feat_spec)
     ref = onnx_ref.run("df_dec", emb=enc["emb"], c0=enc["c0"])["coefs"]
-    ours, _ = model.df_dec(torch.from_numpy(enc["emb"]),
-                           _pad_time(torch.from_numpy(enc["c0"]), 4), torch.zeros(1, 2, 256))
+    ours, _ = model.df_dec(torch.from_numpy(enc["emb"]), _pad_time(_nhwc(enc["c0"]), 4),
+                           torch.zeros(1, 2, 256))
     ours = ours.reshape(ref.shape).numpy()
     assert snr_db(ref, ours) > 100
 

@@ -1,8 +1,15 @@
-"""DFN3's building blocks: grouped linear layers, squeezed GRUs and separable conv blocks."""
+"""DFN3's building blocks in channels-last layout ([B, T, F, C]).
+
+The convolutions of DFN3 are depthwise (1x3) over frequency followed by 1x1 pointwise convs;
+on CPU torch runs grouped convs as one small conv per group, so here they are written as
+shifted multiply-adds plus one matmul. The parameters keep the torch Conv2d shapes of the
+original (and of the ONNX export), so weights load unchanged.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -50,21 +57,73 @@ class SqueezedGRU(nn.Module):
         return y, h_new.transpose(0, 1)
 
 
-class SeparableConv(nn.Module):
-    """Grouped (usually depthwise) conv without bias, then a 1x1 conv with the folded batch-norm
-    bias, then ReLU. No time padding: callers prepend the time context themselves."""
+def depthwise_freq(x: Tensor, weight: Tensor, stride: int = 1) -> Tensor:
+    """Depthwise conv over frequency, kernel 3, padding 1: x [B, T, F, C], weight [C, 1, 1, 3]."""
+    f_in = x.shape[2]
+    f_out = (f_in - 1) // stride + 1
+    xp = F.pad(x, (0, 0, 1, 1))
+    w = weight[:, 0, 0, :]  # [C, 3]
+    span = stride * (f_out - 1) + 1
+    y = xp[:, :, 0:span:stride] * w[:, 0]
+    y = y + xp[:, :, 1:1 + span:stride] * w[:, 1]
+    return y + xp[:, :, 2:2 + span:stride] * w[:, 2]
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: tuple[int, int], groups: int,
-                 fstride: int = 1, transposed: bool = False) -> None:
+
+def depthwise_freq_transposed(x: Tensor, weight: Tensor) -> Tensor:
+    """Depthwise transposed conv over frequency: kernel 3, stride 2, padding 1, output padding 1
+    (doubles F). Output 2j is w1 x[j]; output 2j+1 is w2 x[j] + w0 x[j+1]."""
+    b, t, f, c = x.shape
+    w = weight[:, 0, 0, :]  # [C, 3]
+    nxt = F.pad(x[:, :, 1:], (0, 0, 0, 1))
+    even = x * w[:, 1]
+    odd = x * w[:, 2] + nxt * w[:, 0]
+    return torch.stack([even, odd], dim=3).reshape(b, t, 2 * f, c)
+
+
+class SeparableConv(nn.Module):
+    """Depthwise (1x3) conv over frequency without bias, then a 1x1 conv with the folded
+    batch-norm bias, then ReLU; `transposed` doubles the frequency axis instead."""
+
+    def __init__(self, channels: int, fstride: int = 1, transposed: bool = False) -> None:
         super().__init__()
         if transposed:
             self.dw: nn.Module = nn.ConvTranspose2d(
-                in_ch, out_ch, kernel, stride=(1, fstride), padding=(0, kernel[1] // 2),
-                output_padding=(0, fstride - 1), groups=groups, bias=False)
+                channels, channels, (1, 3), stride=(1, 2), padding=(0, 1),
+                output_padding=(0, 1), groups=channels, bias=False)
         else:
-            self.dw = nn.Conv2d(in_ch, out_ch, kernel, stride=(1, fstride),
-                                padding=(0, kernel[1] // 2), groups=groups, bias=False)
-        self.pw = nn.Conv2d(out_ch, out_ch, 1)
+            self.dw = nn.Conv2d(channels, channels, (1, 3), stride=(1, fstride),
+                                padding=(0, 1), groups=channels, bias=False)
+        self.pw = nn.Conv2d(channels, channels, 1)
+        self.fstride = fstride
+        self.transposed = transposed
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.pw(self.dw(x)))
+        if self.transposed:
+            y = depthwise_freq_transposed(x, self.dw.weight)
+        else:
+            y = depthwise_freq(x, self.dw.weight, self.fstride)
+        return torch.relu(pointwise(y, self.pw))
+
+
+def pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A 1x1 Conv2d applied to channels-last x as a matmul."""
+    return F.linear(x, conv.weight[:, :, 0, 0], conv.bias)
+
+
+def channel_scale(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A depthwise 1x1 Conv2d (per-channel scale and bias) on channels-last x."""
+    return x * conv.weight[:, 0, 0, 0] + conv.bias
+
+
+def grouped_time_freq_conv(x: Tensor, conv: nn.Conv2d, pad_freq: int) -> Tensor:
+    """A grouped Conv2d with kernel (kt, kf) on x [B, kt-1+T, F, C_in] (time context included,
+    frequency zero-padded by `pad_freq`) -> [B, T, F_out, C_out], as unfold + einsum."""
+    c_out, c_in_g, kt, kf = conv.weight.shape
+    groups = conv.groups
+    xp = F.pad(x, (0, 0, pad_freq, pad_freq)) if pad_freq else x
+    patches = xp.unfold(1, kt, 1).unfold(2, kf, 1)  # [B, T, F_out, C_in, kt, kf]
+    b, t, f = patches.shape[:3]
+    patches = patches.reshape(b, t, f, groups, c_in_g * kt * kf)
+    w = conv.weight.reshape(groups, c_out // groups, c_in_g * kt * kf)
+    y = torch.einsum("btfgk,gok->btfgo", patches, w).reshape(b, t, f, c_out)
+    return y if conv.bias is None else y + conv.bias

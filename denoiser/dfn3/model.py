@@ -78,9 +78,9 @@ class DFN3(StreamingModel):
             "synthesis_mem": zeros(cfg.hop_size),
             "erb_norm": erb_init.expand(batch, -1).clone(),
             "unit_norm": unit_init.expand(batch, -1).clone(),
-            "erb_ctx": zeros(1, Encoder.erb_context, cfg.nb_erb),
-            "spec_ctx": zeros(2, Encoder.spec_context, cfg.nb_df),
-            "c0_ctx": zeros(cfg.conv_ch, self.df_dec.context, cfg.nb_df),
+            "erb_ctx": zeros(Encoder.erb_context, cfg.nb_erb),
+            "spec_ctx": zeros(Encoder.spec_context, cfg.nb_df, 2),
+            "c0_ctx": zeros(self.df_dec.context, cfg.nb_df, cfg.conv_ch),
             "h_enc": zeros(1, cfg.emb_hidden),
             "h_erb": zeros(cfg.emb_layers - 1, cfg.emb_hidden),
             "h_df": zeros(cfg.df_layers, cfg.df_hidden),
@@ -116,14 +116,13 @@ class DFN3(StreamingModel):
         feat_cplx, unit_norm = unit_norm_features(spec[..., :cfg.nb_df], f32["unit_norm"],
                                                   self.alpha)
 
-        # Network inputs with their past frames prepended: [B, C, ctx + T, F].
-        erb_in = torch.cat([f32["erb_ctx"], feat_erb.unsqueeze(1)], dim=2)
-        spec_in = torch.cat([f32["spec_ctx"],
-                             torch.view_as_real(feat_cplx).permute(0, 3, 1, 2)], dim=2)
+        # Network inputs with their past frames prepended: [B, ctx + T, F(, C)].
+        erb_in = torch.cat([f32["erb_ctx"], feat_erb], dim=1)
+        spec_in = torch.cat([f32["spec_ctx"], torch.view_as_real(feat_cplx)], dim=1)
         e0, e1, e2, e3, emb, c0, lsnr, h_enc = self.enc(
             erb_in.to(net_dtype), spec_in.to(net_dtype), state["h_enc"].to(net_dtype))
         gains, h_erb = self.erb_dec(emb, e3, e2, e1, e0, state["h_erb"].to(net_dtype))
-        c0_in = torch.cat([state["c0_ctx"].to(net_dtype), c0], dim=2)
+        c0_in = torch.cat([state["c0_ctx"].to(net_dtype), c0], dim=1)
         coefs, h_df = self.df_dec(emb, c0_in, state["h_df"].to(net_dtype))
 
         # Spectra t-4 .. t for each new frame t; the enhanced frame is t - conv_lookahead.
@@ -131,7 +130,7 @@ class DFN3(StreamingModel):
         t = spec.shape[1]
         la = cfg.conv_lookahead
         target = frames[:, self.spec_history - la:self.spec_history - la + t]
-        enhanced = apply_erb_gains(target, gains[:, 0], self.erb_expand)
+        enhanced = apply_erb_gains(target, gains, self.erb_expand)
         low = deep_filter(frames[..., :cfg.nb_df], coefs)
         enhanced = torch.cat([low, enhanced[..., cfg.nb_df:]], dim=-1)
         if self.atten_lim_db is not None:
@@ -144,14 +143,14 @@ class DFN3(StreamingModel):
             "synthesis_mem": synthesis_mem,
             "erb_norm": erb_norm,
             "unit_norm": unit_norm,
-            "erb_ctx": erb_in[:, :, -Encoder.erb_context:],
-            "spec_ctx": spec_in[:, :, -Encoder.spec_context:],
-            "c0_ctx": c0_in[:, :, -self.df_dec.context:],
+            "erb_ctx": erb_in[:, -Encoder.erb_context:],
+            "spec_ctx": spec_in[:, -Encoder.spec_context:],
+            "c0_ctx": c0_in[:, -self.df_dec.context:],
             "h_enc": h_enc,
             "h_erb": h_erb,
             "h_df": h_df,
             "spec_hist": torch.view_as_real(frames[:, -self.spec_history:]),
         }
         new_state = {k: v.to(state[k].dtype).contiguous() for k, v in new_state.items()}
-        return out.to(io_dtype), new_state, lsnr[..., 0].float()
+        return out.to(io_dtype), new_state, lsnr.float()
 
