@@ -1,0 +1,262 @@
+"""`denoise-sfu bench engine`: how many real-time streams one core (or one GPU) denoises, batched.
+
+1. Capacity search (unpaced): with B streams each sending its next hop as soon as the last came
+   back, every tick is a full batch of B; `tick(B)` is the wall time per tick. B streams run in
+   real time when `tick(B) <= hop` (10 ms). Doubling then bisection finds the largest such B:
+   `streams_per_core` (per GPU on CUDA). `capacity_streams_per_core` is the best `B * hop /
+   tick(B)` seen (throughput if latency did not matter); `single_stream_per_core` is `hop /
+   tick(1)`, comparable with the anchors.
+2. Paced run at that load (or `--streams N`): every stream sends one hop per 10 ms at its own
+   random phase, as calls do; reports tick p50/p99 (first hop of a tick in -> results out), each
+   hop's wait p50/p99, batch sizes, and whether the engine kept up.
+3. Anchors, single stream, same process, same thread count: RNNoise and DFN3 (libdeepfilter)
+   through `denoiser.anchors`: seconds of audio per CPU second.
+
+Torch runs on `--threads` threads (1 by default: per core). Ends with ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from denoiser.local_engine import LocalEngine, resolve_device
+
+PROBE_SECONDS = 0.6
+
+
+def register_bench_engine(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = subparsers.add_parser("engine", help="real-time streams per core/GPU, batched",
+                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--streams", type=int, default=None,
+                   help="load for the paced run (default: the largest real-time batch found)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of the paced run")
+    p.add_argument("--model", default="default",
+                   help="'default' (shipped DFN3) or module:factory returning a StreamingModel")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: per core)")
+    p.add_argument("--max-streams", type=int, default=None,
+                   help="upper bound of the search (default 256 on CPU, 2048 on CUDA)")
+    p.add_argument("--tick-deadline", type=float, default=0.004,
+                   help="seconds a tick waits after its first hop (default 0.004)")
+    p.add_argument("--half", action="store_true", help="float16 on CUDA")
+    p.add_argument("--no-graphs", action="store_true", help="no CUDA graphs")
+    p.add_argument("--anchors", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time RNNoise and DFN3 (libdeepfilter) single-stream")
+    p.set_defaults(func=run)
+    return p
+
+
+def _hops(n: int, hop: int, seed: int = 0) -> np.ndarray:
+    """Noisy, speech-level test hops (the engine's cost does not depend on content)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, hop)) * 0.05).astype(np.float32)
+
+
+def _engine(model: Any, args: argparse.Namespace, streams: int) -> LocalEngine:
+    return LocalEngine(model, device=args.device, max_streams=max(1, streams),
+                       initial_slots=max(1, streams), tick_deadline=args.tick_deadline,
+                       half=args.half, cuda_graphs=not args.no_graphs)
+
+
+async def probe(model: Any, args: argparse.Namespace, batch: int) -> float:
+    """Seconds per tick with `batch` streams always ready (every tick a full batch)."""
+    async with _engine(model, args, batch) as engine:
+        ids = [f"s{i}" for i in range(batch)]
+        for sid in ids:
+            engine.open_stream(sid)
+        hops = _hops(batch, engine.hop_size)
+
+        async def round_() -> None:
+            await asyncio.gather(*(engine.process(sid, hops[i]) for i, sid in enumerate(ids)))
+
+        for _ in range(3):  # warm-up (and CUDA graph capture)
+            await round_()
+        rounds, start = 0, time.perf_counter()
+        while rounds < 5 or (time.perf_counter() - start < PROBE_SECONDS and rounds < 2000):
+            await round_()
+            rounds += 1
+        return (time.perf_counter() - start) / rounds
+
+
+async def search(model: Any, args: argparse.Namespace, hop_s: float,
+                 limit: int) -> tuple[int, dict[int, float]]:
+    """Largest batch whose tick fits in one hop, and every tick time measured."""
+    ticks: dict[int, float] = {}
+
+    async def fits(b: int) -> bool:
+        ticks[b] = await probe(model, args, b)
+        print(f"  batch {b:5d}: {ticks[b] * 1e3:7.2f} ms/tick "
+              f"({b * hop_s / ticks[b]:.1f} streams of throughput)", file=sys.stderr)
+        return ticks[b] <= hop_s
+
+    if not await fits(1):
+        b = 2  # nothing is real time; still measure what batching buys in throughput
+        while b <= min(limit, 64):
+            await fits(b)
+            b *= 4
+        return 0, ticks
+    good = 1
+    while good < limit:
+        nxt = min(2 * good, limit)
+        if not await fits(nxt):
+            bad = nxt
+            break
+        good = nxt
+    else:
+        return good, ticks
+    while bad - good > 1 and (bad - good) > good // 16:  # ~6 % resolution is enough
+        mid = (good + bad) // 2
+        if await fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, ticks
+
+
+async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str, Any]:
+    """`streams` calls, one hop each per hop period at random phases, for `args.seconds`."""
+    loop = asyncio.get_running_loop()
+    async with _engine(model, args, streams) as engine:
+        hop_s = engine.hop_size / engine.sample_rate
+        ids = [f"s{i}" for i in range(streams)]
+        for sid in ids:
+            engine.open_stream(sid)
+        hops = _hops(streams, engine.hop_size, seed=1)
+        for _ in range(3):
+            await asyncio.gather(*(engine.process(s, hops[i]) for i, s in enumerate(ids)))
+        engine.stats.tick_ms.recent.clear()
+        engine.stats.batch_sizes.clear()
+        ticks_before = engine.stats.ticks
+        waits: list[float] = []
+        failures = 0
+        inflight: set[asyncio.Task[np.ndarray]] = set()
+        phases = np.random.default_rng(2).uniform(0, hop_s, streams)
+        start = loop.time() + 0.05
+        end = start + args.seconds
+
+        def done(task: asyncio.Task[np.ndarray], sent: float) -> None:
+            nonlocal failures
+            inflight.discard(task)
+            if task.cancelled() or task.exception() is not None:
+                failures += 1
+            else:
+                waits.append((loop.time() - sent) * 1e3)
+
+        async def call(i: int) -> int:
+            due, sent = start + phases[i], 0
+            while due < end:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                now = loop.time()
+                task = asyncio.ensure_future(engine.process(ids[i], hops[i]))
+                inflight.add(task)
+                task.add_done_callback(lambda t, now=now: done(t, now))
+                sent += 1
+                due += hop_s
+            return sent
+
+        sent = sum(await asyncio.gather(*(call(i) for i in range(streams))))
+        backlog = len(inflight)
+        if inflight:
+            await asyncio.wait(inflight, timeout=5.0)
+        stats = engine.stats
+        batches = np.repeat(list(stats.batch_sizes), list(stats.batch_sizes.values()))
+        wait_arr = np.asarray(waits) if waits else np.asarray([math.nan])
+        return {
+            "streams": streams, "hops_sent": sent, "hops_failed": failures,
+            "backlog_at_end": backlog, "ticks": stats.ticks - ticks_before,
+            "tick_p50_ms": round(stats.tick_ms.percentile(50), 3),
+            "tick_p99_ms": round(stats.tick_ms.percentile(99), 3),
+            "hop_wait_p50_ms": round(float(np.percentile(wait_arr, 50)), 3),
+            "hop_wait_p99_ms": round(float(np.percentile(wait_arr, 99)), 3),
+            "batch_mean": round(float(batches.mean()), 2) if batches.size else 0.0,
+            "kept_up": bool(backlog <= streams and failures == 0
+                            and np.percentile(wait_arr, 99) <= 2 * hop_s * 1e3),
+        }
+
+
+def anchor_streams_per_core(name: str, seconds: float) -> float | None:
+    """Audio seconds one CPU second denoises with an anchor, single stream (None: unavailable)."""
+    try:
+        from denoiser.anchors import AnchorError, make_anchor
+    except ImportError as exc:
+        print(f"  anchor {name}: unavailable ({exc})", file=sys.stderr)
+        return None
+    try:
+        anchor = make_anchor(name)
+    except (AnchorError, OSError) as exc:
+        print(f"  anchor {name}: unavailable ({exc})", file=sys.stderr)
+        return None
+    with anchor:
+        frames = max(10, int(seconds * anchor.sample_rate / anchor.frame_size))
+        audio = _hops(frames, anchor.frame_size, seed=3)
+        for frame in audio[:5]:
+            anchor.process_frame(frame)
+        cpu0 = time.process_time()
+        for frame in audio:
+            anchor.process_frame(frame)
+        cpu = time.process_time() - cpu0
+    audio_s = frames * anchor.frame_size / anchor.sample_rate
+    value = audio_s / cpu if cpu > 0 else math.inf
+    print(f"  anchor {name}: {value:.1f} streams per core ({audio_s:.1f} s audio in "
+          f"{cpu:.2f} CPU s)", file=sys.stderr)
+    return round(value, 2)
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from denoiser.commands.denoise import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    device = resolve_device(args.device)
+    limit = args.max_streams or (2048 if device.type == "cuda" else 256)
+    hop_s = model.hop_size / model.sample_rate
+    print(f"bench engine: {type(model).__name__} on {device}, {args.threads} torch thread(s)",
+          file=sys.stderr)
+    best, ticks = await search(model, args, hop_s, limit)
+    load = args.streams if args.streams is not None else max(1, best)
+    print(f"paced run: {load} streams for {args.seconds:g} s", file=sys.stderr)
+    run_stats = await paced(model, args, load)
+    capacity = max(b * hop_s / t for b, t in ticks.items())
+    result: dict[str, Any] = {
+        "bench": "engine", "model": type(model).__name__, "device": str(device),
+        "unit": "gpu" if device.type == "cuda" else "core", "threads": args.threads,
+        "half": bool(args.half), "tick_deadline_ms": args.tick_deadline * 1e3,
+        "streams_per_core": best,
+        "tick_p50_ms": run_stats.pop("tick_p50_ms"), "tick_p99_ms": run_stats.pop("tick_p99_ms"),
+        "capacity_streams_per_core": round(capacity, 2),
+        "single_stream_per_core": round(hop_s / ticks[1], 2),
+        "tick_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(ticks.items())},
+        "paced": run_stats,
+    }
+    if args.anchors:
+        seconds = min(args.seconds, 5.0)
+        result["rnnoise_streams_per_core"] = anchor_streams_per_core("rnnoise", seconds)
+        result["dfn3_streams_per_core"] = anchor_streams_per_core("dfn3", seconds)
+    else:
+        result["rnnoise_streams_per_core"] = result["dfn3_streams_per_core"] = None
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from denoiser.commands.denoise import DenoiseError
+    from denoiser.engine import EngineError
+
+    if args.seconds <= 0 or (args.streams is not None and args.streams < 1):
+        print("error: --seconds must be > 0 and --streams >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(_bench(args))
+    except (DenoiseError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
