@@ -160,6 +160,7 @@ class LocalEngine(Engine):
         self._free: list[int] = list(range(1, self._capacity + 1))
         self._streams: dict[str, _Stream] = {}
         self._resets: set[int] = set()
+        self._ready = 0  # live streams with at least one hop waiting
         self._closing: list[int] = []
         self._in_flight = False
         self._started = False
@@ -200,6 +201,7 @@ class LocalEngine(Engine):
         for stream in self._streams.values():
             self._fail_queue(stream, "engine closed")
         self._streams.clear()
+        self._ready = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -241,7 +243,11 @@ class LocalEngine(Engine):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        if stream.queue:
+            self._ready -= 1
         self._fail_queue(stream, f"stream {stream_id!r} closed")
+        if self._wake is not None and self._ready and self._ready >= len(self._streams):
+            self._wake.set()  # the others no longer wait for this one
         if self._in_flight:
             self._closing.append(stream.slot)  # the running tick may still scatter into it
         else:
@@ -290,12 +296,17 @@ class LocalEngine(Engine):
         loop = asyncio.get_running_loop()
         now = loop.time()
         futures = []
+        was_idle = not stream.queue
         for i in range(hops):
             future: asyncio.Future[np.ndarray] = loop.create_future()
             hop = samples[i * self.hop_size:(i + 1) * self.hop_size].copy()
             stream.queue.append(_Pending(hop, future, now))
             futures.append(future)
-        self._wake.set()
+        if was_idle:
+            self._ready += 1
+            # Wake the loop only to start a tick's deadline or to close a full tick.
+            if self._ready == 1 or self._ready >= len(self._streams):
+                self._wake.set()
         results = await asyncio.gather(*futures)
         return results[0] if hops == 1 else np.concatenate(results)
 
@@ -307,11 +318,11 @@ class LocalEngine(Engine):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            due = [s.queue[0].arrived for s in self._streams.values() if s.queue]
-            if not due:
+            if not self._ready:
                 continue
-            deadline = min(due) + self.tick_deadline
-            while not all(s.queue for s in self._streams.values()):
+            first = min(s.queue[0].arrived for s in self._streams.values() if s.queue)
+            deadline = first + self.tick_deadline
+            while self._ready < len(self._streams):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -327,13 +338,14 @@ class LocalEngine(Engine):
             except Exception:  # never let one bad tick stop the engine
                 log.exception("engine tick failed")
                 self.stats.errors["tick"] += 1
-            if any(s.queue for s in self._streams.values()):
+            if self._ready:
                 self._wake.set()
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = [(sid, s.slot, s.queue.popleft()) for sid, s in self._streams.items() if s.queue]
         if not batch:
             return
+        self._ready = sum(1 for s in self._streams.values() if s.queue)
         closed_at = loop.time()
         first = min(p.arrived for _, _, p in batch)
         slots = [slot for _, slot, _ in batch]

@@ -206,3 +206,15 @@ def test_device_and_bucket_choices(model: TinyConvGRU) -> None:
             LocalEngine(model, device="cuda")
     with pytest.raises(ValueError, match="half"):
         LocalEngine(model, device="cpu", half=True)
+
+
+async def test_closing_the_stream_a_tick_waits_for_closes_the_tick(model: TinyConvGRU) -> None:
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=5.0) as engine:
+        engine.open_stream("a")
+        engine.open_stream("idle")
+        t0 = time.perf_counter()
+        pending = asyncio.create_task(engine.process("a", audio(9, 1)))
+        await asyncio.sleep(0.05)
+        engine.close_stream("idle")
+        await asyncio.wait_for(pending, 2.0)
+        assert time.perf_counter() - t0 < 2.0
