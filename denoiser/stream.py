@@ -74,6 +74,7 @@ class DenoisedStream:
         self.mode = mode
         self.counters: dict[str, int] = {"denoised": 0, **dict.fromkeys(PASS_REASONS, 0)}
         self.switches = 0
+        self.detector_errors = 0
         self._raw_tail = np.zeros(self.latency_samples, dtype=np.float32)
         lags = -(-self.latency_samples // self.hop_size)
         self._lags = sorted({self.latency_samples // self.hop_size, lags})
@@ -174,7 +175,15 @@ class DenoisedStream:
 
     def _aligned_decision(self, raw: np.ndarray) -> str | None:
         """The detector's verdict for the input time carried by this output hop."""
-        decision = self.detector.update(raw) if self.detector is not None else None
+        decision = None
+        if self.detector is not None:
+            try:
+                decision = self.detector.update(raw)
+            except Exception:  # a broken detector must not stop the audio: denoise instead
+                self.detector_errors += 1
+                if self.detector_errors == 1:
+                    log.exception("stream %s: bypass detector failed; denoising",
+                                  self.stream_id)
         self._decisions.append(decision)
         for lag in self._lags:  # the one or two input hops this output hop overlaps
             reason = self._decisions[-1 - lag]

@@ -169,3 +169,17 @@ async def test_bad_hops_and_modes_get_clear_errors() -> None:
         assert np.isfinite(await stream.process_hop(bad)).all()  # NaN input becomes silence
         stream.close()
         assert engine.live_streams == 0
+
+
+class BrokenDetector:
+    def update(self, hop: np.ndarray) -> str | None:
+        raise ValueError("shapes do not match")
+
+
+async def test_a_failing_detector_does_not_stop_the_audio() -> None:
+    x = sine(6)
+    async with LocalEngine(GainModel(delay=240, gain=0.5), device="cpu") as engine:
+        stream = DenoisedStream(engine, "s", detector=BrokenDetector(), deadline=None)
+        y = await run(stream, x)
+    assert stream.detector_errors == 6 and stream.counters["denoised"] == 6
+    np.testing.assert_allclose(y, 0.5 * delayed(x, 240), atol=1e-6)
