@@ -69,8 +69,12 @@ def _pipeline_factory(ctx: SfuContext):
 
         if ctx.engine is None:
             raise ServiceUnavailable("the denoising engine is not running", "engine_unavailable")
-        stream = DenoisedStream(ctx.engine, stream_id, mode=mode)
-        return SpeakerPipeline(track, stream, ctx.metrics)
+        stream = DenoisedStream(ctx.engine, stream_id, mode=mode,
+                                deadline=ctx.settings.hop_deadline)
+        budget = ctx.settings.latency_budget
+        if budget is None:
+            return SpeakerPipeline(track, stream, ctx.metrics)
+        return SpeakerPipeline(track, stream, ctx.metrics, latency_budget=budget)
     return make
 
 

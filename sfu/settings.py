@@ -42,6 +42,8 @@ class Settings:
     max_sdp_bytes: int = 64 * 1024
     max_sessions_per_room: int = 64
     connect_timeout: float = 30.0
+    hop_deadline: float = 0.02
+    latency_budget: float | None = None
     token_ttl: int = 3600
     log_level: str = "info"
     log_format: str = "json"
@@ -54,6 +56,8 @@ class Settings:
             raise SettingsError(f"port {self.port} is out of range")
         if self.max_sdp_bytes < 1024:
             raise SettingsError("max_sdp_bytes must be at least 1024")
+        if not 0 < self.hop_deadline <= 5:
+            raise SettingsError("hop_deadline must be in (0, 5] seconds")
         if self.log_format not in ("json", "text"):
             raise SettingsError("log_format must be json or text")
 
@@ -87,6 +91,10 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-sdp-bytes", "max_sdp_bytes", int, "largest SDP body accepted"),
     ("--max-sessions-per-room", "max_sessions_per_room", int, "publishers + subscribers per room"),
     ("--connect-timeout", "connect_timeout", float, "seconds a peer may take to connect"),
+    ("--hop-deadline", "hop_deadline", float, "seconds a hop may wait for the engine before "
+     "the original audio goes out instead"),
+    ("--latency-budget", "latency_budget", float, "seconds from packet in to packet out after "
+     "which hops pass through (default: the pipeline's)"),
     ("--token-ttl", "token_ttl", int, "lifetime of tokens this server issues (seconds)"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "json or text"),

@@ -92,7 +92,8 @@ class Client:
 async def test_publish_subscribe_replace_and_leave(
         sfu_factory: SfuFactory, gain_engine: Engine, make_token: Callable[..., str],
         speech_opus: Path) -> None:
-    sfu = await sfu_factory(gain_engine)
+    # Generous deadlines: what is tested is the path, not this shared box's speed.
+    sfu = await sfu_factory(gain_engine, hop_deadline=2.0, latency_budget=4.0)
     registry, metrics = sfu.ctx.registry, sfu.ctx.metrics
     alice = Client(sfu, make_token("room1", "alice"))
     bob = Client(sfu, make_token("room1", "bob"))
@@ -107,8 +108,10 @@ async def test_publish_subscribe_replace_and_leave(
         await wait_for(lambda: len(bob.received) >= 50)  # one second of 20 ms frames
         assert bob.rms_since(10) > 0.003, "subscriber received silence"
         stream = registry.get("room1").participants["alice"].pipeline.stream
-        assert stream.counters["denoised"] > 50
-        assert stream.counters["mode_off"] == 0
+        assert stream.counters["denoised"] > 50, (stream.counters, stream.deadline,
+                                                  gain_engine.stats.snapshot())
+        assert stream.passed_through == 0, (stream.counters, stream.deadline,
+                                            gain_engine.stats.snapshot())
         assert gain_engine.live_streams == 1
 
         # nobody hears themselves; unknown targets are 404
