@@ -13,7 +13,7 @@ from sfu.auth import Claims, authorize, issue_token, verify_token
 from sfu.errors import Forbidden, Unauthorized
 from sfu.settings import Settings, SettingsError, add_arguments, from_sources
 
-SECRET = "unit-secret-0123456789abcdef0123456789abcdef"
+SECRET = "unit-secret-" + "0123456789abcdef" * 4
 
 
 def test_token_round_trip_has_the_contract_claims() -> None:
