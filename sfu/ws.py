@@ -89,6 +89,79 @@ def parse_message(text: str) -> dict[str, Any]:
     return message
 
 
+# -- SDP: keep the header extension IDs the client chose --------------------------------------
+
+def extmap_ids(sdp: str) -> dict[str, int]:
+    """URI -> ID of every `a=extmap` line (one ID per URI across a BUNDLE)."""
+    ids: dict[str, int] = {}
+    for line in sdp.splitlines():
+        if line.startswith("a=extmap:"):
+            key, _, uri = line[len("a=extmap:"):].partition(" ")
+            with contextlib.suppress(ValueError):
+                ids.setdefault(uri.strip(), int(key.split("/")[0]))
+    return ids
+
+
+def rtpmap_pts(sdp: str) -> dict[str, int]:
+    """Codec (`opus/48000/2`, lower case) -> the payload type of its first `a=rtpmap`."""
+    pts: dict[str, int] = {}
+    for line in sdp.splitlines():
+        if line.startswith("a=rtpmap:"):
+            key, _, codec = line[len("a=rtpmap:"):].partition(" ")
+            with contextlib.suppress(ValueError):
+                pts.setdefault(codec.strip().lower(), int(key))
+    return pts
+
+
+def pin_payload_types(sdp: str, client: dict[str, int]) -> str:
+    """`sdp` with each codec's payload type renumbered to the client's.
+
+    aiortc's createOffer renumbers codecs with its own payload types, and its receiver keeps
+    the payload types of the first negotiation: a re-offer must keep the client's numbers.
+    """
+    ours = rtpmap_pts(sdp)
+    used = set(ours.values())
+    mapping: dict[int, int] = {}
+    for codec, pt in ours.items():
+        wanted = client.get(codec)
+        if wanted is not None and wanted != pt and wanted not in used:
+            mapping[pt] = wanted
+    if not mapping:
+        return sdp
+    out = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m=audio "):
+            parts = line.split(" ")
+            line = " ".join(parts[:3] + [str(mapping.get(int(f), f)) if f.isdigit() else f
+                                         for f in parts[3:]])
+        else:
+            for prefix in ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"):
+                if line.startswith(prefix):
+                    key, sep, rest = line[len(prefix):].partition(" ")
+                    if key.isdigit() and int(key) in mapping:
+                        line = f"{prefix}{mapping[int(key)]}{sep}{rest}"
+        out.append(line)
+    return "\r\n".join(out)
+
+
+def pin_extmap_ids(sdp: str, ids: dict[str, int]) -> str:
+    """`sdp` with each extension renumbered to the ID the client chose; others dropped.
+
+    aiortc's createOffer numbers header extensions its own way every time; a browser refuses
+    a re-offer that renumbers an extension of an active m-section ("RTP extension ID
+    reassignment not supported"), so server offers reuse the client's numbering.
+    """
+    out = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("a=extmap:"):
+            uri = line[len("a=extmap:"):].partition(" ")[2].strip()
+            if uri not in ids:
+                continue
+            line = f"a=extmap:{ids[uri]} {uri}"
+        out.append(line)
+    return "\r\n".join(out)
+
+
 # -- a sender's track that outlives the speakers it carries -----------------------------------
 
 class SwitchTrack(MediaStreamTrack):
@@ -216,6 +289,8 @@ class Session:
     publish_session: str | None = None
     slots: list[Slot] = field(default_factory=list)
     offered_first: bool = False  # the client's one offer was answered
+    extmap: dict[str, int] = field(default_factory=dict)  # from the client's offer
+    payload_types: dict[str, int] = field(default_factory=dict)  # from the client's offer
     offer_out: bool = False  # a server offer waits for its answer
     dirty: bool = False  # the room changed while an offer was out
     closed: bool = False
@@ -261,6 +336,7 @@ class Session:
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
         pc.on("connectionstatechange", lambda: self.hub.spawn(self._on_state()))
+        self.extmap, self.payload_types = extmap_ids(sdp), rtpmap_pts(sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, IndexError, AssertionError, TypeError) as err:
@@ -377,7 +453,10 @@ class Session:
             slot.transceiver.direction = "sendonly"
             changed = True
         if changed:
-            await self.pc.setLocalDescription(await self.pc.createOffer())
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(RTCSessionDescription(
+                sdp=pin_payload_types(pin_extmap_ids(offer.sdp, self.extmap),
+                                      self.payload_types), type="offer"))
             self.offer_out = True
             await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
         else:

@@ -91,6 +91,9 @@ async function join(event) {
     setStatus("Getting an access token…");
     const token = await getToken(room, name);
     setStatus("Opening the microphone…");
+    if (!navigator.mediaDevices) {
+      throw new Error("The microphone needs a secure page: open this demo over https or on localhost.");
+    }
     call.mic = await navigator.mediaDevices.getUserMedia({
       audio: { noiseSuppression: false, echoCancellation: false, autoGainControl: false },
       video: false,
