@@ -99,8 +99,10 @@ def test_df_decoder_equals_onnx(converted, onnx_ref, features) -> None:
     feat_erb, feat_spec = features
     enc = _onnx_enc(onnx_ref, feat_erb, feat_spec)
     ref = onnx_ref.run("df_dec", emb=enc["emb"], c0=enc["c0"])["coefs"]
-    ours, _ = model.df_dec(torch.from_numpy(enc["emb"]), _pad_time(_nhwc(enc["c0"]), 4),
-                           torch.zeros(1, 2, 256))
+    c0 = _nhwc(enc["c0"])
+    ours, _, _ = model.df_dec(torch.from_numpy(enc["emb"]), c0,
+                              model.df_dec.initial_acc(1, "cpu", torch.float32),
+                              torch.zeros(1, 2, 256))
     ours = ours.reshape(ref.shape).numpy()
     assert snr_db(ref, ours) > 100
 

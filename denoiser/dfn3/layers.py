@@ -115,6 +115,14 @@ def channel_scale(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return x * conv.weight[:, 0, 0, 0] + conv.bias
 
 
+def time_freq_patches(x: Tensor, kt: int, kf: int, pad_freq: int) -> Tensor:
+    """x [B, kt-1+T, F, C] (time context included) -> patches [B, T, F_out, C*kt*kf], each
+    patch ordered (channel, time, frequency) like a Conv2d weight [out, C, kt, kf] flattened."""
+    xp = F.pad(x, (0, 0, pad_freq, pad_freq)) if pad_freq else x
+    patches = xp.unfold(1, kt, 1).unfold(2, kf, 1)  # [B, T, F_out, C, kt, kf]
+    return patches.reshape(*patches.shape[:3], -1)
+
+
 def grouped_time_freq_conv(x: Tensor, conv: nn.Conv2d, pad_freq: int) -> Tensor:
     """A grouped Conv2d with kernel (kt, kf) on x [B, kt-1+T, F, C_in] (time context included,
     frequency zero-padded by `pad_freq`) -> [B, T, F_out, C_out], as unfold + einsum."""

@@ -80,7 +80,7 @@ class DFN3(StreamingModel):
             "unit_norm": unit_init.expand(batch, -1).clone(),
             "erb_ctx": zeros(Encoder.erb_context, cfg.nb_erb),
             "spec_ctx": zeros(Encoder.spec_context, cfg.nb_df, 2),
-            "c0_ctx": zeros(self.df_dec.context, cfg.nb_df, cfg.conv_ch),
+            "df_acc": self.df_dec.initial_acc(batch, device, dtype),
             "h_enc": zeros(1, cfg.emb_hidden),
             "h_erb": zeros(cfg.emb_layers - 1, cfg.emb_hidden),
             "h_df": zeros(cfg.df_layers, cfg.df_hidden),
@@ -122,8 +122,8 @@ class DFN3(StreamingModel):
         e0, e1, e2, e3, emb, c0, lsnr, h_enc = self.enc(
             erb_in.to(net_dtype), spec_in.to(net_dtype), state["h_enc"].to(net_dtype))
         gains, h_erb = self.erb_dec(emb, e3, e2, e1, e0, state["h_erb"].to(net_dtype))
-        c0_in = torch.cat([state["c0_ctx"].to(net_dtype), c0], dim=1)
-        coefs, h_df = self.df_dec(emb, c0_in, state["h_df"].to(net_dtype))
+        coefs, df_acc, h_df = self.df_dec(emb, c0, state["df_acc"].to(net_dtype),
+                                          state["h_df"].to(net_dtype))
 
         # Spectra t-4 .. t for each new frame t; the enhanced frame is t - conv_lookahead.
         frames = torch.cat([torch.view_as_complex(f32["spec_hist"].contiguous()), spec], dim=1)
@@ -145,7 +145,7 @@ class DFN3(StreamingModel):
             "unit_norm": unit_norm,
             "erb_ctx": erb_in[:, -Encoder.erb_context:],
             "spec_ctx": spec_in[:, -Encoder.spec_context:],
-            "c0_ctx": c0_in[:, -self.df_dec.context:],
+            "df_acc": df_acc,
             "h_enc": h_enc,
             "h_erb": h_erb,
             "h_df": h_df,

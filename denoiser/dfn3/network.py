@@ -17,8 +17,7 @@ from denoiser.dfn3.layers import (
     SeparableConv,
     SqueezedGRU,
     channel_scale,
-    grouped_time_freq_conv,
-    pointwise,
+    time_freq_patches,
 )
 
 
@@ -54,18 +53,34 @@ class Encoder(nn.Module):
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """feat_erb [B, 2+T, E], feat_spec [B, 2+T, F_df, 2] (re, im), h [B, 1, H] ->
         (e0, e1, e2, e3 [B, T, F_i, C], emb [B, T, D], c0 [B, T, F_df, C], lsnr [B, T], h)."""
-        e0 = torch.relu(grouped_time_freq_conv(feat_erb.unsqueeze(-1), self.erb_conv0, 1))
+        w0 = self.erb_conv0.weight  # [C, 1, 3, 3]
+        erb_patches = time_freq_patches(feat_erb.unsqueeze(-1), 3, 3, 1)  # [B, T, E, 9]
+        e0 = torch.addmm(self.erb_conv0.bias, erb_patches.flatten(0, 2),
+                         w0.reshape(w0.shape[0], -1).T)
+        e0 = torch.relu(e0).view(*erb_patches.shape[:3], -1)
         e1 = self.erb_conv1(e0)
         e2 = self.erb_conv2(e1)
         e3 = self.erb_conv3(e2)
-        c0 = grouped_time_freq_conv(feat_spec, self.df_conv0.dw, 1)
-        c0 = torch.relu(pointwise(c0, self.df_conv0.pw))
+        spec_patches = time_freq_patches(feat_spec, 3, 3, 1)  # [B, T, F_df, 2*3*3]
+        c0 = torch.relu(torch.addmm(self.df_conv0.pw.bias, spec_patches.flatten(0, 2),
+                                    self.df_conv0_matrix()))
+        c0 = c0.view(*spec_patches.shape[:3], -1)
         c1 = self.df_conv1(c0)
         cemb = torch.relu(self.df_fc_emb(_flat(c1)))
         emb, h = self.emb_gru(_flat(e3) + cemb, h)
         span = self.cfg.lsnr_max - self.cfg.lsnr_min
         lsnr = torch.sigmoid(self.lsnr_fc(emb))[..., 0] * span + self.cfg.lsnr_min
         return e0, e1, e2, e3, emb, c0, lsnr, h
+
+    def df_conv0_matrix(self) -> Tensor:
+        """df_conv0's grouped 3x3 conv (re -> 32 channels, im -> 32) and its 1x1 conv folded
+        into one [2*3*3, C] matrix: both are linear, the ReLU comes after the pair."""
+        dw = self.df_conv0.dw.weight  # [C, 1, 3, 3], groups 2
+        pw = self.df_conv0.pw.weight[:, :, 0, 0]  # [C_out, C_in]
+        groups = self.df_conv0.dw.groups
+        per_group = dw.reshape(groups, dw.shape[0] // groups, -1)  # [G, C/G, 9]
+        pw_in = pw.T.reshape(groups, dw.shape[0] // groups, pw.shape[0])  # [G, C/G, C_out]
+        return torch.bmm(per_group.transpose(1, 2), pw_in).reshape(-1, pw.shape[0])
 
 
 class ErbDecoder(nn.Module):
@@ -116,12 +131,47 @@ class DfDecoder(nn.Module):
         self.df_convp.pw = nn.Conv2d(out_ch, out_ch, 1)
         self.df_out = GroupedLinear(cfg.df_hidden, cfg.nb_df * out_ch, cfg.linear_groups)
 
-    def forward(self, emb: Tensor, c0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """emb [B, T, D], c0 [B, 4+T, F_df, C] (with its past frames), h [B, layers, H]."""
+    def forward(self, emb: Tensor, c0: Tensor, acc: Tensor, h: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """emb [B, T, D], c0 [B, T, F_df, C], acc [B, F_df, kt-1, 2*order] (the pathway's partial
+        sums, see `pathway`), h [B, layers, H] -> (coefs [B, T, F_df, order, 2], acc, h)."""
         b, t, _ = emb.shape
         y, h = self.df_gru(emb, h)
         y = y + self.df_skip(emb)
         coefs = torch.tanh(self.df_out(y)).reshape(b, t, self.cfg.nb_df, -1)
-        path = grouped_time_freq_conv(c0, self.df_convp.dw, 0)
-        coefs = coefs + torch.relu(pointwise(path, self.df_convp.pw))
-        return coefs.reshape(b, t, self.cfg.nb_df, self.cfg.df_order, 2), h
+        path, acc = self.pathway(c0, acc)
+        coefs = coefs + torch.relu(path + self.df_convp.pw.bias)
+        return coefs.reshape(b, t, self.cfg.nb_df, self.cfg.df_order, 2), acc, h
+
+    def initial_acc(self, batch: int, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+        out_ch = self.df_convp.pw.weight.shape[0]
+        return torch.zeros(batch, self.cfg.nb_df, self.context, out_ch, device=device,
+                           dtype=dtype)
+
+    def pathway_matrix(self) -> Tensor:
+        """df_convp (grouped conv over kt frames, then 1x1) as one [C, kt*O] matrix: block j
+        maps a c0 frame to its (pre-bias) contribution to the output j frames later."""
+        dw = self.df_convp.dw.weight[..., 0]  # [O, C/G, kt]
+        pw = self.df_convp.pw.weight[:, :, 0, 0]  # [O, O]
+        groups = self.df_convp.dw.groups
+        out_ch, per_in, kt = dw.shape
+        dw = dw.reshape(groups, out_ch // groups, per_in, kt)
+        fused = torch.einsum("goik,pgo->gikp", dw, pw.reshape(out_ch, groups, out_ch // groups))
+        return fused.flip(2).reshape(groups * per_in, kt * out_ch)
+
+    def pathway(self, c0: Tensor, acc: Tensor) -> tuple[Tensor, Tensor]:
+        """df_convp over time without keeping past c0 frames: each new frame is projected once
+        onto all kt taps, and the kt-1 outputs still waiting for later frames are kept as
+        running sums `acc` [B, F, kt-1, O] (acc[:, :, j] belongs to the j-th next output).
+        Returns the pre-bias, pre-ReLU output [B, T, F, O] and the new sums."""
+        b, t, f, _ = c0.shape
+        kt, out_ch = self.context + 1, acc.shape[-1]
+        proj = (c0 @ self.pathway_matrix()).view(b, t, f, kt, out_ch)
+        if t == 1:  # streaming: one fresh tensor, summed in place
+            y = proj[:, 0]
+            y[:, :, :-1] += acc
+            return y[:, :, :1].transpose(1, 2), y[:, :, 1:]
+        y = F.pad(acc, (0, 0, 0, t))  # [B, F, t + kt - 1, O], output frames then pending ones
+        for j in range(kt):
+            y = y + F.pad(proj[:, :, :, j].transpose(1, 2), (0, 0, j, kt - 1 - j))
+        return y[:, :, :t].transpose(1, 2), y[:, :, t:]
