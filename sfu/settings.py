@@ -47,6 +47,9 @@ class Settings:
     token_ttl: int = 3600
     log_level: str = "info"
     log_format: str = "json"
+    # POST /demo/token hands a token to anyone who names a room: on by default only when the
+    # secret was generated for this run (the demo), off whenever a secret is configured.
+    demo_tokens: bool | None = None
     secret_generated: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,7 +76,9 @@ class Settings:
         """These settings, with a fresh random secret if none was configured."""
         if self.secret:
             return self
-        return dataclasses.replace(self, secret=secrets.token_urlsafe(32), secret_generated=True)
+        demo = True if self.demo_tokens is None else self.demo_tokens
+        return dataclasses.replace(self, secret=secrets.token_urlsafe(32), secret_generated=True,
+                                   demo_tokens=demo)
 
 
 # (flag, field, type converter, help). The flag is also the env variable name.
@@ -98,7 +103,18 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--token-ttl", "token_ttl", int, "lifetime of tokens this server issues (seconds)"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "json or text"),
+    ("--demo-tokens", "demo_tokens", "bool", "hand out tokens on POST /demo/token: yes or no "
+     "(default: yes only when no secret is configured)"),
 )
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected yes or no, not {raw!r}")
 
 
 def env_name(flag: str) -> str:
@@ -112,6 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   "help": f"{help_text} [{env_name(flag)}]"}
         if dest == "ice_servers":
             kwargs["action"] = "append"
+        elif conv == "bool":
+            kwargs["type"] = parse_bool
+            kwargs["metavar"] = "yes|no"
         elif dest == "engine":
             kwargs["choices"] = ENGINES
         else:
@@ -135,6 +154,8 @@ def from_sources(args: argparse.Namespace | None = None,
         try:
             if dest == "ice_servers":
                 values[dest] = tuple(u.strip() for u in raw.split(",") if u.strip())
+            elif conv == "bool":
+                values[dest] = parse_bool(raw)
             else:
                 values[dest] = conv(raw)
         except ValueError as err:

@@ -108,3 +108,15 @@ def test_serve_refuses_what_is_not_available_yet(capsys: pytest.CaptureFixture[s
     assert "not available yet" in capsys.readouterr().err
     assert cli.main(["serve", "--engine", "workers"]) == 2
     assert "not available yet" in capsys.readouterr().err
+
+
+def test_demo_tokens_default_to_on_only_for_a_generated_secret() -> None:
+    assert Settings().with_secret().demo_tokens is True
+    assert Settings(secret="configured").with_secret().demo_tokens is None
+    assert Settings(demo_tokens=False).with_secret().demo_tokens is False
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_sources(parser.parse_args(["--demo-tokens", "no"]), {}).demo_tokens is False
+    assert from_sources(None, {"DENOISE_SFU_DEMO_TOKENS": "yes"}).demo_tokens is True
+    with pytest.raises(SettingsError):
+        from_sources(None, {"DENOISE_SFU_DEMO_TOKENS": "maybe"})

@@ -3,6 +3,7 @@ health and metrics, clean exit on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -45,14 +46,23 @@ def test_serve_process(host_ip: str) -> None:
                 time.sleep(0.3)
         with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
             assert b"denoise_sfu_rooms 0.0" in resp.read()
+        # A run with a generated secret is a demo: the page may ask for a token by name.
+        request = urllib.request.Request(base + "/demo/token", method="POST",
+                                         data=b'{"room": "demo", "name": "ada"}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            demo = json.loads(resp.read())
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    link = re.search(r"Demo: (\S+)", out)
+    assert f"Demo page (open it in two browsers): {base}/?room=demo" in out
+    link = re.search(r"Invitation link for one identity: (\S+)", out)
     secret = re.search(r"--secret (\S+)", out)
     assert link and secret, out
     assert link.group(1).startswith(f"{base}/?room=demo&token=")
     claims = verify_token(secret.group(1), link.group(1).split("token=")[1])
     assert claims.room == "demo" and claims.grants == {"publish", "subscribe"}
+    demo_claims = verify_token(secret.group(1), demo["token"])
+    assert demo_claims.room == "demo" and demo["identity"].startswith("ada-")
     assert '"msg": "listening"' in err and '"msg": "stopped"' in err

@@ -81,7 +81,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                                      "url": settings.base_url})
         if settings.secret_generated:
             print(f"No secret configured: generated one for this run.\n"
-                  f"Demo: {demo_link(settings)}\n"
+                  f"Demo page (open it in two browsers): {settings.base_url}/?room=demo\n"
+                  f"Invitation link for one identity: {demo_link(settings)}\n"
                   f"Tokens: denoise-sfu token --room R --identity I --secret {settings.secret}",
                   flush=True)
         await stop.wait()
