@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=_DEFAULTS["batch"])
     p.add_argument("--seconds", type=float, default=_DEFAULTS["seconds"], help="mix length")
     p.add_argument("--lr", type=float, default=_DEFAULTS["lr"])
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1...")
     p.add_argument("--threads", type=int, default=_DEFAULTS["threads"], help="torch CPU threads")
     p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
     p.add_argument("--val-every", type=int, default=_DEFAULTS["val_every"])
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
             batch=args.batch, seconds=args.seconds, lr=args.lr, threads=args.threads,
             seed=args.seed, val_every=args.val_every, val_size=args.val_size,
             checkpoint_every=args.checkpoint_every, si_sdr_weight=args.si_sdr_weight,
-            fixed_batch=args.fixed_batch, lookahead=args.lookahead)
+            fixed_batch=args.fixed_batch, lookahead=args.lookahead,
+            device=args.device)
         trainer = Trainer(settings, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"denoise-sfu train: {exc}", file=sys.stderr)

@@ -62,6 +62,7 @@ class TrainSettings:
     si_sdr_weight: float = 0.0
     fixed_batch: bool = False  # train on one batch again and again (a sanity check)
     lookahead: int | None = None  # DFN3 look-ahead in hops; None keeps the model's own
+    device: str = "cpu"
     loss: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,12 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead is not None and self.lookahead < 0:
             raise ValueError("lookahead must be 0 or more")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"bad device {self.device!r}: {exc}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked, but torch sees no CUDA device")
         if self.seconds <= 0.1:
             raise ValueError("seconds must be above 0.1")
         if not self.out:
@@ -92,6 +99,12 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     from denoiser.dfn3 import DFN3, DFN3Config
 
     config = DFN3Config()
+    if settings.lookahead is not None and settings.lookahead != config.conv_lookahead:
+        # Measured: with conv_lookahead 0 the port's deep filter still outputs the low band
+        # 1440 samples late while latency_samples says 480, so training would chase a
+        # misaligned target. Lift this once denoiser/dfn3 supports other look-aheads.
+        raise ValueError(f"the DFN3 port only runs at look-ahead {config.conv_lookahead} "
+                         "for now (its deep filter ignores conv_lookahead)")
     if settings.lookahead is not None:
         config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
                                      df_lookahead=settings.lookahead)
@@ -124,7 +137,7 @@ class Trainer:
                 raise FileNotFoundError(f"nothing to resume: {self.out / CHECKPOINT} is missing")
             # The run's own settings win, except how long to go on and how many threads.
             old = json.loads(saved.read_text())
-            old.update(steps=settings.steps, threads=settings.threads)
+            old.update(steps=settings.steps, threads=settings.threads, device=settings.device)
             settings = TrainSettings.from_dict(old)
         self.settings = s = settings
         self.progress = progress
@@ -138,11 +151,12 @@ class Trainer:
                                        mixdata.MixConfig(seconds=s.seconds))
         torch.manual_seed(s.seed)
         random.seed(s.seed)
-        self.model = model_factory(s)
+        self.device = torch.device(s.device)
+        self.model = model_factory(s).to(self.device)
         self.model.train()
         self.hop = self.model.hop_size
         self.loss_fn = TrainingLoss(LossConfig(si_sdr_weight=s.si_sdr_weight,
-                                               **s.loss))  # type: ignore[arg-type]
+                                               **s.loss)).to(self.device)  # type: ignore[arg-type]
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr,
                                            weight_decay=s.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -153,15 +167,16 @@ class Trainer:
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
         if resume:
             self.load_checkpoint()
-        else:
-            (self.out / SETTINGS).write_text(json.dumps(asdict(s), indent=1))
+            self._log({"kind": "resume", "step": self.step, "steps": s.steps})
+        (self.out / SETTINGS).write_text(json.dumps(asdict(s), indent=1))
 
     # -- data
 
     def _tensors(self, noisy: np.ndarray, clean: np.ndarray) -> tuple[torch.Tensor,
                                                                       torch.Tensor]:
         n = noisy.shape[1] // self.hop * self.hop
-        return torch.from_numpy(noisy[:, :n]), torch.from_numpy(clean[:, :n])
+        return (torch.from_numpy(noisy[:, :n]).to(self.device),
+                torch.from_numpy(clean[:, :n]).to(self.device))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.settings.fixed_batch:

@@ -1,0 +1,38 @@
+"""`denoise-sfu train` from the command line (tiny model: seconds, not minutes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from denoiser.paths import SHARED_DATA_DIR
+from sfu.cli import main
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+
+ARGS = ["train", "--init", "tiny", "--batch", "1", "--seconds", "0.3", "--threads", "1",
+        "--val-every", "1", "--val-size", "1", "--checkpoint-every", "1", "--no-progress"]
+
+
+def test_train_command_runs_resumes_and_exports(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*ARGS, "--steps", "1", "--out", str(out)]) == 0
+    assert main([*ARGS, "--steps", "2", "--out", str(out), "--resume"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["init"] == "tiny" and settings["steps"] == 2
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+    weights = torch.load(out / "dfn3.pt", weights_only=True)
+    assert "kernel" in weights["state_dict"]
+    assert "weights:" in capsys.readouterr().out
+
+
+def test_train_command_rejects_bad_input(tmp_path: Path, capsys) -> None:
+    assert main([*ARGS, "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert main([*ARGS, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert main([*ARGS, "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "steps must be at least 1" in err and "nothing to resume" in err
