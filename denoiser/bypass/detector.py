@@ -7,11 +7,11 @@ peaks), music (the learned classifier). Each has its own hysteresis so decisions
 - dtmf: on from the second hop in a row that holds the same dual tone (fast, so the digit's
   start is not denoised, yet a single transient hop does not count); held 250 ms after the last
   one, through the pauses between digits.
-- call_progress: on after 3 hops of a matching tone; held through the cadence's off periods
+- call_progress: on after 5 hops of a matching tone; held through the cadence's off periods
   (up to 4.5 s, the longest standard silence) while the line stays quiet, and dropped after
   30 ms of non-tone sound louder than the tone minus 15 dB (someone answered).
-- tone: on after 8 stable tonal hops, off after 10 hops without.
-- music: on after 5 hops with P(music) >= `music_on`, off after 50 hops (0.5 s) with
+- tone: on after 10 stable tonal hops (100 ms), off after 10 hops without.
+- music: on after 15 hops in a row with P(music) >= `music_on`, off after 50 hops (0.5 s) with
   P(music) < `music_off`; silent hops change nothing. Speech over music (an announcement on
   hold) is trained as music, so the bypass holds and the announcement passes with the music
   intact (see docs/bypass.md for the measurement behind that choice).
@@ -44,7 +44,7 @@ class BypassDetector:
 
     def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
                  classifier: MusicClassifier | None = None, use_music: bool = True,
-                 music_on: float = 0.6, music_off: float = 0.3) -> None:
+                 music_on: float = 0.6, music_off: float = 0.3, music_hops: int = 15) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
@@ -58,7 +58,7 @@ class BypassDetector:
         self._tonal = TonalDetector(long)
         self.classifier = (classifier or default_classifier()) if use_music else None
         self._features = ContextFeatures(long)
-        self.music_on, self.music_off = music_on, music_off
+        self.music_on, self.music_off, self.music_hops = music_on, music_off, music_hops
         self.p_music = 0.0
         self.reason: str | None = None
         self._dtmf_hold = 0
@@ -119,7 +119,7 @@ class BypassDetector:
     def _update_call_progress(self, seen: bool, hop_ms: float) -> bool:
         if seen:
             self._cp_run += 1
-            if self._cp_run >= 3:
+            if self._cp_run >= 5:
                 self._cp_hold, self._cp_loud = 450, 0
         else:
             self._cp_run = 0
@@ -135,7 +135,7 @@ class BypassDetector:
         if seen:
             self._tone_run += 1
             self._tone_off = 0
-            if self._tone_run >= 8:
+            if self._tone_run >= 10:
                 self._tone_on = True
         else:
             self._tone_run = 0
@@ -156,7 +156,7 @@ class BypassDetector:
         if self.p_music >= self.music_on:
             self._music_run += 1
             self._music_off_run = 0
-            if self._music_run >= 5:
+            if self._music_run >= self.music_hops:
                 self._music_on = True
         else:
             self._music_run = 0

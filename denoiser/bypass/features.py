@@ -20,6 +20,8 @@ from denoiser.bypass.analysis import SlidingSpectrum
 N_MELS = 24
 LONG = 100  # hops (1 s)
 SHORT = 25  # hops (250 ms)
+N_GROUPS = 6  # coarse mel shape: groups of N_MELS // N_GROUPS bands
+PERSIST_LAG = 8  # hops between the spectra compared for peak persistence
 
 
 def mel_filterbank(freqs: np.ndarray, n_mels: int = N_MELS, lo: float = 60.0,
@@ -43,16 +45,21 @@ class ContextFeatures:
 
     Context statistics are running sums over ring buffers (long and short), so a hop costs the
     same whatever the context length; they are recomputed exactly now and then against drift.
+    The mel shape is kept coarse (6 groups of 4 bands) so that the model learns how music moves
+    rather than the timbre of the few tracks it was trained on.
     """
 
-    n_hop = N_MELS + 5  # shape, flux, log flatness, peak ratio, log energy, |delta log energy|
-    _E = N_MELS + 3
+    n_hop = N_GROUPS + 6  # shape, flux, log flatness, peak ratio, persistence, log e, |delta e|
+    _E = N_GROUPS + 4
 
     def __init__(self, spec: SlidingSpectrum) -> None:
         self.spec = spec
         cols = spec.band(60, 7000)
         self._cols = cols
         self.fb = mel_filterbank(spec.freqs[cols]).astype(np.float64)
+        pk = spec.band(100, 5000)
+        self._pk = slice(pk.start - cols.start, pk.stop - cols.start)
+        self._masks = np.zeros((PERSIST_LAG, pk.stop - pk.start), bool)
         self._prev_lm: np.ndarray | None = None
         self.ring = np.zeros((LONG, self.n_hop))
         self.count = 0
@@ -71,11 +78,12 @@ class ContextFeatures:
         self._prev_lm = lm
         n = len(p)
         flat = float(np.log(p + 1e-12).sum()) / n - math.log(float(p.sum()) / n + 1e-12)
+        persist = self._persistence(p[self._pk])
         e = 10 * math.log10(hop_ms + 1e-10)
         de = abs(e - self.ring[(self.count - 1) % LONG, self._E]) if self.count else 0.0
         row = np.empty(self.n_hop)
-        row[:N_MELS] = lm - level
-        row[N_MELS:] = (flux, flat, peak_ratio, e, de)
+        row[:N_GROUPS] = (lm - level).reshape(N_GROUPS, -1).mean(1)
+        row[N_GROUPS:] = (flux, flat, peak_ratio, persist, e, de)
         slot = self.count % LONG
         old = self.ring[slot]
         if self.count >= LONG:
@@ -94,6 +102,20 @@ class ContextFeatures:
         self._t2 += rr
         if self.count % 1000 == 0:
             self._resum()
+
+    def _persistence(self, p: np.ndarray) -> float:
+        """Share of this hop's spectral peaks (within 25 dB of the top) that were there 80 ms ago.
+
+        Sustained notes keep their peaks; speech pitch glides and noise peaks are random. The
+        spectra compared do not overlap in time, so window overlap does not inflate it.
+        """
+        mid = p[1:-1]
+        mask = np.zeros(len(p), bool)
+        mask[1:-1] = (mid > p[:-2]) & (mid >= p[2:]) & (mid > p.max() * 10**-2.5)
+        near = self._masks[self.count % PERSIST_LAG].copy()
+        self._masks[self.count % PERSIST_LAG] = mask
+        n = int(np.count_nonzero(mask))
+        return float(np.count_nonzero(mask & near)) / n if n else 0.0
 
     def _resum(self) -> None:
         """Exact sums from the ring buffer (against floating-point drift)."""
@@ -119,15 +141,15 @@ class ContextFeatures:
         sds = np.sqrt(np.maximum(self._t2 / ns - ms * ms, 0.0))
         e = self.ring[:n, self._E]
         pauses = float(np.count_nonzero(e < e.max() - 15.0)) / n
-        a, b = N_MELS, N_MELS + 3
+        g, b = N_GROUPS, N_GROUPS + 4
         out = np.empty(N_FEATURES, np.float32)
-        out[:N_MELS] = m[:N_MELS]
-        out[N_MELS] = float(sd[:N_MELS].sum()) / N_MELS
-        out[a + 1 : a + 4] = m[a:b]
-        out[a + 4 : a + 7] = sd[a:b]
-        out[a + 7 : a + 10] = ms[a:b]
-        out[a + 10 :] = (sd[b], sds[b], pauses, m[b + 1] / 10.0, n / LONG)
+        out[:g] = m[:g]
+        out[g] = float(sd[:g].sum()) / g
+        out[g + 1 : g + 5] = m[g:b]
+        out[g + 5 : g + 9] = sd[g:b]
+        out[g + 9 : g + 13] = ms[g:b]
+        out[g + 13 :] = (sd[b], sds[b], pauses, m[b + 1] / 10.0, n / LONG)
         return out
 
 
-N_FEATURES = N_MELS + 1 + 9 + 5
+N_FEATURES = N_GROUPS + 1 + 12 + 5

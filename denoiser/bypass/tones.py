@@ -66,18 +66,26 @@ class CallProgressDetector:
 
 
 class TonalDetector:
-    """Per hop: a few stable, dominant spectral peaks (test tones, fax/modem, SIT, whistles)."""
+    """Per hop: a few stable, dominant spectral peaks (test tones, fax/modem, SIT, whistles).
 
-    def __init__(self, spec: SlidingSpectrum, *, max_peaks: int = 3, min_ratio: float = 0.8,
-                 min_level_dbfs: float = -50.0, max_drift: float = 0.01) -> None:
+    Voiced speech is the look-alike to reject: a vowel's energy sits in a few harmonics too.
+    So the strong peaks (within 10 dB of the strongest) must lie at least `min_spacing` Hz apart
+    (a voice's harmonics are one pitch, 80-400 Hz, apart), must hold `min_ratio` of the energy,
+    and the strongest must stay within `max_drift` of where it was when the run began.
+    """
+
+    def __init__(self, spec: SlidingSpectrum, *, max_peaks: int = 3, min_ratio: float = 0.9,
+                 min_level_dbfs: float = -50.0, max_drift: float = 0.005,
+                 min_spacing: float = 450.0) -> None:
         self.spec = spec
         self.max_peaks = max_peaks
         self.min_ratio = min_ratio
         self.min_ms = 10 ** (min_level_dbfs / 10)
         self.max_drift = max_drift
+        self.min_spacing = min_spacing
         self._band = spec.band(100, 7800)
         self._lobe = 2.0 * spec.rate / spec.win + spec.bin_hz
-        self._last_f = 0.0
+        self._anchor = 0.0
         self.peak_ratio = 0.0  # share of the band energy in the strongest peaks (a feature too)
 
     def detect(self) -> bool:
@@ -86,12 +94,17 @@ class TonalDetector:
         peaks = _local_peaks(s.power, self._band, self.max_peaks, 1e-3)
         if total <= 1e-12 or not peaks:
             self.peak_ratio = 0.0
-            self._last_f = 0.0
+            self._anchor = 0.0
             return False
+        freqs = [k * s.bin_hz for k in peaks]
+        energies = [s.band_ms(f - self._lobe, f + self._lobe) for f in freqs]
+        self.peak_ratio = min(1.0, sum(energies) / total)
+        strong = [f for f, e in zip(freqs, energies, strict=True) if e >= 0.1 * energies[0]]
+        spaced = all(abs(a - b) >= self.min_spacing
+                     for i, a in enumerate(strong) for b in strong[i + 1 :])
         f0 = interpolate_peak(s.power, peaks[0]) * s.bin_hz
-        energy = sum(s.band_ms(f - self._lobe, f + self._lobe)
-                     for f in (k * s.bin_hz for k in peaks))
-        self.peak_ratio = min(1.0, energy / total)
-        stable = self._last_f > 0 and abs(f0 - self._last_f) <= self.max_drift * f0
-        self._last_f = f0
-        return stable and total >= self.min_ms and self.peak_ratio >= self.min_ratio
+        ok = spaced and total >= self.min_ms and self.peak_ratio >= self.min_ratio
+        if not ok or abs(f0 - self._anchor) > self.max_drift * f0:
+            self._anchor = f0 if ok else 0.0
+            return False
+        return True

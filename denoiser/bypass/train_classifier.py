@@ -9,6 +9,8 @@ against the music, labelled music: see docs/bypass.md); noise = one or two noise
 runs through the very code the detector runs per hop (`BypassDetector` at 16 kHz), so training
 sees the same features, including the short contexts at a stream's start. Files are split by
 speaker / track / noise file into train and validation; the report gives validation accuracy.
+The shipped model is then retrained with the two validation music files added (there are only
+seven); validation speakers and noises stay unseen (`--hold-out-music` ships the first model).
 """
 
 from __future__ import annotations
@@ -85,6 +87,17 @@ def mix(a: np.ndarray, b: np.ndarray, ratio_db: float) -> np.ndarray:
     return a + b * (ra / rb) * 10 ** (-ratio_db / 20)
 
 
+def colour(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Random channel: a spectral tilt of +-3 dB/octave, and a telephone band (300-3400 Hz)
+    one time in four, so that the model cannot lean on the timbre of the few training tracks."""
+    spec = np.fft.rfft(x)
+    f = np.fft.rfftfreq(len(x), 1 / RATE)
+    gain = np.clip(f / 1000.0, 0.05, 8.0) ** rng.uniform(-0.5, 0.5)
+    if rng.random() < 0.25:
+        gain *= 1 / (1 + (300 / np.maximum(f, 1)) ** 8) / (1 + (f / 3400) ** 8)
+    return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
+
+
 def make_segment(rng: np.random.Generator, label: int, pools: dict[str, list[np.ndarray]]
                  ) -> np.ndarray:
     noise = lambda: crop(rng, pools["noise"][int(rng.integers(len(pools["noise"])))])  # noqa: E731
@@ -93,7 +106,10 @@ def make_segment(rng: np.random.Generator, label: int, pools: dict[str, list[np.
         if rng.random() < 0.85:
             x = mix(x, noise(), rng.uniform(-5, 20))
     elif CLASSES[label] == "music":
-        x = crop(rng, pools["music"][int(rng.integers(len(pools["music"])))])
+        track = pools["music"][int(rng.integers(len(pools["music"])))]
+        i = int(rng.integers(0, max(1, len(track) - 2 * SEG)))
+        # speed (and so pitch and tempo) changed by up to +-20 %: more "tracks" from few
+        x = crop(rng, resample(track[i : i + 2 * SEG], RATE, round(RATE * rng.uniform(0.8, 1.2))))
         if rng.random() < 0.4:
             x = mix(x, noise(), rng.uniform(5, 30))
         if rng.random() < 0.35:
@@ -102,6 +118,7 @@ def make_segment(rng: np.random.Generator, label: int, pools: dict[str, list[np.
         x = noise()
         if rng.random() < 0.3:
             x = mix(x, noise(), rng.uniform(-10, 10))
+    x = colour(rng, x)
     x = x / (np.sqrt(np.mean(x**2)) + 1e-9) * 10 ** (rng.uniform(-45, -15) / 20)
     return np.clip(x, -1, 1).astype(np.float32)
 
@@ -138,7 +155,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int
     yt = torch.tensor(y, dtype=torch.long)
     model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.Tanh(),
                                 torch.nn.Linear(hidden, len(CLASSES)))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
     counts = np.bincount(y, minlength=len(CLASSES))
     balance = torch.tensor(counts.sum() / counts, dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=balance)
@@ -158,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_PATH)
     ap.add_argument("--segments", type=int, default=120, help="training segments per class")
     ap.add_argument("--val-segments", type=int, default=40)
-    ap.add_argument("--hidden", type=int, default=24)
+    ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hold-out-music", action="store_true",
+                    help="ship the model validated above instead of retraining with all music")
     args = ap.parse_args(argv)
     import torch
 
@@ -178,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from denoiser.bypass.classifier import MusicClassifier
 
-    clf = MusicClassifier(args.out)
+    clf = MusicClassifier(args.out)  # validated on held-out tracks, speakers and noises
     report: dict[str, object] = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "files": {k: {s: len(v[s]) for s in v} for k, v in split.items()},
@@ -194,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     pm = clf.proba(xv)[:, 1]
     report["val_speech_hops_p_music_ge_0.6"] = round(float((pm[yv == 0] >= 0.6).mean()), 4)
     report["val_music_hops_p_music_ge_0.6"] = round(float((pm[yv == 1] >= 0.6).mean()), 4)
+    if not args.hold_out_music:
+        # Seven music recordings are too few to leave two out of the shipped model: after the
+        # held-out report above, it is trained again with the validation music added. Speech
+        # and noise stay held out, so the noisy-speech checks in the tests remain unseen data.
+        keep = yv == 1
+        weights = train_mlp(np.concatenate([x, xv[keep]]), np.concatenate([y, yv[keep]]),
+                            args.hidden, args.epochs, args.seed)
+        np.savez(args.out, **weights)
+        report["shipped"] = "retrained with the validation music added (speech, noise held out)"
+    else:
+        report["shipped"] = "the held-out model above"
     text = json.dumps(report, indent=1)
     args.out.with_suffix(".json").write_text(text + "\n")
     print(text)
