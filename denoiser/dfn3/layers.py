@@ -58,15 +58,20 @@ class SqueezedGRU(nn.Module):
 
 
 def depthwise_freq(x: Tensor, weight: Tensor, stride: int = 1) -> Tensor:
-    """Depthwise conv over frequency, kernel 3, padding 1: x [B, T, F, C], weight [C, 1, 1, 3]."""
+    """Depthwise conv over frequency, kernel 3, padding 1: x [B, T, F, C], weight [C, 1, 1, 3].
+
+    The centre tap makes the output; the side taps are added into slices (no padded copy)."""
     f_in = x.shape[2]
     f_out = (f_in - 1) // stride + 1
-    xp = F.pad(x, (0, 0, 1, 1))
     w = weight[:, 0, 0, :]  # [C, 3]
-    span = stride * (f_out - 1) + 1
-    y = xp[:, :, 0:span:stride] * w[:, 0]
-    y = y + xp[:, :, 1:1 + span:stride] * w[:, 1]
-    return y + xp[:, :, 2:2 + span:stride] * w[:, 2]
+    y = x[:, :, 0:stride * (f_out - 1) + 1:stride] * w[:, 1]
+    n_right = (f_in - 2) // stride + 1 if f_in > 1 else 0  # outputs with a right neighbour
+    if n_right:
+        y[:, :, :n_right].addcmul_(x[:, :, 1:stride * (n_right - 1) + 2:stride], w[:, 2])
+    if f_out > 1:
+        left = x[:, :, stride - 1:stride * (f_out - 2) + stride:stride]
+        y[:, :, 1:].addcmul_(left, w[:, 0])
+    return y
 
 
 def depthwise_freq_transposed(x: Tensor, weight: Tensor) -> Tensor:
@@ -74,10 +79,9 @@ def depthwise_freq_transposed(x: Tensor, weight: Tensor) -> Tensor:
     (doubles F). Output 2j is w1 x[j]; output 2j+1 is w2 x[j] + w0 x[j+1]."""
     b, t, f, c = x.shape
     w = weight[:, 0, 0, :]  # [C, 3]
-    nxt = F.pad(x[:, :, 1:], (0, 0, 0, 1))
-    even = x * w[:, 1]
-    odd = x * w[:, 2] + nxt * w[:, 0]
-    return torch.stack([even, odd], dim=3).reshape(b, t, 2 * f, c)
+    y = torch.stack([x * w[:, 1], x * w[:, 2]], dim=3)  # [B, T, F, 2, C]
+    y[:, :, :-1, 1].addcmul_(x[:, :, 1:], w[:, 0])
+    return y.view(b, t, 2 * f, c)
 
 
 class SeparableConv(nn.Module):
@@ -102,7 +106,7 @@ class SeparableConv(nn.Module):
             y = depthwise_freq_transposed(x, self.dw.weight)
         else:
             y = depthwise_freq(x, self.dw.weight, self.fstride)
-        return torch.relu(pointwise(y, self.pw))
+        return pointwise(y, self.pw).relu_()
 
 
 def pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -112,7 +116,7 @@ def pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 def channel_scale(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """A depthwise 1x1 Conv2d (per-channel scale and bias) on channels-last x."""
-    return x * conv.weight[:, 0, 0, 0] + conv.bias
+    return torch.addcmul(conv.bias, x, conv.weight[:, 0, 0, 0])
 
 
 def time_freq_patches(x: Tensor, kt: int, kf: int, pad_freq: int) -> Tensor:

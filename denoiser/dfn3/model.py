@@ -151,6 +151,7 @@ class DFN3(StreamingModel):
             "h_df": h_df,
             "spec_hist": torch.view_as_real(frames[:, -self.spec_history:]),
         }
-        new_state = {k: v.to(state[k].dtype).contiguous() for k, v in new_state.items()}
+        # Views into this step's fresh tensors (the engine copies them into its table anyway).
+        new_state = {k: v.to(state[k].dtype) for k, v in new_state.items()}
         return out.to(io_dtype), new_state, lsnr.float()
 

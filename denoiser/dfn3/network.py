@@ -57,13 +57,13 @@ class Encoder(nn.Module):
         erb_patches = time_freq_patches(feat_erb.unsqueeze(-1), 3, 3, 1)  # [B, T, E, 9]
         e0 = torch.addmm(self.erb_conv0.bias, erb_patches.flatten(0, 2),
                          w0.reshape(w0.shape[0], -1).T)
-        e0 = torch.relu(e0).view(*erb_patches.shape[:3], -1)
+        e0 = e0.relu_().view(*erb_patches.shape[:3], -1)
         e1 = self.erb_conv1(e0)
         e2 = self.erb_conv2(e1)
         e3 = self.erb_conv3(e2)
         spec_patches = time_freq_patches(feat_spec, 3, 3, 1)  # [B, T, F_df, 2*3*3]
-        c0 = torch.relu(torch.addmm(self.df_conv0.pw.bias, spec_patches.flatten(0, 2),
-                                    self.df_conv0_matrix()))
+        c0 = torch.addmm(self.df_conv0.pw.bias, spec_patches.flatten(0, 2),
+                         self.df_conv0_matrix()).relu_()
         c0 = c0.view(*spec_patches.shape[:3], -1)
         c1 = self.df_conv1(c0)
         cemb = torch.relu(self.df_fc_emb(_flat(c1)))
@@ -105,14 +105,17 @@ class ErbDecoder(nn.Module):
         b, t, f8, c = e3.shape
         y, h = self.emb_gru(emb, h)
         y = y.reshape(b, t, f8, c)
-        y = self.convt3(torch.relu(channel_scale(e3, self.conv3p)) + y)
-        y = self.convt2(torch.relu(channel_scale(e2, self.conv2p)) + y)
-        y = self.convt1(torch.relu(channel_scale(e1, self.conv1p)) + y)
-        y = torch.relu(channel_scale(e0, self.conv0p)) + y
-        # 64 -> 1 channel conv with kernel 3 over frequency: project, then shift and add.
-        z = F.pad(y @ self.conv0_out.weight[0, :, 0, :], (0, 0, 1, 1))  # [B, T, F+2, 3]
-        logits = z[:, :, :-2, 0] + z[:, :, 1:-1, 1] + z[:, :, 2:, 2] + self.conv0_out.bias
-        return torch.sigmoid(logits), h
+        y = self.convt3(channel_scale(e3, self.conv3p).relu_() + y)
+        y = self.convt2(channel_scale(e2, self.conv2p).relu_() + y)
+        y = self.convt1(channel_scale(e1, self.conv1p).relu_() + y)
+        y = channel_scale(e0, self.conv0p).relu_() + y
+        # 64 -> 1 channel conv with kernel 3 over frequency: project onto the 3 taps (as
+        # [3, N] = W^T y^T, which BLAS runs far better than N x 3), then shift and add.
+        taps = (self.conv0_out.weight[0, :, 0, :].T @ y.reshape(-1, c).T).view(3, b, t, -1)
+        logits = taps[1] + self.conv0_out.bias
+        logits[:, :, 1:] += taps[0, :, :, :-1]
+        logits[:, :, :-1] += taps[2, :, :, 1:]
+        return torch.sigmoid_(logits), h
 
 
 class DfDecoder(nn.Module):
