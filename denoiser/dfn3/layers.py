@@ -119,23 +119,21 @@ def channel_scale(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return torch.addcmul(conv.bias, x, conv.weight[:, 0, 0, 0])
 
 
-def time_freq_patches(x: Tensor, kt: int, kf: int, pad_freq: int) -> Tensor:
-    """x [B, kt-1+T, F, C] (time context included) -> patches [B, T, F_out, C*kt*kf], each
-    patch ordered (channel, time, frequency) like a Conv2d weight [out, C, kt, kf] flattened."""
-    xp = F.pad(x, (0, 0, pad_freq, pad_freq)) if pad_freq else x
-    patches = xp.unfold(1, kt, 1).unfold(2, kf, 1)  # [B, T, F_out, C, kt, kf]
-    return patches.reshape(*patches.shape[:3], -1)
+def conv_patches(x: Tensor, kt: int, kf: int) -> Tensor:
+    """x [B, kt-1+T, F, C] (time context included) -> [B, T, F, kf*kt*C + 1]: for each output
+    frame and bin the (kt x kf) patch, frequency zero-padded to keep F, ordered (freq tap, time
+    tap, channel), then a constant 1 so that a bias row in the weight matrix adds the bias
+    inside the matmul. Built with one concatenation of shifted views (no 6-d strided copy)."""
+    b, _, f, c = x.shape
+    win = x.unfold(1, kt, 1)  # [B, T, F, C, kt]
+    t = win.shape[1]
+    win = F.pad(win.transpose(-1, -2).reshape(b, t, f, kt * c), (0, 0, kf // 2, kf // 2))
+    ones = win.new_ones(1, 1, 1, 1).expand(b, t, f, 1)
+    return torch.cat([win[:, :, k:k + f] for k in range(kf)] + [ones], dim=-1)
 
 
-def grouped_time_freq_conv(x: Tensor, conv: nn.Conv2d, pad_freq: int) -> Tensor:
-    """A grouped Conv2d with kernel (kt, kf) on x [B, kt-1+T, F, C_in] (time context included,
-    frequency zero-padded by `pad_freq`) -> [B, T, F_out, C_out], as unfold + einsum."""
-    c_out, c_in_g, kt, kf = conv.weight.shape
-    groups = conv.groups
-    xp = F.pad(x, (0, 0, pad_freq, pad_freq)) if pad_freq else x
-    patches = xp.unfold(1, kt, 1).unfold(2, kf, 1)  # [B, T, F_out, C_in, kt, kf]
-    b, t, f = patches.shape[:3]
-    patches = patches.reshape(b, t, f, groups, c_in_g * kt * kf)
-    w = conv.weight.reshape(groups, c_out // groups, c_in_g * kt * kf)
-    y = torch.einsum("btfgk,gok->btfgo", patches, w).reshape(b, t, f, c_out)
-    return y if conv.bias is None else y + conv.bias
+def conv_patch_matrix(weight: Tensor, bias: Tensor) -> Tensor:
+    """A dense conv weight [O, C, kt, kf] and bias [O] as the [kf*kt*C + 1, O] matrix that
+    multiplies `conv_patches`."""
+    o = weight.shape[0]
+    return torch.cat([weight.permute(3, 2, 1, 0).reshape(-1, o), bias[None]], dim=0)

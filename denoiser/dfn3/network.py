@@ -17,7 +17,8 @@ from denoiser.dfn3.layers import (
     SeparableConv,
     SqueezedGRU,
     channel_scale,
-    time_freq_patches,
+    conv_patch_matrix,
+    conv_patches,
 )
 
 
@@ -53,18 +54,13 @@ class Encoder(nn.Module):
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """feat_erb [B, 2+T, E], feat_spec [B, 2+T, F_df, 2] (re, im), h [B, 1, H] ->
         (e0, e1, e2, e3 [B, T, F_i, C], emb [B, T, D], c0 [B, T, F_df, C], lsnr [B, T], h)."""
-        w0 = self.erb_conv0.weight  # [C, 1, 3, 3]
-        erb_patches = time_freq_patches(feat_erb.unsqueeze(-1), 3, 3, 1)  # [B, T, E, 9]
-        e0 = torch.addmm(self.erb_conv0.bias, erb_patches.flatten(0, 2),
-                         w0.reshape(w0.shape[0], -1).T)
-        e0 = e0.relu_().view(*erb_patches.shape[:3], -1)
+        erb_patches = conv_patches(feat_erb.unsqueeze(-1), 3, 3)  # [B, T, E, 3*3 + 1]
+        e0 = erb_patches @ conv_patch_matrix(self.erb_conv0.weight, self.erb_conv0.bias)
+        e0 = e0.relu_()
         e1 = self.erb_conv1(e0)
         e2 = self.erb_conv2(e1)
         e3 = self.erb_conv3(e2)
-        spec_patches = time_freq_patches(feat_spec, 3, 3, 1)  # [B, T, F_df, 2*3*3]
-        c0 = torch.addmm(self.df_conv0.pw.bias, spec_patches.flatten(0, 2),
-                         self.df_conv0_matrix()).relu_()
-        c0 = c0.view(*spec_patches.shape[:3], -1)
+        c0 = (conv_patches(feat_spec, 3, 3) @ self.df_conv0_matrix()).relu_()
         c1 = self.df_conv1(c0)
         cemb = torch.relu(self.df_fc_emb(_flat(c1)))
         emb, h = self.emb_gru(_flat(e3) + cemb, h)
@@ -74,13 +70,15 @@ class Encoder(nn.Module):
 
     def df_conv0_matrix(self) -> Tensor:
         """df_conv0's grouped 3x3 conv (re -> 32 channels, im -> 32) and its 1x1 conv folded
-        into one [2*3*3, C] matrix: both are linear, the ReLU comes after the pair."""
-        dw = self.df_conv0.dw.weight  # [C, 1, 3, 3], groups 2
+        into one `conv_patch_matrix` [3*3*2 + 1, C]: both are linear, the ReLU comes after."""
+        dw = self.df_conv0.dw.weight  # [C, 1, 3, 3], groups 2 (input channel = group)
         pw = self.df_conv0.pw.weight[:, :, 0, 0]  # [C_out, C_in]
-        groups = self.df_conv0.dw.groups
-        per_group = dw.reshape(groups, dw.shape[0] // groups, -1)  # [G, C/G, 9]
-        pw_in = pw.T.reshape(groups, dw.shape[0] // groups, pw.shape[0])  # [G, C/G, C_out]
-        return torch.bmm(per_group.transpose(1, 2), pw_in).reshape(-1, pw.shape[0])
+        groups, per_group = self.df_conv0.dw.groups, dw.shape[0] // self.df_conv0.dw.groups
+        dw = dw.reshape(groups, per_group, -1)  # [G, C/G, 9]
+        pw_in = pw.T.reshape(groups, per_group, pw.shape[0])  # [G, C/G, C_out]
+        fused = torch.bmm(dw.transpose(1, 2), pw_in)  # [G, 3*3, C_out]
+        return conv_patch_matrix(fused.reshape(groups, 3, 3, -1).permute(3, 0, 1, 2),
+                                 self.df_conv0.pw.bias)
 
 
 class ErbDecoder(nn.Module):
