@@ -61,7 +61,8 @@ def test_step_equals_forward(model: DFN3, clip: np.ndarray) -> None:
 
 @torch.no_grad()
 def test_batch_equals_single_streams(model: DFN3, clip: np.ndarray) -> None:
-    """Three different streams in one batch give what each gives alone; state is not mutated."""
+    """Three different streams in one batch give what each gives alone; the state passed in is
+    never mutated (the returned one may view this step's fresh tensors)."""
     n = 60 * HOP
     streams = torch.stack([torch.from_numpy(clip[:n]), torch.from_numpy(clip[n:2 * n]) * 0.3,
                            torch.from_numpy(clip[2 * n:3 * n][::-1].copy())])
@@ -72,9 +73,9 @@ def test_batch_equals_single_streams(model: DFN3, clip: np.ndarray) -> None:
     for i in range(n // HOP):
         hop = streams[:, i * HOP:(i + 1) * HOP]
         out, new_state = model.step(hop, batch_state)
-        if i == 0:
-            assert all(torch.equal(before[k], batch_state[k]) for k in before)
+        assert all(torch.equal(before[k], batch_state[k]) for k in before), i
         batch_state = new_state
+        before = {k: v.clone() for k, v in batch_state.items()}
         batch_out.append(out)
         for s in range(3):
             o, singles[s] = model.step(hop[s:s + 1], singles[s])
@@ -115,3 +116,30 @@ def test_default_model_is_dfn3_in_eval_mode() -> None:
     assert model.sample_rate == 48_000 and model.hop_size == HOP
     state = model.initial_state(4)
     assert all(v.shape[0] == 4 for v in state.values())
+
+
+def test_weight_changes_reach_the_cached_matrices(clip: np.ndarray) -> None:
+    """Folded conv matrices are cached between steps; new weights (load_state_dict, as after
+    training) must be used at once, and the offline forward must stay differentiable."""
+    hops = torch.from_numpy(clip[: 3 * HOP]).reshape(1, 3, HOP)[0]
+    stale = load_dfn3()
+    with torch.no_grad():
+        stale.step(hops[:1], stale.initial_state(1))  # fills the caches
+    weights = {k: v * 1.1 if "df_conv" in k or "erb_conv0" in k else v
+               for k, v in stale.state_dict().items()}
+    stale.load_state_dict(weights)
+    fresh = DFN3()
+    fresh.load_state_dict(weights)
+    fresh.eval()
+    with torch.no_grad():
+        a, b = stale.initial_state(1), fresh.initial_state(1)
+        for hop in hops:
+            out_a, a = stale.step(hop[None], a)
+            out_b, b = fresh.step(hop[None], b)
+            assert torch.equal(out_a, out_b)
+    trained = load_dfn3().requires_grad_(True)
+    trained(torch.from_numpy(clip[: 20 * HOP])[None]).square().sum().backward()
+    for conv in (trained.enc.df_conv0.dw, trained.enc.df_conv0.pw, trained.enc.erb_conv0):
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    # The DF pathway's ReLU is closed on this clip (zero gradient), but its graph is intact.
+    assert trained.df_dec.df_convp.dw.weight.grad is not None

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from denoiser.dfn3 import DFN3
 from denoiser.dfn3.convert import convert
 from denoiser.dfn3.features import erb_features, stft_analysis, unit_norm_features
+from denoiser.dfn3.layers import depthwise_freq, depthwise_freq_transposed
 from denoiser.dfn3.reference import OnnxDFN3, noisy_example
 from denoiser.models import load_dfn3
 
@@ -105,6 +106,46 @@ def test_df_decoder_equals_onnx(converted, onnx_ref, features) -> None:
                               torch.zeros(1, 2, 256))
     ours = ours.reshape(ref.shape).numpy()
     assert snr_db(ref, ours) > 100
+
+
+@torch.no_grad()
+def test_df_pathway_running_sums_equal_the_time_conv(converted, onnx_ref, features) -> None:
+    """The DF pathway keeps running sums instead of past c0 frames. Its pre-ReLU output must
+    equal the grouped time conv + 1x1 conv (torch's Conv2d on zero-padded frames), whether
+    the sequence comes whole or in pieces (1 frame as when streaming, or several). Checked
+    before the ReLU: with the shipped weights the pathway's ReLU is closed on this clip."""
+    model, _ = converted
+    dec = model.df_dec
+    c0 = _nhwc(_onnx_enc(onnx_ref, *features)["c0"])  # [1, T, 96, 64]
+    pad = F.pad(_nchw(c0), (0, 0, dec.context, 0))
+    convp = dec.df_convp
+    ref = F.conv2d(F.conv2d(pad, convp.dw.weight, groups=convp.dw.groups), convp.pw.weight)
+    ref = ref.permute(0, 2, 3, 1).numpy()  # [1, T, 96, 10], before the bias and ReLU
+    acc = dec.initial_acc(1, "cpu", torch.float32)
+    whole, _ = dec.pathway(c0, acc)
+    assert snr_db(ref, whole.numpy()) > 100
+    parts, start = [], 0
+    for size in (1, 3, 1, 1, 7, c0.shape[1]):
+        end = min(start + size, c0.shape[1])
+        path, acc = dec.pathway(c0[:, start:end], acc)
+        parts.append(path)
+        start = end
+    assert start == c0.shape[1]
+    assert snr_db(ref, torch.cat(parts, dim=1).numpy()) > 100
+
+
+@pytest.mark.parametrize("freqs", [1, 2, 3, 7, 8, 16, 96])
+def test_depthwise_freq_convs_equal_torch_convs(freqs: int) -> None:
+    """The slice-and-add depthwise convs equal grouped Conv2d / ConvTranspose2d."""
+    torch.manual_seed(freqs)
+    x, w = torch.randn(2, 3, freqs, 5), torch.randn(5, 1, 1, 3)
+    nchw = x.permute(0, 3, 1, 2)
+    for stride in (1, 2):
+        ref = F.conv2d(nchw, w, stride=(1, stride), padding=(0, 1), groups=5)
+        assert torch.allclose(depthwise_freq(x, w, stride), _nhwc(ref.numpy()), atol=1e-6)
+    ref = F.conv_transpose2d(nchw, w, stride=(1, 2), padding=(0, 1), output_padding=(0, 1),
+                             groups=5)
+    assert torch.allclose(depthwise_freq_transposed(x, w), _nhwc(ref.numpy()), atol=1e-6)
 
 
 def test_shipped_weights_are_the_converted_ones(converted) -> None:

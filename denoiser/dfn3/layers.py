@@ -8,9 +8,30 @@ original (and of the ONNX export), so weights load unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def derived(owner: nn.Module, name: str, params: tuple[Tensor, ...],
+            build: Callable[[], Tensor]) -> Tensor:
+    """A matrix computed from parameters (a fold of two convs, a reordering), cached on `owner`
+    and rebuilt only when one of `params` changes (an optimiser step or load_state_dict bumps
+    its version, `.to()` moves its storage). When autograd records through the parameters it
+    is rebuilt every call so that gradients flow (training)."""
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return build()
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    cache = owner.__dict__.setdefault("_derived_cache", {})
+    hit = cache.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        value = build()
+    cache[name] = (key, value)
+    return value
 
 
 class GroupedLinear(nn.Module):

@@ -19,6 +19,7 @@ from denoiser.dfn3.layers import (
     channel_scale,
     conv_patch_matrix,
     conv_patches,
+    derived,
 )
 
 
@@ -55,12 +56,17 @@ class Encoder(nn.Module):
         """feat_erb [B, 2+T, E], feat_spec [B, 2+T, F_df, 2] (re, im), h [B, 1, H] ->
         (e0, e1, e2, e3 [B, T, F_i, C], emb [B, T, D], c0 [B, T, F_df, C], lsnr [B, T], h)."""
         erb_patches = conv_patches(feat_erb.unsqueeze(-1), 3, 3)  # [B, T, E, 3*3 + 1]
-        e0 = erb_patches @ conv_patch_matrix(self.erb_conv0.weight, self.erb_conv0.bias)
+        conv = self.erb_conv0
+        e0 = erb_patches @ derived(self, "erb_conv0", (conv.weight, conv.bias),
+                                   lambda: conv_patch_matrix(conv.weight, conv.bias))
         e0 = e0.relu_()
         e1 = self.erb_conv1(e0)
         e2 = self.erb_conv2(e1)
         e3 = self.erb_conv3(e2)
-        c0 = (conv_patches(feat_spec, 3, 3) @ self.df_conv0_matrix()).relu_()
+        dw, pw = self.df_conv0.dw, self.df_conv0.pw
+        df_conv0 = derived(self, "df_conv0", (dw.weight, pw.weight, pw.bias),
+                           self.df_conv0_matrix)
+        c0 = (conv_patches(feat_spec, 3, 3) @ df_conv0).relu_()
         c1 = self.df_conv1(c0)
         cemb = torch.relu(self.df_fc_emb(_flat(c1)))
         emb, h = self.emb_gru(_flat(e3) + cemb, h)
@@ -167,7 +173,10 @@ class DfDecoder(nn.Module):
         Returns the pre-bias, pre-ReLU output [B, T, F, O] and the new sums."""
         b, t, f, _ = c0.shape
         kt, out_ch = self.context + 1, acc.shape[-1]
-        proj = (c0 @ self.pathway_matrix()).view(b, t, f, kt, out_ch)
+        convp = self.df_convp
+        matrix = derived(self, "df_convp", (convp.dw.weight, convp.pw.weight),
+                         self.pathway_matrix)
+        proj = (c0 @ matrix).view(b, t, f, kt, out_ch)
         if t == 1:  # streaming: one fresh tensor, summed in place
             y = proj[:, 0]
             y[:, :, :-1] += acc
