@@ -71,11 +71,31 @@ class SqueezedGRU(nn.Module):
                            if out_features is not None else None)
 
     def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.relu(self.linear_in(x))
-        y, h_new = self.gru(x, h.transpose(0, 1).contiguous())
+        x = self.linear_in(x).relu_()
+        if x.shape[1] == 1 and not torch.is_grad_enabled():
+            y, h_new = self._step(x[:, 0], h)  # streaming inference: no layout shuffles
+        else:
+            y, h_new = self.gru(x, h.transpose(0, 1).contiguous())
+            h_new = h_new.transpose(0, 1)
         if self.linear_out is not None:
-            y = torch.relu(self.linear_out(y))
-        return y, h_new.transpose(0, 1)
+            y = self.linear_out(y).relu_()
+        return y, h_new
+
+    def _step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """One time step of the stacked GRU on x [B, I], h [B, layers, H] (torch's equations,
+        gates r, z, n; in-place on this step's fresh tensors, so no autograd)."""
+        hidden = h.shape[-1]
+        h_new = torch.empty_like(h)
+        for layer in range(h.shape[1]):
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.gru, f"{name}_l{layer}") for name in
+                                      ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            h_prev = h[:, layer]
+            gi = torch.addmm(b_ih, x, w_ih.T)
+            gh = torch.addmm(b_hh, h_prev, w_hh.T)
+            rz = gi[:, :2 * hidden].add_(gh[:, :2 * hidden]).sigmoid_()
+            n = gh[:, 2 * hidden:].mul_(rz[:, :hidden]).add_(gi[:, 2 * hidden:]).tanh_()
+            x = torch.lerp(n, h_prev, rz[:, hidden:], out=h_new[:, layer])  # n + z (h - n)
+        return x[:, None], h_new
 
 
 def depthwise_freq(x: Tensor, weight: Tensor, stride: int = 1) -> Tensor:
