@@ -1,9 +1,12 @@
 """Measure DFN3's batched step: ms per step at several batch sizes and MACs per hop.
 
     python -m denoiser.dfn3.bench [--batches 1 16 64 256] [--threads 1] [--steps 50]
+                                  [--baseline /path/to/other/checkout]
 
 Prints one line per batch size and a final JSON line. Real-time streams per core =
-B * 10 ms / step_ms (at 1 thread).
+B * 10 ms / step_ms (at 1 thread). `--baseline` also loads DFN3 from another source tree
+(e.g. `git archive <rev> denoiser | tar -x -C /tmp/base`) and times both models step by step,
+alternating, in this one process, so that the ratio holds on a busy machine.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -18,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from denoiser.dfn3.model import DFN3
 from denoiser.models import load_dfn3
+from denoiser.paths import MODELS_DIR
 
 
 def macs_per_hop(model: DFN3) -> int:
@@ -44,16 +49,60 @@ def time_step(model: DFN3, batch: int, steps: int, warmup: int = 5) -> tuple[flo
     return 1000.0 * times[len(times) // 2], 1000.0 * times[0]
 
 
+def load_baseline(tree: str) -> DFN3:
+    """DFN3 (shipped weights) as the `denoiser` package under `tree` defines it; this tree's
+    modules are put back afterwards."""
+    ours = {k: v for k, v in sys.modules.items() if k == "denoiser" or k.startswith("denoiser.")}
+    models_dir = os.environ.setdefault("DENOISE_SFU_MODELS_DIR", str(MODELS_DIR))
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, tree)
+    try:
+        from denoiser.models import load_dfn3 as load_other
+        return load_other()
+    finally:
+        sys.path.remove(tree)
+        for name in [k for k in sys.modules if k == "denoiser" or k.startswith("denoiser.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+        if models_dir == str(MODELS_DIR):
+            os.environ.pop("DENOISE_SFU_MODELS_DIR")
+
+
+def time_pair(models: dict[str, DFN3], batch: int, steps: int,
+              warmup: int = 5) -> dict[str, tuple[float, float]]:
+    """(median, min) ms per step of each model, their steps alternating (order flipped each
+    step) on the same random audio."""
+    hop_size = next(iter(models.values())).hop_size
+    hops = torch.randn(steps + warmup, batch, hop_size) * 0.05
+    states = {name: m.initial_state(batch) for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    order = list(models)
+    with torch.inference_mode():
+        for i in range(steps + warmup):
+            for name in order if i % 2 else order[::-1]:
+                t0 = time.perf_counter()
+                _, states[name] = models[name].step(hops[i], states[name])
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: (1000.0 * sorted(t)[len(t) // 2], 1000.0 * min(t)) for name, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="a source tree holding another denoiser/ to compare with (CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_dfn3(device=args.device)
     macs = macs_per_hop(load_dfn3())
+    if args.baseline:
+        compare(model, load_baseline(args.baseline), args)
+        return
     results = []
     for batch in args.batches:
         ms, best = time_step(model, batch, args.steps)
@@ -65,6 +114,23 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"model": "dfn3", "macs_per_hop": macs, "threads": args.threads,
                       "load_average_1m": round(os.getloadavg()[0], 2),
                       "device": args.device, "results": results}))
+
+
+def compare(model: DFN3, baseline: DFN3, args: argparse.Namespace) -> None:
+    """Baseline vs this tree, interleaved: min and median ms per step and their ratios."""
+    results = []
+    for batch in args.batches:
+        t = time_pair({"baseline": baseline, "this": model}, batch, args.steps)
+        row = {"batch": batch, "baseline_ms": [round(v, 3) for v in t["baseline"]],
+               "this_ms": [round(v, 3) for v in t["this"]],
+               "speedup_median": round(t["baseline"][0] / t["this"][0], 2),
+               "speedup_min": round(t["baseline"][1] / t["this"][1], 2)}
+        results.append(row)
+        print(f"B={batch:4d}  baseline median {t['baseline'][0]:8.2f} (min {t['baseline'][1]:7.2f})"
+              f"  this median {t['this'][0]:8.2f} (min {t['this'][1]:7.2f}) ms/step  speedup "
+              f"{row['speedup_median']:.2f}x median, {row['speedup_min']:.2f}x min", flush=True)
+    print(json.dumps({"model": "dfn3", "baseline": args.baseline, "threads": args.threads,
+                      "load_average_1m": round(os.getloadavg()[0], 2), "results": results}))
 
 
 if __name__ == "__main__":
