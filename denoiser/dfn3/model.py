@@ -3,8 +3,9 @@
 One step takes one 480-sample hop per stream and:
 1. analyses it into a 481-bin spectrum (libDF's Vorbis-window STFT),
 2. computes the ERB-dB and unit-normalised complex features (exponential-mean norms),
-3. runs the encoder, ERB decoder and DF decoder on one frame, with the conv time context and
-   GRU hidden states taken from the state,
+3. runs the encoder, ERB decoder and DF decoder on one frame, with the conv time context, the
+   DF pathway's running sums (its 5-frame conv kept as partial outputs, 3.8 k values per
+   stream instead of 4 past 96x64 c0 frames) and GRU hidden states taken from the state,
 4. applies the ERB gains to the spectrum from `conv_lookahead` frames ago and the deep filter
    (frames t-4..t) to its lowest `nb_df` bins,
 5. optionally limits the attenuation, then overlap-adds the inverse FFT.

@@ -170,7 +170,9 @@ class DfDecoder(nn.Module):
         """df_convp over time without keeping past c0 frames: each new frame is projected once
         onto all kt taps, and the kt-1 outputs still waiting for later frames are kept as
         running sums `acc` [B, F, kt-1, O] (acc[:, :, j] belongs to the j-th next output).
-        Returns the pre-bias, pre-ReLU output [B, T, F, O] and the new sums."""
+        Returns the pre-bias, pre-ReLU output [B, T, F, O] and the new sums. (With the shipped
+        weights the ReLU after it was closed on every frame of the test clip, max -0.011; it is
+        computed all the same, as nothing guarantees that for every input.)"""
         b, t, f, _ = c0.shape
         kt, out_ch = self.context + 1, acc.shape[-1]
         convp = self.df_convp
