@@ -1,4 +1,5 @@
-"""The small speech / music / noise model: standardise, one hidden layer, softmax (numpy)."""
+"""The small speech / music / noise / speech-over-music model: standardise, one hidden layer,
+softmax, in numpy (a few thousand multiply-adds per hop)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 
 from denoiser.paths import MODELS_DIR
 
-CLASSES: tuple[str, ...] = ("speech", "music", "noise")
+# "speech_over_music" is an announcement on hold: it may keep a music bypass, never start one.
+CLASSES: tuple[str, ...] = ("speech", "music", "noise", "speech_over_music")
 DEFAULT_PATH = MODELS_DIR / "bypass_classifier.npz"
 
 

@@ -10,11 +10,12 @@ peaks), music (the learned classifier). Each has its own hysteresis so decisions
 - call_progress: on after 5 hops of a matching tone; held through the cadence's off periods
   (up to 4.5 s, the longest standard silence) while the line stays quiet, and dropped after
   30 ms of non-tone sound louder than the tone minus 15 dB (someone answered).
-- tone: on after 10 stable tonal hops (100 ms), off after 10 hops without.
-- music: on after 15 hops in a row with P(music) >= `music_on`, off after 50 hops (0.5 s) with
-  P(music) < `music_off`; silent hops change nothing. Speech over music (an announcement on
-  hold) is trained as music, so the bypass holds and the announcement passes with the music
-  intact (see docs/bypass.md for the measurement behind that choice).
+- tone: on after 5 stable tonal hops, off after 10 hops without.
+- music: on after 15 hops in a row with P(music) + P(speech over music) >= `hold_on` (0.8) and
+  P(music) >= `music_on` (0.4); off after 50 hops (0.5 s) in a row with P(music) + P(speech
+  over music) < `music_off` (0.3); silent hops change nothing. So an announcement over hold
+  music keeps the bypass and passes with the music intact, while speech over a music-like noise
+  does not start one (see docs/bypass.md for the measurements behind these numbers).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class BypassDetector:
 
     def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
                  classifier: MusicClassifier | None = None, use_music: bool = True,
-                 music_on: float = 0.6, music_off: float = 0.3, music_hops: int = 15) -> None:
+                 music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
+                 music_hops: int = 15) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
@@ -58,8 +60,10 @@ class BypassDetector:
         self._tonal = TonalDetector(long)
         self.classifier = (classifier or default_classifier()) if use_music else None
         self._features = ContextFeatures(long)
-        self.music_on, self.music_off, self.music_hops = music_on, music_off, music_hops
+        self.music_on, self.hold_on = music_on, hold_on
+        self.music_off, self.music_hops = music_off, music_hops
         self.p_music = 0.0
+        self.p_hold = 0.0
         self.reason: str | None = None
         self._dtmf_hold = 0
         self._dtmf_run = 0
@@ -135,7 +139,7 @@ class BypassDetector:
         if seen:
             self._tone_run += 1
             self._tone_off = 0
-            if self._tone_run >= 10:
+            if self._tone_run >= 5:
                 self._tone_on = True
         else:
             self._tone_run = 0
@@ -148,20 +152,21 @@ class BypassDetector:
         if self.classifier is None:
             return False
         if self._features.context_max_db < _SILENT_DB:
-            self.p_music = 0.0
+            self.p_music = self.p_hold = 0.0
             return self._music_on
-        self.p_music = float(self.classifier.proba(self._features.vector())[1])
+        p = self.classifier.proba(self._features.vector())
+        self.p_music = float(p[1])
+        self.p_hold = float(p[1] + p[3])  # music, or an announcement over music
         if 10 * np.log10(hop_ms + 1e-10) < _SILENT_DB:
             return self._music_on  # a silent hop says nothing either way
-        if self.p_music >= self.music_on:
-            self._music_run += 1
-            self._music_off_run = 0
-            if self._music_run >= self.music_hops:
-                self._music_on = True
+        start = self.p_music >= self.music_on and self.p_hold >= self.hold_on
+        self._music_run = self._music_run + 1 if start else 0
+        if self._music_run >= self.music_hops:
+            self._music_on = True
+        if self.p_hold < self.music_off:
+            self._music_off_run += 1
+            if self._music_off_run >= 50:
+                self._music_on = False
         else:
-            self._music_run = 0
-            if self.p_music < self.music_off:
-                self._music_off_run += 1
-                if self._music_off_run >= 50:
-                    self._music_on = False
+            self._music_off_run = 0
         return self._music_on

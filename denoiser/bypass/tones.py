@@ -99,7 +99,8 @@ class TonalDetector:
         freqs = [k * s.bin_hz for k in peaks]
         energies = [s.band_ms(f - self._lobe, f + self._lobe) for f in freqs]
         self.peak_ratio = min(1.0, sum(energies) / total)
-        strong = [f for f, e in zip(freqs, energies, strict=True) if e >= 0.1 * energies[0]]
+        top = s.power[peaks[0]]
+        strong = [k * s.bin_hz for k in peaks if s.power[k] >= 0.1 * top]  # side lobes are not
         spaced = all(abs(a - b) >= self.min_spacing
                      for i, a in enumerate(strong) for b in strong[i + 1 :])
         f0 = interpolate_peak(s.power, peaks[0]) * s.bin_hz
