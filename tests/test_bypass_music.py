@@ -121,7 +121,8 @@ def test_speech_music_speech_timeline() -> None:
     assert music_part[onset:].all()
     after = b[a + m :]
     release = int(np.argmin(after))
-    assert release <= 150 and not after[release:].any(), f"released after {release} hops"
+    # the 1 s context still holds music, then 0.5 s of hysteresis
+    assert release <= 200 and not after[release:].any(), f"released after {release} hops"
 
 
 def test_announcement_over_music_keeps_bypass() -> None:
