@@ -212,6 +212,15 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _natural(label: str) -> tuple[float, str]:
+    """Sort "5-10dB" before "10-15dB": by the leading number, then by text."""
+    head = label.split("-")[0].rstrip("dB")
+    try:
+        return (float(head), label)
+    except ValueError:
+        return (math.inf, label)
+
+
 def system_order(systems: Sequence[str]) -> list[str]:
     return [NOISY, *systems, CLEAN]
 
@@ -227,7 +236,8 @@ def summarise(results: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict
     breakdowns: dict[str, dict[str, Any]] = {}
     keys = sorted({k for r in results for k in r["conditions"]})
     for key in keys:
-        values = sorted({r["conditions"][key] for r in results if key in r["conditions"]})
+        values = sorted({r["conditions"][key] for r in results if key in r["conditions"]},
+                        key=_natural)
         breakdowns[key] = {}
         for value in values:
             rows = [r for r in results if r["conditions"].get(key) == value]
