@@ -253,6 +253,8 @@ def measure_delay(anchor: Anchor, audio: np.ndarray, max_delay: int = 4800) -> i
     out = np.concatenate([anchor.process_frame(audio[i:i + anchor.frame_size])
                           for i in range(0, n, anchor.frame_size)])
     anchor.reset()
+    from scipy.signal import correlate
+
     x, y = audio[:n].astype(np.float64), out.astype(np.float64)
-    scores = [float(np.dot(x[: n - lag], y[lag:])) for lag in range(max_delay + 1)]
-    return int(np.argmax(scores))
+    full = correlate(y, x, mode="full", method="fft")  # index n - 1 + lag: sum x[t] y[t + lag]
+    return int(np.argmax(full[n - 1:n + max_delay]))

@@ -197,10 +197,14 @@ def evaluate(items: Sequence[Item], systems: Sequence[str], jobs: int = 1,
                              initargs=(tuple(systems),)) as pool:
         futures = [pool.submit(_evaluate_item, item, i < keep_audio_for)
                    for i, item in enumerate(items)]
-        for i, future in enumerate(futures):
-            results.append(future.result())
-            if progress:
-                progress(i + 1, len(items))
+        try:
+            for i, future in enumerate(futures):
+                results.append(future.result())
+                if progress:
+                    progress(i + 1, len(items))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # first failure ends the run
+            raise
     return results
 
 
