@@ -2,28 +2,73 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from denoiser.dfn3 import DFN3, DFN3Config
+from denoiser.dfn3.retarget import retarget_df_lookahead
 from denoiser.paths import MODELS_DIR
 from denoiser.streaming import StreamingModel
 
 DEFAULT_WEIGHTS = "dfn3.pt"
+# What `python -m denoiser.dfn3.convert` writes as "config" (the shipped file): the defaults.
+LEGACY_DEFAULT_CONFIG = "DFN3Config()"
+LOOKAHEADS = ("conv_lookahead", "df_lookahead")
+
+
+def checkpoint_config(checkpoint: dict[str, object], path: Path) -> DFN3Config:
+    """The config a checkpoint was trained with: a dict of `DFN3Config` fields (training's
+    export), or the defaults (the shipped file says "DFN3Config()"; older files say nothing)."""
+    raw = checkpoint.get("config")
+    if raw is None or raw == LEGACY_DEFAULT_CONFIG:
+        return DFN3Config()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: 'config' must be a dict of DFN3Config fields, got {raw!r}")
+    known = {f.name for f in dataclasses.fields(DFN3Config)}
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise ValueError(f"{path}: unknown DFN3Config fields {unknown}")
+    try:
+        return DFN3Config(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: bad DFN3Config: {exc}") from exc
 
 
 def load_dfn3(path: Path | None = None, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, atten_lim_db: float | None = None) -> DFN3:
-    """DFN3 with the weights imported by `python -m denoiser.dfn3.convert`, in eval mode."""
+              dtype: torch.dtype = torch.float32, atten_lim_db: float | None = None,
+              config: DFN3Config | None = None) -> DFN3:
+    """DFN3 with the weights of `path` (default: the shipped ones from
+    `python -m denoiser.dfn3.convert`), built with the config the checkpoint carries, in eval mode.
+
+    `config` runs the weights at other look-aheads (the other fields must match the file's):
+    the deep-filter taps are re-indexed to the new `df_lookahead` (see `dfn3.retarget`), so the
+    output stays aligned at the new `latency_samples`.
+    """
     path = Path(path) if path is not None else MODELS_DIR / DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: run `python -m denoiser.dfn3.convert` to create it")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = DFN3(DFN3Config(), atten_lim_db=atten_lim_db)
-    model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
-    model.provenance = checkpoint.get("provenance", {})
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path}: not a DFN3 checkpoint (no 'state_dict')")
+    trained = checkpoint_config(checkpoint, path)
+    cfg = trained if config is None else config
+    if dataclasses.replace(cfg, **{k: getattr(trained, k) for k in LOOKAHEADS}) != trained:
+        raise ValueError(f"{path}: config {cfg} differs from the trained {trained} in more "
+                         "than the look-aheads")
+    weights = {k: v.float() for k, v in checkpoint["state_dict"].items()}
+    weights = retarget_df_lookahead(weights, cfg.df_order, trained.df_lookahead,
+                                    cfg.df_lookahead)
+    model = DFN3(cfg, atten_lim_db=atten_lim_db)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {cfg}: {exc}") from exc
+    model.provenance = dict(checkpoint.get("provenance") or {})
+    if cfg != trained:
+        model.provenance["trained_lookaheads"] = {k: getattr(trained, k) for k in LOOKAHEADS}
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

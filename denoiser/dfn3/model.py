@@ -6,10 +6,12 @@ One step takes one 480-sample hop per stream and:
 3. runs the encoder, ERB decoder and DF decoder on one frame, with the conv time context, the
    DF pathway's running sums (its 5-frame conv kept as partial outputs, 3.8 k values per
    stream instead of 4 past 96x64 c0 frames) and GRU hidden states taken from the state,
-4. applies the ERB gains to the spectrum from `conv_lookahead` frames ago and the deep filter
-   (frames t-4..t) to its lowest `nb_df` bins,
+4. enhances frame t = newest - L, L = max(conv_lookahead, df_lookahead): the network's output
+   for frame t came with input frame t + conv_lookahead (held L - conv_lookahead steps when
+   df_lookahead is the larger), its ERB gains multiply frame t and its deep filter runs over
+   frames t - df_order + 1 + df_lookahead .. t + df_lookahead in the lowest `nb_df` bins,
 5. optionally limits the attenuation, then overlap-adds the inverse FFT.
-Latency: fft - hop + conv_lookahead * hop = 1440 samples (30 ms), like libDF's runtime.
+Latency: fft - hop + L * hop, 1440 samples (30 ms) for the shipped L = 2, like libDF's runtime.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ class DFN3(StreamingModel):
         self.enc = Encoder(cfg)
         self.erb_dec = ErbDecoder(cfg)
         self.df_dec = DfDecoder(cfg)
-        # Spectrum frames kept: the deep filter spans df_order frames ending at the newest one.
-        self.spec_history = cfg.df_order - 1
-        if cfg.df_lookahead != cfg.conv_lookahead or self.spec_history < cfg.conv_lookahead:
-            raise ValueError("this implementation needs df_lookahead == conv_lookahead < order")
+        # Output frame t = newest - L. Past spectra kept: the deep filter's oldest tap is frame
+        # t - (order - 1) + df_lookahead (the mask's frame t is never older than that).
+        self.lookahead = cfg.lookahead
+        self.spec_history = cfg.lookahead + cfg.df_order - 1 - cfg.df_lookahead
+        # Network outputs (gains, coefficients) wait this many steps before they are applied.
+        self.output_delay = cfg.lookahead - cfg.conv_lookahead
 
     def network_state_dict(self) -> dict[str, Tensor]:
         """The trained parameters (all the persistent state of this module)."""
@@ -74,7 +78,7 @@ class DFN3(StreamingModel):
 
         erb_init = torch.linspace(*ERB_NORM_INIT, cfg.nb_erb, device=device, dtype=dtype)
         unit_init = torch.linspace(*UNIT_NORM_INIT, cfg.nb_df, device=device, dtype=dtype)
-        return {
+        state = {
             "analysis_mem": zeros(cfg.hop_size),
             "synthesis_mem": zeros(cfg.hop_size),
             "erb_norm": erb_init.expand(batch, -1).clone(),
@@ -87,6 +91,10 @@ class DFN3(StreamingModel):
             "h_df": zeros(cfg.df_layers, cfg.df_hidden),
             "spec_hist": zeros(self.spec_history, cfg.freq_bins, 2),
         }
+        if self.output_delay:
+            state["gains_hist"] = zeros(self.output_delay, cfg.nb_erb)
+            state["coefs_hist"] = zeros(self.output_delay, cfg.nb_df, cfg.df_order, 2)
+        return state
 
     def _check(self, audio: Tensor) -> None:
         if audio.dim() != 2 or audio.shape[1] == 0 or audio.shape[1] % self.hop_size:
@@ -126,13 +134,20 @@ class DFN3(StreamingModel):
         coefs, df_acc, h_df = self.df_dec(emb, c0, state["df_acc"].to(net_dtype),
                                           state["h_df"].to(net_dtype))
 
-        # Spectra t-4 .. t for each new frame t; the enhanced frame is t - conv_lookahead.
+        if self.output_delay:  # the network ran ahead of the frames it enhances: hold it back
+            gains = torch.cat([state["gains_hist"].to(gains.dtype), gains], dim=1)
+            coefs = torch.cat([state["coefs_hist"].to(coefs.dtype), coefs], dim=1)
+            gains_hist, coefs_hist = gains[:, -self.output_delay:], coefs[:, -self.output_delay:]
+            gains, coefs = gains[:, :-self.output_delay], coefs[:, :-self.output_delay]
+
+        # Past spectra, then the new ones; new frame k (index H + k) enhances frame H + k - L,
+        # whose deep filter spans indices k .. k + order - 1 (H = L + order - 1 - df_lookahead).
         frames = torch.cat([torch.view_as_complex(f32["spec_hist"].contiguous()), spec], dim=1)
         t = spec.shape[1]
-        la = cfg.conv_lookahead
-        target = frames[:, self.spec_history - la:self.spec_history - la + t]
+        first = self.spec_history - self.lookahead
+        target = frames[:, first:first + t]
         enhanced = apply_erb_gains(target, gains, self.erb_expand)
-        low = deep_filter(frames[..., :cfg.nb_df], coefs)
+        low = deep_filter(frames[:, :t + cfg.df_order - 1, :cfg.nb_df], coefs)
         enhanced = torch.cat([low, enhanced[..., cfg.nb_df:]], dim=-1)
         if self.atten_lim_db is not None:
             lim = 10.0 ** (-abs(self.atten_lim_db) / 20.0)
@@ -150,8 +165,10 @@ class DFN3(StreamingModel):
             "h_enc": h_enc,
             "h_erb": h_erb,
             "h_df": h_df,
-            "spec_hist": torch.view_as_real(frames[:, -self.spec_history:]),
+            "spec_hist": torch.view_as_real(frames[:, frames.shape[1] - self.spec_history:]),
         }
+        if self.output_delay:
+            new_state["gains_hist"], new_state["coefs_hist"] = gains_hist, coefs_hist
         # Views into this step's fresh tensors (the engine copies them into its table anyway).
         new_state = {k: v.to(state[k].dtype) for k, v in new_state.items()}
         return out.to(io_dtype), new_state, lsnr.float()
