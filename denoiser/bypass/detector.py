@@ -15,7 +15,9 @@ peaks), music (the learned classifier). Each has its own hysteresis so decisions
   P(music) >= `music_on` (0.4); off after 50 hops (0.5 s) in a row with P(music) + P(speech
   over music) < `music_off` (0.3); silent hops change nothing. So an announcement over hold
   music keeps the bypass and passes with the music intact, while speech over a music-like noise
-  does not start one (see docs/bypass.md for the measurements behind these numbers).
+  does not start one. In the first 2 s of a music bypass only P(music) keeps it (off after
+  30 hops below 0.3): speech right after a short music-like sound is speech over noise.
+  See docs/bypass.md for the measurements behind these numbers.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class BypassDetector:
         self._tone_on = False
         self._music_run = 0
         self._music_off_run = 0
+        self._music_age = 0
         self._music_on = False
 
     @property
@@ -161,11 +164,15 @@ class BypassDetector:
             return self._music_on  # a silent hop says nothing either way
         start = self.p_music >= self.music_on and self.p_hold >= self.hold_on
         self._music_run = self._music_run + 1 if start else 0
-        if self._music_run >= self.music_hops:
-            self._music_on = True
-        if self.p_hold < self.music_off:
+        if self._music_run >= self.music_hops and not self._music_on:
+            self._music_on, self._music_age = True, 0
+        self._music_age += 1
+        # An announcement keeps the bypass only over music that has played for 2 s: a short
+        # music-like sound followed by speech is noise with someone talking over it.
+        keep = self.p_hold if self._music_age >= 200 else self.p_music
+        if keep < self.music_off:
             self._music_off_run += 1
-            if self._music_off_run >= 50:
+            if self._music_off_run >= (50 if self._music_age >= 200 else 30):
                 self._music_on = False
         else:
             self._music_off_run = 0

@@ -71,19 +71,21 @@ class TonalDetector:
     Voiced speech is the look-alike to reject: a vowel's energy sits in a few harmonics too.
     So the strong peaks (within 10 dB of the strongest) must lie at least `min_spacing` Hz apart
     (a voice's harmonics are one pitch, 80-400 Hz, apart), must hold `min_ratio` of the energy,
-    and the strongest must stay within `max_drift` of where it was when the run began.
+    and the strongest must stay within `max_drift` of where it was when the run began. Peaks
+    below `min_freq` are not looked for: there a lone steady peak is a voice's fundamental (a
+    child's vowel can be almost a sine) or mains hum, both for the denoiser.
     """
 
-    def __init__(self, spec: SlidingSpectrum, *, max_peaks: int = 3, min_ratio: float = 0.9,
+    def __init__(self, spec: SlidingSpectrum, *, max_peaks: int = 3, min_ratio: float = 0.95,
                  min_level_dbfs: float = -50.0, max_drift: float = 0.005,
-                 min_spacing: float = 450.0) -> None:
+                 min_spacing: float = 450.0, min_freq: float = 300.0) -> None:
         self.spec = spec
         self.max_peaks = max_peaks
         self.min_ratio = min_ratio
         self.min_ms = 10 ** (min_level_dbfs / 10)
         self.max_drift = max_drift
         self.min_spacing = min_spacing
-        self._band = spec.band(100, 7800)
+        self._band = spec.band(min_freq, 7800)
         self._lobe = 2.0 * spec.rate / spec.win + spec.bin_hz
         self._anchor = 0.0
         self.peak_ratio = 0.0  # share of the band energy in the strongest peaks (a feature too)

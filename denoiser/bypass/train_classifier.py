@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import soundfile as sf
 from denoiser.bypass.analysis import RATE, resample
 from denoiser.bypass.classifier import CLASSES, DEFAULT_PATH
 from denoiser.bypass.detector import BypassDetector
+from denoiser.devset import split_of
 from denoiser.paths import SHARED_DATA_DIR
 
 SEG = 3 * RATE
@@ -35,17 +34,12 @@ HOP = RATE // 100
 VAL_MUSIC = ("reno_project-system.wav", "guitar_44k.wav")
 
 
-def speaker_key(path: Path) -> str:
-    """Files of one speaker (or one noise file, or one IVR voice) share a key."""
-    if path.parent.name.startswith("asterisk"):
-        return path.parent.name
-    return f"{path.parent.name}/{re.split('[-_]', path.stem)[0]}"
-
-
 def is_val(path: Path) -> bool:
+    """Validation files: the project's dev speakers and noises (`denoiser.devset.split_of`, so
+    the eval table's clips stay unseen), and two music tracks of our choosing."""
     if path.parent.parent.name == "music":
         return path.name in VAL_MUSIC
-    return zlib.crc32(speaker_key(path).encode()) % 5 == 0
+    return split_of(path) == "dev"
 
 
 def load(path: Path) -> np.ndarray:
