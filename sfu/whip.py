@@ -31,6 +31,7 @@ from sfu.errors import (
     UnsupportedMediaType,
 )
 from sfu.media.receiver import install_for_track
+from sfu.media.switch import SwitchTrack
 from sfu.peer import answer, apply_offer, create_peer_connection
 from sfu.rooms import (
     OwnVoice,
@@ -42,7 +43,6 @@ from sfu.rooms import (
     new_session_id,
 )
 from sfu.settings import MODES
-from sfu.ws import SwitchTrack
 
 if TYPE_CHECKING:
     from sfu.app import SfuContext
