@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sfu.set_defaults(func=lambda _args: _unavailable(reason))
     else:
         register_bench_sfu(which)
+    from sfu.bench_e2e import register_bench_e2e
+
+    register_bench_e2e(which)
 
 
 def _unavailable(reason: str) -> int:
