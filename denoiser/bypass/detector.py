@@ -169,10 +169,11 @@ class BypassDetector:
         self._music_age += 1
         # An announcement keeps the bypass only over music that has played for 2 s: a short
         # music-like sound followed by speech is noise with someone talking over it.
-        keep = self.p_hold if self._music_age >= 200 else self.p_music
+        young = self._music_age < 200
+        keep = self.p_music if young else self.p_hold
         if keep < self.music_off:
             self._music_off_run += 1
-            if self._music_off_run >= (50 if self._music_age >= 200 else 30):
+            if self._music_off_run >= (30 if young else 50):
                 self._music_on = False
         else:
             self._music_off_run = 0

@@ -208,15 +208,15 @@ async def evaluate(quick: bool) -> dict[str, object]:
     rows = []
     music_all = sorted((SHARED_DATA_DIR / "music" / "asterisk_moh").glob("*.wav"))
     for k, smr in enumerate((-5.0, 0.0, 5.0, 10.0)):
-        music = at_rms(load(music_all[k % len(music_all)], 8.0, 15.0), -26.0)
+        music = at_rms(load(music_all[k % len(music_all)], 10.0, 15.0), -26.0)
         words = np.concatenate([load(speech[int(j)]) for j in rng.choice(len(speech), 3)])
         words = at_rms(words[: 6 * SR], -26.0 + smr)
         ref = np.zeros_like(music)
-        ref[SR : SR + len(words)] = words
+        ref[3 * SR : 3 * SR + len(words)] = words  # an announcement after 3 s of hold music
         x = music + ref
         y_auto, counters = await process(model, x, "auto")
         y_on, _ = await process(model, x, "on")
-        seg = slice(SR, SR + len(words))
+        seg = slice(3 * SR, 3 * SR + len(words))
         row = {"speech_to_music_db": smr,
                "stoi_bypass": round(stoi(ref[seg], x[seg]), 3),
                "stoi_denoise": round(stoi(ref[seg], y_on[seg]), 3),
