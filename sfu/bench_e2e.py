@@ -361,7 +361,10 @@ class LocalServer:
 
 
 @contextlib.asynccontextmanager
-async def local_server(engine: Any) -> AsyncIterator[LocalServer]:
+async def local_server(engine: Any, **settings: Any) -> AsyncIterator[LocalServer]:
+    """Serve `create_app(Settings(**settings), engine)` (a fresh secret) until the block ends."""
+    import dataclasses
+
     from aiohttp import web
 
     from sfu.app import create_app
@@ -370,7 +373,9 @@ async def local_server(engine: Any) -> AsyncIterator[LocalServer]:
     host = interface_address()
     if host.startswith("127."):
         raise RuntimeError("no non-loopback interface: aiortc peers cannot meet")
-    app = create_app(Settings(secret=secrets.token_hex(32), host=host, port=0), engine=engine)
+    config = dataclasses.replace(Settings(secret=secrets.token_hex(32), host=host, port=0),
+                                 **settings)
+    app = create_app(config, engine=engine)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -461,12 +466,17 @@ async def _bench(args: argparse.Namespace) -> int:
     engine = LocalEngine(model, device=args.device)
     await engine.start()
     runs: list[tuple[RunResult, RunResult | None]] = []
+    timing = {k: v for k, v in (("hop_deadline", args.hop_deadline),
+                                ("latency_budget", args.latency_budget)) if v is not None}
     try:
-        async with local_server(engine) as server:
+        async with local_server(engine, **timing) as server:
+            settings = server.ctx.settings
             print(f"{len(clips)} clips, mode {args.mode}"
                   f"{' and off (reference)' if args.off_reference else ''}, model latency "
-                  f"{1000 * engine.latency_samples / engine.sample_rate:.0f} ms, "
-                  f"server {server.base_url}", flush=True)
+                  f"{1000 * engine.latency_samples / engine.sample_rate:.0f} ms, hop deadline "
+                  f"{settings.hop_deadline} s, latency budget "
+                  f"{settings.latency_budget or 'default'}, server {server.base_url}",
+                  flush=True)
             for i, clip in enumerate(clips):
                 off = None
                 if args.off_reference:
@@ -501,7 +511,7 @@ async def _bench(args: argparse.Namespace) -> int:
           f"{total['si_sdr_noisy_db_median']} -> {total['si_sdr_out_db_median']} dB, hops "
           f"{_fmt_hops(total['hops'])} ({100 * (total['hops_denoised_share'] or 0):.1f}% "
           "denoised)")
-    summary = {"bench": "e2e", "mode": args.mode, "device": args.device,
+    summary = {"bench": "e2e", "mode": args.mode, "device": args.device, **timing,
                "snrs": list(args.snrs), "clips": args.clips, "speech_s": args.seconds,
                "model_latency_ms": round(1000 * engine.latency_samples / engine.sample_rate, 2),
                **total,
@@ -538,6 +548,10 @@ def register_bench_e2e(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--mode", default="on", help="auto, on or off")
     parser.add_argument("--off-reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also send each clip with mode=off: the noisy input as received")
+    parser.add_argument("--hop-deadline", type=float, default=None,
+                        help="seconds a hop may wait for the engine (default: serve's default)")
+    parser.add_argument("--latency-budget", type=float, default=None,
+                        help="seconds packet in to packet out (default: the pipeline's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.set_defaults(func=run_bench_e2e)

@@ -64,9 +64,13 @@ def mix_clip(name: str, speech: np.ndarray, noise: np.ndarray, snr_db: float, *,
              lead_s: float = 1.5, tail_s: float = 0.5, rms_dbfs: float = -26.0) -> Clip:
     """`lead_s` of noise, then `speech` in that noise at `snr_db` (speech power over the noise
     power under it), then `tail_s` of noise; the noise loops if it is too short. The mix is
-    scaled to `rms_dbfs` over the speech part, lower if it would clip."""
+    scaled to `rms_dbfs` over the speech part, lower if it would clip. Both sources lose their
+    DC offset first (some corpus files carry one, e.g. LibriSpeech 1363-135842-0000 at -0.12:
+    it would count as speech power in the SNR, yet no microphone path passes it)."""
     speech = np.asarray(speech, dtype=np.float32).reshape(-1)
     noise = np.asarray(noise, dtype=np.float32).reshape(-1)
+    speech = speech - speech.mean(dtype=np.float64)
+    noise = noise - noise.mean(dtype=np.float64)
     if speech.size < BLOCK or _power(speech) <= 0:
         raise ValueError(f"{name}: speech is empty or silent")
     if noise.size < BLOCK or _power(noise) <= 0:
