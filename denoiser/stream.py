@@ -7,8 +7,10 @@ of the same length. A hop takes the raw path when the mode is `off`, when the by
 `deadline` ("late"), or when the engine fails ("engine_error"). Every change of path is smoothed
 by a short crossfade at the start of the hop, so switching never clicks; every hop is counted.
 
-The detector sees each raw hop as it arrives, and its decision is applied to the output hop that
-carries the same input time, i.e. `latency_samples` later: the detector gets that much look-ahead.
+The detector sees each raw hop as it arrives. An output hop carries input from `latency_samples`
+earlier, so by the time it goes out the detector has seen that much more: the hop keeps the
+original if any verdict given from its own input time up to now says so. A bypass thus starts up
+to `latency_samples` before the detector could decide and ends no earlier than the signal does.
 """
 
 from __future__ import annotations
@@ -185,7 +187,10 @@ class DenoisedStream:
                     log.exception("stream %s: bypass detector failed; denoising",
                                   self.stream_id)
         self._decisions.append(decision)
-        for lag in self._lags:  # the one or two input hops this output hop overlaps
+        # The output hop carries input hops up to `max(self._lags)` hops old; every verdict given
+        # since then (with the look-ahead of the hops that came after) may keep the original, so
+        # a tone or music is kept from its very first sample and up to its last.
+        for lag in range(max(self._lags), -1, -1):
             reason = self._decisions[-1 - lag]
             if reason is not None:
                 return reason
