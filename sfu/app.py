@@ -64,12 +64,15 @@ async def build_engine(settings: Settings) -> Engine:
 
 def _pipeline_factory(ctx: SfuContext):
     def make(track, stream_id: str, mode: str) -> Pipeline:
+        from denoiser.bypass import BypassDetector
         from denoiser.stream import DenoisedStream
         from sfu.media.pipeline import SpeakerPipeline
 
         if ctx.engine is None:
             raise ServiceUnavailable("the denoising engine is not running", "engine_unavailable")
-        stream = DenoisedStream(ctx.engine, stream_id, mode=mode,
+        # Every stream gets the tone/music detector, whatever its mode: a switch to `auto`
+        # mid-call then finds it already warm.
+        stream = DenoisedStream(ctx.engine, stream_id, mode=mode, detector=BypassDetector(),
                                 deadline=ctx.settings.hop_deadline)
         budget = ctx.settings.latency_budget
         if budget is None:
