@@ -99,20 +99,15 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     from denoiser.dfn3 import DFN3, DFN3Config
 
     config = DFN3Config()
-    if settings.lookahead is not None and settings.lookahead != config.conv_lookahead:
-        # Measured: with conv_lookahead 0 the port's deep filter still outputs the low band
-        # 1440 samples late while latency_samples says 480, so training would chase a
-        # misaligned target. Lift this once denoiser/dfn3 supports other look-aheads.
-        raise ValueError(f"the DFN3 port only runs at look-ahead {config.conv_lookahead} "
-                         "for now (its deep filter ignores conv_lookahead)")
     if settings.lookahead is not None:
         config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
                                      df_lookahead=settings.lookahead)
-    model = DFN3(config)
     if init == "default":
-        # The look-ahead only shifts frames, so the shipped weights fit any look-ahead.
-        from denoiser.models import load_default_model
-        model.load_state_dict(load_default_model("cpu").state_dict())
+        # The shipped weights at this look-ahead: `load_dfn3` re-indexes the deep-filter taps so
+        # the output stays aligned at the new latency (see denoiser/dfn3/retarget.py).
+        from denoiser.models import load_dfn3
+        return load_dfn3(config=config).requires_grad_(True).train()
+    model = DFN3(config)
     return model
 
 
