@@ -107,8 +107,7 @@ def build_model(settings: TrainSettings) -> StreamingModel:
         # the output stays aligned at the new latency (see denoiser/dfn3/retarget.py).
         from denoiser.models import load_dfn3
         return load_dfn3(config=config).requires_grad_(True).train()
-    model = DFN3(config)
-    return model
+    return DFN3(config)
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
