@@ -394,6 +394,9 @@ class LocalEngine(Engine):
     # -- the worker thread -----------------------------------------------------------------
 
     def _prepare(self) -> None:
+        if self.threads is not None:
+            # OpenMP's thread count is per calling thread: set it where the forwards run too.
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             self.model.to(device=self.device, dtype=self.dtype).eval()
             self._init_row = self.model.initial_state(1, self.device, self.dtype)
