@@ -94,8 +94,11 @@ class FrameConverter:
         import av  # only needed for the rare publisher that is not 48 kHz
 
         if self._resampler is None:
-            self._resampler = av.AudioResampler(format="flt", layout="mono",
+            # Keep the layout and average the channels ourselves, as on the 48 kHz path:
+            # libswresample's own stereo-to-mono mix is 3 dB louder than the mean.
+            self._resampler = av.AudioResampler(format="fltp", layout=frame.layout.name,
                                                 rate=self.sample_rate)
         self.resampled_frames += 1
-        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        parts = [to_mono_float(f.to_ndarray(), channels, True)
+                 for f in self._resampler.resample(frame)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
