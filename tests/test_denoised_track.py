@@ -75,5 +75,8 @@ async def test_other_rates_are_resampled_and_video_is_refused(gain_engine) -> No
     class Video(MediaStreamTrack):
         kind = "video"
 
+        async def recv(self) -> av.VideoFrame:
+            raise MediaStreamError
+
     with pytest.raises(ValueError, match="audio"):
         DenoisedAudioTrack(Video(), stream)
