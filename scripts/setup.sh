@@ -13,10 +13,9 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-# torch: the CPU build (this workplace keeps torch 2.13.0+cpu on disk, pip's find-links picks it
-# up); elsewhere the CPU index serves it. Users with GPUs install a CUDA build of torch instead.
+# torch: this workplace keeps the CPU build of torch 2.13.0 on disk (pip's find-links picks it
+# up, so CI stays fast); elsewhere pip installs the newest torch in range (a CUDA build on Linux).
 if ! python -c "import torch" 2>/dev/null; then
-  python -m pip install --quiet "torch==2.13.0" 2>/dev/null \
-    || python -m pip install --quiet "torch>=2.3,<3" --index-url https://download.pytorch.org/whl/cpu
+  python -m pip install --quiet "torch==2.13.0" || python -m pip install --quiet "torch>=2.3,<3"
 fi
 python -m pip install --quiet -e ".${extras}"
