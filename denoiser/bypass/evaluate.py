@@ -268,8 +268,9 @@ def format_summary(summary: dict[str, object]) -> str:
     for kind in TONE_KINDS:
         s = summary.get(kind)
         if isinstance(s, dict):
-            lines.append(f"{kind:<16} {s['clips']:>5}  {s['si_sdr_min']:>8.2f} / {s['si_sdr_mean']:<8.2f}"
-                         f"       ({s['si_sdr_on_mean']:.2f})    {s['meets_20db']}/{s['clips']}")
+            lines.append(f"{kind:<16} {s['clips']:>5}  {s['si_sdr_min']:>8.2f} / "
+                         f"{s['si_sdr_mean']:<8.2f}       ({s['si_sdr_on_mean']:.2f})    "
+                         f"{s['meets_20db']}/{s['clips']}")
     d = summary["dtmf_decode"]
     assert isinstance(d, dict)
     lines.append(f"DTMF digits decoded the same: auto {d['same_auto']}/{d['clips']}, "
@@ -313,7 +314,7 @@ async def evaluate(quick: bool = False, verbose: bool = True) -> dict[str, objec
 
 
 def run(out: Path | None, quick: bool = False) -> dict[str, object]:
-    """Evaluate, print the rows and the per-type table, write `out` (JSON); ends with one JSON line."""
+    """Evaluate; print the rows, the per-type table and (last) the summary as one JSON line."""
     report = asyncio.run(evaluate(quick))
     print(format_summary(report["summary"]))  # type: ignore[arg-type]
     if out is not None:
