@@ -151,10 +151,11 @@ class DenoisedStream:
         if not wait:
             self._keep_in_background(task)
             return None, None
-        if self.deadline is None:
-            await asyncio.wait({task})
-        else:
+        try:
             await asyncio.wait({task}, timeout=self.deadline)
+        except asyncio.CancelledError:
+            self._keep_in_background(task)  # the caller went away; the hop still lands
+            raise
         if not task.done():
             self._keep_in_background(task)  # the engine still advances this stream's state
             return None, "late"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -185,3 +186,17 @@ async def test_a_failing_detector_does_not_stop_the_audio() -> None:
         y = await run(stream, x)
     assert stream.detector_errors == 6 and stream.counters["denoised"] == 6
     np.testing.assert_allclose(y, 0.5 * delayed(x, 240), atol=1e-6)
+
+
+async def test_a_cancelled_caller_leaves_its_hop_to_finish_in_the_background() -> None:
+    async with LocalEngine(GainModel(), device="cpu", tick_deadline=0.05) as engine:
+        stream = DenoisedStream(engine, "s", mode="on", deadline=None)
+        engine.open_stream("other")  # a second live stream keeps the tick open until its deadline
+        caller = asyncio.ensure_future(stream.process_hop(sine(1)))
+        await asyncio.sleep(0.01)  # the hop is queued in the engine, waiting for its tick
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert len(stream._background) == 1  # kept, so its result (or error) is retrieved
+        await asyncio.sleep(0.1)
+        assert not stream._background and engine.stats.hops == 1

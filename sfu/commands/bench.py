@@ -11,7 +11,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("bench", help="benchmarks (engine, sfu); end with one JSON line")
-    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,sfu}")
+    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,sfu,e2e}")
     from denoiser.bench_engine import register_bench_engine
 
     register_bench_engine(which)
