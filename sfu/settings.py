@@ -98,8 +98,8 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--connect-timeout", "connect_timeout", float, "seconds a peer may take to connect"),
     ("--hop-deadline", "hop_deadline", float, "seconds a hop may wait for the engine before "
      "the original audio goes out instead"),
-    ("--latency-budget", "latency_budget", float, "seconds from packet in to packet out after "
-     "which hops pass through (default: the pipeline's)"),
+    ("--latency-budget", "latency_budget", float, "wall seconds from packet in to packet out "
+     "after which hops pass through (default: 40 ms less the model's latency, at least 8 ms)"),
     ("--token-ttl", "token_ttl", int, "lifetime of tokens this server issues (seconds)"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "json or text"),

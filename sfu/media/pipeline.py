@@ -35,9 +35,15 @@ from sfu.media.receiver import PacketArrivals
 logger = logging.getLogger(__name__)
 
 MAX_CONCEALED_SAMPLES = SAMPLE_RATE // 10  # 100 ms
-DEFAULT_LATENCY_BUDGET = 0.020  # wall seconds, packet in -> packet out (DESIGN.md budget
-#                                  less the model's algorithmic latency)
+TOTAL_LATENCY_BUDGET = 0.040  # DESIGN.md: server-added, model's algorithmic latency included
+MIN_WALL_BUDGET = 0.008  # never give the engine less wall time than this per packet
 ENCODE_MARGIN = 0.002  # kept back from the budget for encoding and fan-out
+AUTO = "auto"
+
+
+def wall_budget(model_latency_s: float) -> float:
+    """Wall seconds a packet may spend in the server: the total budget less the model's delay."""
+    return max(MIN_WALL_BUDGET, TOTAL_LATENCY_BUDGET - model_latency_s)
 
 
 class HopStream(Protocol):
@@ -76,7 +82,7 @@ class SpeakerPipeline:
     def __init__(self, source: MediaStreamTrack, stream: HopStream, metrics: MetricsLike,
                  *, bitrate: int = 32_000, max_queue: int = DEFAULT_QUEUE_PACKETS,
                  arrivals: PacketArrivals | None = None,
-                 latency_budget: float | None = DEFAULT_LATENCY_BUDGET) -> None:
+                 latency_budget: float | str | None = AUTO) -> None:
         if source.kind != "audio":
             raise ValueError(f"SpeakerPipeline needs an audio track, got {source.kind!r}")
         self.source = source
@@ -101,7 +107,10 @@ class SpeakerPipeline:
         self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
         self.record_latencies = False
         # The stream's own deadline per hop, tightened so that no packet waits past the budget.
-        self._latency_budget = latency_budget
+        # AUTO: what the design's 40 ms leaves after the model's algorithmic latency.
+        if latency_budget == AUTO:
+            latency_budget = wall_budget(getattr(stream, "latency_samples", 0) / SAMPLE_RATE)
+        self._latency_budget: float | None = latency_budget  # type: ignore[assignment]
         self._base_deadline: float | None = getattr(stream, "deadline", None)
         self._guard = latency_budget is not None and hasattr(stream, "deadline")
 
