@@ -58,7 +58,8 @@ async def build_engine(settings: Settings) -> Engine:
     from denoiser.local_engine import LocalEngine
     from denoiser.models import load_default_model
 
-    model = await asyncio.to_thread(load_default_model, settings.device)
+    model = await asyncio.to_thread(load_default_model, settings.device,
+                                    settings.model_lookahead)
     return LocalEngine(model, device=settings.device)
 
 

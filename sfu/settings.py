@@ -37,6 +37,7 @@ class Settings:
     redis: str | None = None
     engine: str = "local"
     device: str = "cpu"
+    model_lookahead: int | None = None  # hops; None keeps the model's own (DFN3: 2, 30 ms)
     web_dir: Path = WEB_DIR
     ice_servers: tuple[str, ...] = ()
     max_sdp_bytes: int = 64 * 1024
@@ -61,6 +62,8 @@ class Settings:
             raise SettingsError("max_sdp_bytes must be at least 1024")
         if not 0 < self.hop_deadline <= 5:
             raise SettingsError("hop_deadline must be in (0, 5] seconds")
+        if self.model_lookahead is not None and self.model_lookahead not in (0, 1, 2):
+            raise SettingsError("model_lookahead must be 0, 1 or 2 hops")
         if self.log_format not in ("json", "text"):
             raise SettingsError("log_format must be json or text")
 
@@ -90,6 +93,8 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--redis", "redis", str, "Redis URL for placement across nodes"),
     ("--engine", "engine", str, "where denoising runs: local (in-process) or workers"),
     ("--device", "device", str, "device of the local engine: cpu or cuda"),
+    ("--model-lookahead", "model_lookahead", int, "model look-ahead in 10 ms hops: 2 (30 ms "
+     "algorithmic latency, best quality), 1 (20 ms) or 0 (10 ms)"),
     ("--web-dir", "web_dir", Path, "directory of the demo page served at /"),
     ("--ice-server", "ice_servers", str, "STUN/TURN URL offered to peers (repeatable; "
      "comma-separated in the environment)"),

@@ -120,3 +120,9 @@ def test_demo_tokens_default_to_on_only_for_a_generated_secret() -> None:
     assert from_sources(None, {"DENOISE_SFU_DEMO_TOKENS": "yes"}).demo_tokens is True
     with pytest.raises(SettingsError):
         from_sources(None, {"DENOISE_SFU_DEMO_TOKENS": "maybe"})
+
+
+def test_model_lookahead_is_checked() -> None:
+    assert from_sources(None, {"DENOISE_SFU_MODEL_LOOKAHEAD": "1"}).model_lookahead == 1
+    with pytest.raises(SettingsError, match="model_lookahead"):
+        Settings(model_lookahead=3)

@@ -281,3 +281,10 @@ def test_load_dfn3_rejects_bad_configs(tmp_path: Path) -> None:
     torch.save({"weights": weights}, path)
     with pytest.raises(ValueError, match="not a DFN3 checkpoint"):
         load_dfn3(path)
+
+
+def test_default_model_at_a_lower_lookahead() -> None:
+    from denoiser.models import load_default_model
+
+    assert load_default_model().latency_samples == 1440
+    assert load_default_model(lookahead=1).latency_samples == 960
