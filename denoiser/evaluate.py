@@ -72,8 +72,11 @@ def _ours() -> Process:
     import torch
 
     torch.set_num_threads(1)
+    # The same variable as `serve --model-lookahead` (worker processes inherit it).
+    lookahead = os.environ.get("DENOISE_SFU_MODEL_LOOKAHEAD") or None
     try:
-        model = load_default_model(device="cpu")
+        model = load_default_model(device="cpu",
+                                   lookahead=None if lookahead is None else int(lookahead))
     except FileNotFoundError as exc:
         raise EvalError(f"system 'ours' is unavailable: {exc}") from exc
     hop, latency = int(model.hop_size), int(model.latency_samples)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--systems", default=",".join(DENOISERS),
                    help=f"comma-separated denoisers among {','.join(DENOISERS)} "
                         "(noisy and clean are always included)")
+    p.add_argument("--lookahead", type=int, choices=(0, 1, 2), default=None,
+                   help="run ours at this model look-ahead (hops; default the model's own, 2) "
+                        "[DENOISE_SFU_MODEL_LOOKAHEAD]")
     p.add_argument("--jobs", type=int, default=default_jobs(),
                    help="worker processes over clips (default: up to 2)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -56,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print("denoise-sfu eval: --clips and --jobs must be >= 1, --spectrograms >= 0",
               file=sys.stderr)
         return 2
+    if args.lookahead is not None:
+        os.environ["DENOISE_SFU_MODEL_LOOKAHEAD"] = str(args.lookahead)
     started = time.monotonic()
     try:
         folder, clips = build_devset(args.clips, args.seed, args.cache_dir)
