@@ -30,10 +30,14 @@ from denoiser.bypass.analysis import RATE, Decimator, SlidingSpectrum
 from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
 from denoiser.bypass.dtmf import DtmfReceiver
 from denoiser.bypass.features import ContextFeatures
-from denoiser.bypass.tones import CallProgressDetector, TonalDetector
+from denoiser.bypass.tones import CallProgressDetector, FastToneCue, TonalDetector
 
 REASONS: tuple[str, ...] = ("dtmf", "call_progress", "tone", "music")
 _SILENT_DB = -60.0
+_PROV_HOPS = 15  # a provisional tone bypass must be confirmed within 150 ms
+_PROV_MUTE = 100
+_STATIC_DB = 2.0  # see ContextFeatures.static_db
+_STATIC_HOPS = 5
 
 
 @lru_cache(maxsize=1)
@@ -60,6 +64,7 @@ class BypassDetector:
         self.dtmf = DtmfReceiver(short)
         self._cp = CallProgressDetector(long)
         self._tonal = TonalDetector(long)
+        self._fast = FastToneCue(short)
         self.classifier = (classifier or default_classifier()) if use_music else None
         self._features = ContextFeatures(long)
         self.music_on, self.hold_on = music_on, hold_on
@@ -80,6 +85,15 @@ class BypassDetector:
         self._music_off_run = 0
         self._music_age = 0
         self._music_on = False
+        self._static_run = 0
+        self._since_static = 1_000_000
+        self._fast_run = 0
+        self._fast_miss = 0
+        self._prov: str | None = None  # provisional tone bypass awaiting confirmation
+        self._prov_age = 0
+        self._prov_mute = 0  # hops before a provisional bypass may start again
+        self.provisional_hops = 0
+        self.provisional_failed = 0
 
     @property
     def digits(self) -> list[str]:
@@ -110,6 +124,7 @@ class BypassDetector:
         tone_active = self._update_tone(self._tonal.detect())
         self._features.push(hop_ms, self._tonal.peak_ratio)
         music_active = self._update_music(hop_ms)
+        prov = self._update_provisional(self._fast.detect(), cp_active or tone_active)
 
         if self._dtmf_hold:
             self.reason = "dtmf"
@@ -117,11 +132,36 @@ class BypassDetector:
             self.reason = "call_progress"
         elif tone_active:
             self.reason = "tone"
+        elif prov is not None:
+            self.reason = prov
+            self.provisional_hops += 1
         elif music_active:
             self.reason = "music"
         else:
             self.reason = None
         return self.reason
+
+    def _update_provisional(self, cue: bool, confirmed: bool) -> str | None:
+        """A tone seen by the fast 20 ms cue for 2 hops starts a provisional bypass (with the
+        stream's look-ahead that covers the tone from its first sample); it ends when an 80 ms
+        detector confirms it (their hysteresis takes over), when the cue is gone for 3 hops, or
+        after `_PROV_HOPS` unconfirmed (then no new one for `_PROV_MUTE` hops: a voice that
+        looks like a tone for a moment must not keep switching paths)."""
+        self._fast_run = self._fast_run + 1 if cue else 0
+        self._fast_miss = 0 if cue else self._fast_miss + 1
+        self._prov_mute = max(0, self._prov_mute - 1)
+        if self._prov is None:
+            if self._fast_run >= 2 and not self._prov_mute and not confirmed:
+                self._prov, self._prov_age = self._fast.kind(), 0
+            return self._prov
+        self._prov_age += 1
+        if confirmed:
+            self._prov = None
+        elif self._prov_age >= _PROV_HOPS or self._fast_miss >= 3:
+            self._prov = None
+            self._prov_mute = _PROV_MUTE
+            self.provisional_failed += 1
+        return self._prov
 
     def _update_call_progress(self, seen: bool, hop_ms: float) -> bool:
         if seen:
@@ -132,7 +172,7 @@ class BypassDetector:
             self._cp_run = 0
             if self._cp_hold:
                 self._cp_hold -= 1
-                quiet = hop_ms < self._cp.level * 10 ** (-15 / 10)
+                quiet = self._cp.matched or hop_ms < self._cp.level * 10 ** (-15 / 10)
                 self._cp_loud = 0 if quiet else self._cp_loud + 1
                 if self._cp_loud >= 3:
                     self._cp_hold = 0
@@ -162,7 +202,15 @@ class BypassDetector:
         self.p_hold = float(p[1] + p[3])  # music, or an announcement over music
         if 10 * np.log10(hop_ms + 1e-10) < _SILENT_DB:
             return self._music_on  # a silent hop says nothing either way
-        start = self.p_music >= self.music_on and self.p_hold >= self.hold_on
+        # A spectrum that has not moved for 250 ms is a drone (buzz, hum), not music: it cannot
+        # start a bypass nor keep a young one; speech over it must be cleaned.
+        # The classifier's 1 s context still holds the drone for a second after it is masked
+        # (speech over it), so the drone's mark lasts that long.
+        self._static_run = self._static_run + 1 if self._features.static_db < _STATIC_DB else 0
+        self._since_static = 0 if self._static_run >= _STATIC_HOPS else self._since_static + 1
+        static = self._since_static < 100
+        start = (self.p_music >= self.music_on and self.p_hold >= self.hold_on
+                 and not static)
         self._music_run = self._music_run + 1 if start else 0
         if self._music_run >= self.music_hops and not self._music_on:
             self._music_on, self._music_age = True, 0
@@ -170,7 +218,7 @@ class BypassDetector:
         # An announcement keeps the bypass only over music that has played for 2 s: a short
         # music-like sound followed by speech is noise with someone talking over it.
         young = self._music_age < 200
-        keep = self.p_music if young else self.p_hold
+        keep = 0.0 if static and young else self.p_music if young else self.p_hold
         if keep < self.music_off:
             self._music_off_run += 1
             if self._music_off_run >= (30 if young else 50):

@@ -22,6 +22,8 @@ LONG = 100  # hops (1 s)
 SHORT = 25  # hops (250 ms)
 N_GROUPS = 6  # coarse mel shape: groups of N_MELS // N_GROUPS bands
 PERSIST_LAG = 8  # hops between the spectra compared for peak persistence
+STATIC_LAG = 25  # hops (250 ms) between the mel spectra compared for `static_db`
+_FULL = 8  # the first hop whose 80 ms window holds no zeros from before the stream
 
 
 def mel_filterbank(freqs: np.ndarray, n_mels: int = N_MELS, lo: float = 60.0,
@@ -61,6 +63,10 @@ class ContextFeatures:
         self._pk = slice(pk.start - cols.start, pk.stop - cols.start)
         self._masks = np.zeros((PERSIST_LAG, pk.stop - pk.start), bool)
         self._prev_lm: np.ndarray | None = None
+        self._lm_ring = np.zeros((STATIC_LAG, N_MELS))
+        # Largest change of any mel band over the last 250 ms, dB: a drone (a buzzer, hum, an
+        # engine) stays within 1-2 dB; music never did (5 % quantile >= 8 dB on every track).
+        self.static_db = 100.0
         self.ring = np.zeros((LONG, self.n_hop))
         self.count = 0
         self._s1 = np.zeros(self.n_hop)
@@ -76,6 +82,11 @@ class ContextFeatures:
         flux = 0.0 if self._prev_lm is None else float(
             np.maximum(lm - self._prev_lm, 0).sum()) / N_MELS
         self._prev_lm = lm
+        slot = self.count % STATIC_LAG
+        top = np.maximum(lm, lm.max() - 3.0)  # bands 30 dB under the loudest are the floor
+        if self.count >= STATIC_LAG + _FULL:
+            self.static_db = 10.0 * float(np.abs(top - self._lm_ring[slot]).max())
+        self._lm_ring[slot] = top
         n = len(p)
         flat = float(np.log(p + 1e-12).sum()) / n - math.log(float(p.sum()) / n + 1e-12)
         persist = self._persistence(p[self._pk])

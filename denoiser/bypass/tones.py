@@ -19,6 +19,8 @@ from denoiser.bypass.synth import CALL_PROGRESS_TONES
 PLANS: tuple[tuple[float, ...], ...] = tuple(
     sorted({t.freqs for t in CALL_PROGRESS_TONES.values()}))
 
+_PLAN_MIDS = np.array(sorted({(min(p) + max(p)) / 2 for p in PLANS}))
+
 
 def _local_peaks(p: np.ndarray, band: slice, count: int, floor_ratio: float) -> list[int]:
     """Indices of the `count` strongest local maxima within `band` above max * floor_ratio."""
@@ -38,16 +40,22 @@ class CallProgressDetector:
     """Per hop: does the window hold a standard call-progress tone?"""
 
     def __init__(self, spec: SlidingSpectrum, *, freq_tol: float = 0.025, min_ratio: float = 0.85,
-                 min_level_dbfs: float = -45.0) -> None:
+                 min_level_dbfs: float = -45.0, max_drift: float = 0.005) -> None:
         self.spec = spec
         self.freq_tol = freq_tol
         self.min_ratio = min_ratio
         self.min_ms = 10 ** (min_level_dbfs / 10)
         self._band = spec.band(300, 660)
         self.level = 0.0  # mean square of the matched tone
+        self.max_drift = max_drift
+        self._anchor = 0.0  # lowest frequency when the current match began
+        self.matched = False
 
     def detect(self) -> bool:
+        """True when a plan matches and its frequency has held; `matched` says whether a plan
+        matches at all (a tone still settling in the window, e.g. at a cadence's restart)."""
         s = self.spec
+        self.matched = False
         total = s.band_ms(100, 4000)
         if total < self.min_ms:
             return False
@@ -60,8 +68,15 @@ class CallProgressDetector:
             if len(plan) == len(freqs) and all(
                 abs(f - g) <= self.freq_tol * g for f, g in zip(freqs, plan, strict=True)
             ):
+                # A generator's tone stays put; a voice near 400 Hz (a child's vowel) glides.
+                self.matched = True
+                anchor, self._anchor = self._anchor, freqs[0]
+                if abs(freqs[0] - anchor) > self.max_drift * freqs[0]:
+                    return False
+                self._anchor = anchor
                 self.level = cluster
                 return True
+        self._anchor = 0.0
         return False
 
 
@@ -111,3 +126,67 @@ class TonalDetector:
             self._anchor = f0 if ok else 0.0
             return False
         return True
+
+
+class FastToneCue:
+    """Per hop, from the 20 ms spectrum: is a steady narrow-band tone starting here?
+
+    The 80 ms detectors above need 80-100 ms of tone to be sure, and every hop denoised before
+    that is lost (DFN3 wipes tones). This cue looks at the short window the DTMF receiver
+    already computes: one or two peaks (at least `min_spacing` apart, strongest >= `min_freq`)
+    whose main lobes hold >= `min_ratio` of the 100-7800 Hz energy, strongest peak within
+    `max_drift` of the previous hop's. Call-progress pairs 40-100 Hz apart merge into one lobe
+    here, which is why it only says "narrow band", and `kind()` tells where: the 280-680 Hz
+    call-progress cluster or elsewhere. The detector starts a provisional bypass on it and keeps
+    it only if the 80 ms detectors confirm within a few hops.
+    """
+
+    def __init__(self, spec: SlidingSpectrum, *, min_ratio: float = 0.95,
+                 min_level_dbfs: float = -45.0, max_drift: float = 0.01,
+                 min_spacing: float = 450.0, min_freq: float = 300.0) -> None:
+        self.spec = spec
+        self.min_ratio = min_ratio
+        self.min_ms = 10 ** (min_level_dbfs / 10)
+        self.max_drift = max_drift
+        self.min_spacing = min_spacing
+        self._band = spec.band(min_freq, 7800)
+        self._lobe = 2.0 * spec.rate / spec.win + spec.bin_hz
+        self._prev = 0.0
+        self.freq = 0.0  # strongest peak of the current hop when it is a tone, else 0
+
+    def detect(self) -> bool:
+        s = self.spec
+        total = s.band_ms(100, 7800)
+        prev, self._prev, self.freq = self._prev, 0.0, 0.0
+        if total < self.min_ms:
+            return False
+        peaks = _local_peaks(s.power, self._band, 2, 0.1)
+        if not peaks:
+            return False
+        freqs = [interpolate_peak(s.power, k) * s.bin_hz for k in peaks]
+        lobe = self._lobe
+        energy_merged = False
+        if len(freqs) == 2 and abs(freqs[0] - freqs[1]) < self.min_spacing:
+            if not all(280.0 <= f <= 680.0 for f in freqs):
+                return False  # a voice's harmonics, not a call-progress pair
+            energy = s.band_ms(min(freqs) - lobe, max(freqs) + lobe)
+            energy_merged = True
+        else:
+            energy = sum(s.band_ms(f - lobe, f + lobe) for f in freqs)
+        if energy < self.min_ratio * total:
+            return False
+        # Two call-progress tones 40-140 Hz apart beat within the 20 ms window: which of them
+        # is the stronger peak changes from hop to hop, their midpoint does not. The 80 ms
+        # detector checks the exact frequencies soon after.
+        f = (min(freqs) + max(freqs)) / 2 if len(freqs) == 2 and energy_merged else freqs[0]
+        self._prev = f
+        if abs(f - prev) > self.max_drift * f:
+            return False
+        self.freq = f
+        if 280.0 <= f <= 680.0:  # the middle of a call-progress plan, or not a tone we keep
+            return bool(np.any(np.abs(_PLAN_MIDS - f) <= 0.03 * f))
+        return True
+
+    def kind(self) -> str:
+        """"call_progress" when the tone lies in the call-progress cluster, else "tone"."""
+        return "call_progress" if 280.0 <= self.freq <= 680.0 else "tone"
