@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="measure quality against RNNoise and DFN3 on the dev set",
         description="Build (or reuse) the dev set, run noisy / the denoisers / clean on it, "
                     "print the metric tables and the verdicts, write JSON and spectrograms.")
+    p.add_argument("--suite", choices=("speech", "bypass"), default="speech",
+                   help="speech: the denoisers on the dev set (default); bypass: music, tones "
+                        "and DTMF through mode auto vs on, and noisy speech (docs/bypass.md), "
+                        "writing bypass_eval.json to --out")
     p.add_argument("--clips", type=int, default=64, help="dev clips (default 64)")
     p.add_argument("--seed", type=int, default=0, help="dev-set seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("out/eval"),
@@ -43,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "bypass":
+        from denoiser.bypass.evaluate import run as run_bypass
+
+        run_bypass(args.out / "bypass_eval.json")
+        return 0
     from denoiser.devset import build_devset
     from denoiser.evaluate import (
         EvalError,
