@@ -29,16 +29,30 @@ class Decimator:
         self.factor = factor
         self.taps = lowpass_taps(factor) if factor > 1 else np.ones(1, np.float32)
         self._hist = np.zeros(len(self.taps) - 1, np.float32)
+        self._rtaps = np.ascontiguousarray(self.taps[::-1])
+        self._buf: np.ndarray | None = None
+        self._frames = np.zeros((0, len(self.taps)), np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.factor == 1:
             return x
         if len(x) % self.factor:
             raise ValueError(f"block length {len(x)} is not a multiple of {self.factor}")
-        buf = np.concatenate((self._hist, x))
-        self._hist = buf[len(buf) - len(self._hist):]
-        y = np.convolve(buf, self.taps, mode="valid")  # len(x) outputs
-        return y[self.factor - 1 :: self.factor].astype(np.float32)
+        nh = len(self._hist)
+        buf = self._buf
+        if buf is None or len(buf) != nh + len(x):
+            buf = self._buf = np.zeros(nh + len(x), np.float32)
+            buf[:nh] = self._hist
+            # Only every factor-th output is kept, so compute only those: one strided
+            # matrix-vector product (a view on `buf`, made once) instead of a convolution.
+            self._frames = np.lib.stride_tricks.as_strided(
+                buf[self.factor - 1 :], (len(x) // self.factor, nh + 1),
+                (buf.strides[0] * self.factor, buf.strides[0]), writeable=False)
+        else:
+            buf[:nh] = buf[len(x):]
+        buf[nh:] = x
+        self._hist = buf[len(x):]
+        return self._frames @ self._rtaps
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -58,31 +72,49 @@ class SlidingSpectrum:
 
     `tone_scale` converts a bin's power into the RMS^2 of a sine at that frequency, so that
     `power[k] * tone_scale / mean_square` is the fraction of the signal a pure tone there holds.
+    `push(x)` slides a block in and (with `analyse`) recomputes `power` and its running sum.
     """
 
-    def __init__(self, win: int, nfft: int, rate: int = RATE) -> None:
+    def __init__(self, win: int, nfft: int, rate: int = RATE,
+                 source: SlidingSpectrum | None = None) -> None:
         self.win, self.nfft, self.rate = win, nfft, rate
         self.window = np.hanning(win).astype(np.float32)
-        self.buf = np.zeros(win, np.float32)
+        # With a `source` (a longer window over the same signal, pushed first) this window is a
+        # view of the end of its buffer, and `push` only analyses.
+        if source is not None and source.win < win:
+            raise ValueError("the source window must be at least as long")
+        self._source = source
+        self.buf = np.zeros(win, np.float32) if source is None else source.buf[-win:]
         self.freqs = np.fft.rfftfreq(nfft, 1 / rate)
         self.bin_hz = rate / nfft
         # |X(f)|^2 of a sine of amplitude A is (A * sum(w) / 2)^2; its RMS^2 is A^2 / 2.
         self.tone_scale = 2.0 / float(self.window.sum()) ** 2
         self.power = np.zeros(nfft // 2 + 1)
         self._cum = np.zeros(nfft // 2 + 2)
-        self.mean_square = 0.0  # of the window-weighted signal, same units as a tone's RMS^2
+        self._xw = np.zeros(win, np.float32)
         self._w2 = float(np.dot(self.window, self.window))
         self._band_scale = 2.0 / (nfft * self._w2)
 
-    def push(self, x: np.ndarray) -> None:
-        n = len(x)
-        self.buf[:-n] = self.buf[n:]
-        self.buf[-n:] = x
-        xw = self.buf * self.window
-        spec = np.fft.rfft(xw, self.nfft)
-        self.power = spec.real**2 + spec.imag**2
-        self._cum = np.concatenate(([0.0], np.cumsum(self.power)))
-        self.mean_square = float(np.dot(xw, xw)) / self._w2
+    def push(self, x: np.ndarray, analyse: bool = True) -> None:
+        """Slide `x` in; with `analyse` (else the spectrum keeps describing an earlier window)
+        recompute the power spectrum."""
+        buf = self.buf
+        if self._source is None:
+            n = len(x)
+            buf[:-n] = buf[n:]
+            buf[-n:] = x
+        if not analyse:
+            return
+        spec = np.fft.rfft(np.multiply(buf, self.window, out=self._xw), self.nfft)
+        re, im = spec.real, spec.imag
+        power = np.multiply(re, re, out=self.power)
+        power += im * im
+        np.cumsum(power, out=self._cum[1:])
+
+    @property
+    def mean_square(self) -> float:
+        """Of the window-weighted signal, in the units of a tone's RMS^2 (from `power`)."""
+        return float(self._cum[-1]) * self._band_scale
 
     def band(self, lo: float, hi: float) -> slice:
         """Bin slice covering [lo, hi] Hz."""

@@ -27,11 +27,18 @@ class MusicClassifier:
             self.std = z["std"].astype(np.float32)
             self.w1, self.b1 = z["w1"].astype(np.float32), z["b1"].astype(np.float32)
             self.w2, self.b2 = z["w2"].astype(np.float32), z["b2"].astype(np.float32)
+        # the standardisation folded into the first layer: one product per call
+        self._w1 = (self.w1 / self.std[:, None]).astype(np.float32)
+        self._b1 = (self.b1 - (self.mean / self.std) @ self.w1).astype(np.float32)
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for one feature vector [F] or a batch [N, F]."""
-        h = np.tanh(((x - self.mean) / self.std) @ self.w1 + self.b1)
-        z = h @ self.w2 + self.b2
-        z = z - z.max(axis=-1, keepdims=True)
-        ez = np.exp(z)
-        return ez / ez.sum(axis=-1, keepdims=True)
+        h = x @ self._w1
+        h += self._b1
+        np.tanh(h, out=h)
+        z = h @ self.w2
+        z += self.b2
+        z -= z.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=-1, keepdims=True)
+        return z

@@ -2,26 +2,36 @@
 
 One instance per live stream, fed every raw input hop in order. Detectors, strongest first:
 DTMF (exact, Q.24), call-progress tones (exact tone plans), sustained tones (stable dominant
-peaks), music (the learned classifier). Each has its own hysteresis so decisions do not flicker:
+peaks), a provisional tone bypass (fast 20 ms cue), music (the learned classifier). DTMF and the
+fast cue read a 20 ms spectrum every hop; call progress, sustained tones and the music features
+read an 80 ms spectrum once per 40 ms frame (`FRAME_HOPS` hops), and the classifier runs two
+hops later, so the costly work is spread thin (it runs on the SFU's event loop per stream).
+Each has its own hysteresis so decisions do not flicker:
 
 - dtmf: on from the second hop in a row that holds the same dual tone (fast, so the digit's
   start is not denoised, yet a single transient hop does not count); held 250 ms after the last
   one, through the pauses between digits.
-- call_progress: on after 5 hops of a matching tone; held through the cadence's off periods
-  (up to 4.5 s, the longest standard silence) while the line stays quiet, and dropped after
-  30 ms of non-tone sound louder than the tone minus 15 dB (someone answered).
-- tone: on after 5 stable tonal hops, off after 10 hops without.
-- music: on after 15 hops in a row with P(music) + P(speech over music) >= `hold_on` (0.8) and
-  P(music) >= `music_on` (0.4); off after 50 hops (0.5 s) in a row with P(music) + P(speech
-  over music) < `music_off` (0.3); silent hops change nothing. So an announcement over hold
-  music keeps the bypass and passes with the music intact, while speech over a music-like noise
-  does not start one. In the first 2 s of a music bypass only P(music) keeps it (off after
-  30 hops below 0.3): speech right after a short music-like sound is speech over noise.
+- call_progress: on after 80 ms of a matching tone whose frequency holds; held through the
+  cadence's off periods (up to 4.5 s, the longest standard silence) while the line stays quiet,
+  and dropped after 40 ms of non-tone sound louder than the tone minus 15 dB (someone answered).
+- tone: on after 80 ms of stable tonal frames, off after 120 ms without.
+- provisional ("tone" or "call_progress"): the 20 ms cue (`FastToneCue`) held 2 hops starts it
+  at once, so that with the stream's 3-hop look-ahead no sample of the tone is denoised; the
+  80 ms detectors must confirm it within 200 ms, else it ends and cannot restart for 1 s.
+- music: on after 160 ms of frames with P(music) + P(speech over music) >= `hold_on` (0.8)
+  and P(music) >= `music_on` (0.4); off after 0.5 s of frames with P(music) + P(speech over
+  music) < `music_off` (0.3); silent frames change nothing. So an announcement over hold music
+  keeps the bypass and passes with the music intact, while speech over a music-like noise does
+  not start one. In the first 2 s of a music bypass only P(music) keeps it (off after 0.3 s
+  below 0.3): speech right after a short music-like sound is speech over noise. A drone (a mel
+  spectrum that has not moved by 2 dB in 280 ms: a buzzer, hum, engine) is not music: for 1 s
+  after one it cannot start a music bypass nor keep a young one.
   See docs/bypass.md for the measurements behind these numbers.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -29,15 +39,19 @@ import numpy as np
 from denoiser.bypass.analysis import RATE, Decimator, SlidingSpectrum
 from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
 from denoiser.bypass.dtmf import DtmfReceiver
-from denoiser.bypass.features import ContextFeatures
+from denoiser.bypass.features import FRAME_HOPS, ContextFeatures, frames
 from denoiser.bypass.tones import CallProgressDetector, FastToneCue, TonalDetector
 
 REASONS: tuple[str, ...] = ("dtmf", "call_progress", "tone", "music")
 _SILENT_DB = -60.0
-_PROV_HOPS = 15  # a provisional tone bypass must be confirmed within 150 ms
+_PROV_HOPS = 20  # a provisional tone bypass must be confirmed within 200 ms
 _PROV_MUTE = 100
 _STATIC_DB = 2.0  # see ContextFeatures.static_db
-_STATIC_HOPS = 5
+_STATIC_FRAMES = frames(80)
+_CP_ON, _CP_HOLD = frames(80), frames(4500)
+_TONE_ON, _TONE_OFF = frames(80), frames(120)
+_EARLY = frames(500)
+_MUSIC_OFF, _YOUNG_OFF, _YOUNG, _DRONE = frames(500), frames(300), frames(2000), frames(3000)
 
 
 @lru_cache(maxsize=1)
@@ -52,14 +66,14 @@ class BypassDetector:
     def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
                  classifier: MusicClassifier | None = None, use_music: bool = True,
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
-                 music_hops: int = 15) -> None:
+                 music_frames: int = frames(160)) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
         self.sample_rate, self.hop_size = sample_rate, hop_size
         self._decim = Decimator(sample_rate // RATE)
-        short = SlidingSpectrum(2 * RATE // 100, 1024)
         long = SlidingSpectrum(8 * RATE // 100, 2048)
+        short = SlidingSpectrum(2 * RATE // 100, 512, source=long)
         self._short, self._long = short, long
         self.dtmf = DtmfReceiver(short)
         self._cp = CallProgressDetector(long)
@@ -68,7 +82,7 @@ class BypassDetector:
         self.classifier = (classifier or default_classifier()) if use_music else None
         self._features = ContextFeatures(long)
         self.music_on, self.hold_on = music_on, hold_on
-        self.music_off, self.music_hops = music_off, music_hops
+        self.music_off, self.music_frames = music_off, music_frames
         self.p_music = 0.0
         self.p_hold = 0.0
         self.reason: str | None = None
@@ -86,6 +100,7 @@ class BypassDetector:
         self._music_age = 0
         self._music_on = False
         self._static_run = 0
+        self._music_early = False
         self._since_static = 1_000_000
         self._fast_run = 0
         self._fast_miss = 0
@@ -93,6 +108,11 @@ class BypassDetector:
         self._prov_age = 0
         self._prov_mute = 0  # hops before a provisional bypass may start again
         self.provisional_hops = 0
+        self._hops = 0
+        self._frame_ms = 0.0
+        self._last_frame_ms = 0.0
+        self.analysed = False  # whether this hop moved the 80 ms analysis on (a frame)
+        self._cp_active = self._tone_active = self._music_active = False
         self.provisional_failed = 0
 
     @property
@@ -105,12 +125,20 @@ class BypassDetector:
         hop = np.asarray(hop, np.float32)
         if hop.shape != (self.hop_size,):
             raise ValueError(f"expected a hop of shape ({self.hop_size},), got {hop.shape}")
-        if not np.all(np.isfinite(hop)):
+        if not math.isfinite(float(np.add.reduce(hop, dtype=np.float64))):  # NaN or inf in it
             hop = np.nan_to_num(hop, nan=0.0, posinf=0.0, neginf=0.0)
         h = self._decim(hop)
+        hop_ms = float(h @ h) / len(h)
+        # The 80 ms window and everything read from it (call progress, sustained tones, music)
+        # move on every second hop: 20 ms frames halve the cost, and the fast 20 ms tone cue
+        # and DTMF, which need every hop, do not use it.
+        self._hops += 1
+        phase = self._hops % FRAME_HOPS
+        frame = phase == 0
+        self._frame_ms += hop_ms
+        self._long.push(h, analyse=frame)  # slides the short window too (a view of its end)
         self._short.push(h)
-        self._long.push(h)
-        hop_ms = float(np.dot(h, h)) / len(h)
+        self.analysed = frame
 
         self.dtmf.update(h)
         seen = self.dtmf.present
@@ -120,11 +148,20 @@ class BypassDetector:
             self._dtmf_hold = 25
         else:
             self._dtmf_hold = max(0, self._dtmf_hold - 1)
-        cp_active = self._update_call_progress(self._cp.detect(), hop_ms)
-        tone_active = self._update_tone(self._tonal.detect())
-        self._features.push(hop_ms, self._tonal.peak_ratio)
-        music_active = self._update_music(hop_ms)
-        prov = self._update_provisional(self._fast.detect(), cp_active or tone_active)
+        if frame:
+            self._last_frame_ms, self._frame_ms = self._frame_ms / FRAME_HOPS, 0.0
+            self._cp_active = self._update_call_progress(self._cp.detect())
+            self._tone_active = self._update_tone(self._tonal.detect())
+            self._features.push(self._last_frame_ms, self._tonal.peak_ratio)
+        elif phase == FRAME_HOPS // 2 and self._features.count:
+            # the classifier on the frame pushed 2 hops ago: the frame's work spread over two
+            # hops, so no hop carries all of it
+            self._music_active = self._update_music(self._last_frame_ms)
+        cue = self._fast.detect()
+        self._check_answer(hop_ms, self._fast.narrow)
+        cp_active, tone_active = self._cp_active, self._tone_active
+        music_active = self._music_active
+        prov = self._update_provisional(cue, cp_active or tone_active)
 
         if self._dtmf_hold:
             self.reason = "dtmf"
@@ -163,35 +200,42 @@ class BypassDetector:
             self.provisional_failed += 1
         return self._prov
 
-    def _update_call_progress(self, seen: bool, hop_ms: float) -> bool:
+    def _update_call_progress(self, seen: bool) -> bool:
+        """Per frame: start after `_CP_ON` frames, hold through the cadence's off periods."""
         if seen:
             self._cp_run += 1
-            if self._cp_run >= 5:
-                self._cp_hold, self._cp_loud = 450, 0
+            if self._cp_run >= _CP_ON:
+                self._cp_hold, self._cp_loud = _CP_HOLD, 0
         else:
             self._cp_run = 0
-            if self._cp_hold:
-                self._cp_hold -= 1
-                quiet = self._cp.matched or hop_ms < self._cp.level * 10 ** (-15 / 10)
-                self._cp_loud = 0 if quiet else self._cp_loud + 1
-                if self._cp_loud >= 3:
-                    self._cp_hold = 0
+            self._cp_hold = max(0, self._cp_hold - 1)
         return self._cp_hold > 0
+
+    def _check_answer(self, hop_ms: float, tone_hop: bool) -> None:
+        """Per hop, while a call-progress hold lasts through an off period: 3 hops (30 ms) of
+        sound louder than the tone minus 15 dB that is not the tone mean someone answered."""
+        if not self._cp_hold or self._cp_run:
+            return
+        quiet = tone_hop or self._cp.matched or hop_ms < self._cp.level * 10 ** (-15 / 10)
+        self._cp_loud = 0 if quiet else self._cp_loud + 1
+        if self._cp_loud >= 3:
+            self._cp_hold = 0
+            self._cp_active = False
 
     def _update_tone(self, seen: bool) -> bool:
         if seen:
             self._tone_run += 1
             self._tone_off = 0
-            if self._tone_run >= 5:
+            if self._tone_run >= _TONE_ON:
                 self._tone_on = True
         else:
             self._tone_run = 0
             self._tone_off += 1
-            if self._tone_off >= 10:
+            if self._tone_off >= _TONE_OFF:
                 self._tone_on = False
         return self._tone_on
 
-    def _update_music(self, hop_ms: float) -> bool:
+    def _update_music(self, frame_ms: float) -> bool:
         if self.classifier is None:
             return False
         if self._features.context_max_db < _SILENT_DB:
@@ -200,28 +244,40 @@ class BypassDetector:
         p = self.classifier.proba(self._features.vector())
         self.p_music = float(p[1])
         self.p_hold = float(p[1] + p[3])  # music, or an announcement over music
-        if 10 * np.log10(hop_ms + 1e-10) < _SILENT_DB:
-            return self._music_on  # a silent hop says nothing either way
-        # A spectrum that has not moved for 250 ms is a drone (buzz, hum), not music: it cannot
+        if 10 * np.log10(frame_ms + 1e-10) < _SILENT_DB:
+            return self._music_on  # a silent frame says nothing either way
+        # A spectrum that has not moved for 260 ms is a drone (buzz, hum), not music: it cannot
         # start a bypass nor keep a young one; speech over it must be cleaned.
         # The classifier's 1 s context still holds the drone for a second after it is masked
         # (speech over it), so the drone's mark lasts that long.
         self._static_run = self._static_run + 1 if self._features.static_db < _STATIC_DB else 0
-        self._since_static = 0 if self._static_run >= _STATIC_HOPS else self._since_static + 1
-        static = self._since_static < 100
+        self._since_static = 0 if self._static_run >= _STATIC_FRAMES else self._since_static + 1
+        static = self._since_static < _DRONE
         start = (self.p_music >= self.music_on and self.p_hold >= self.hold_on
                  and not static)
         self._music_run = self._music_run + 1 if start else 0
-        if self._music_run >= self.music_hops and not self._music_on:
+        if self._music_run >= self.music_frames and not self._music_on:
             self._music_on, self._music_age = True, 0
+        # A stream that starts with music (a call that opens on hold) would lose its first
+        # 160 ms: in the first 0.5 s one frame starts a provisional bypass, which ends at once
+        # unless every frame up to the usual `music_frames` agrees.
+        early = self._features.count <= _EARLY
+        if early and self._music_run and not self._music_on:
+            self._music_on, self._music_age, self._music_early = True, 0, True
+        if self._music_early:
+            if not self._music_run:
+                self._music_on = self._music_early = False
+                return False
+            if self._music_run >= self.music_frames:
+                self._music_early = False
         self._music_age += 1
         # An announcement keeps the bypass only over music that has played for 2 s: a short
         # music-like sound followed by speech is noise with someone talking over it.
-        young = self._music_age < 200
+        young = self._music_age < _YOUNG
         keep = 0.0 if static and young else self.p_music if young else self.p_hold
         if keep < self.music_off:
             self._music_off_run += 1
-            if self._music_off_run >= (30 if young else 50):
+            if self._music_off_run >= (_YOUNG_OFF if young else _MUSIC_OFF):
                 self._music_on = False
         else:
             self._music_off_run = 0

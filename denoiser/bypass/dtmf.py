@@ -31,7 +31,7 @@ class DtmfReceiver:
                  min_ratio: float = 0.8, min_level_dbfs: float = -45.0,
                  steady_db: float = 6.0, accept_hops: int = 2) -> None:
         # 20 ms Hann: main lobe +-100 Hz, narrow enough to split 941 from 1209 Hz.
-        self.spec = spectrum or SlidingSpectrum(2 * HOP, 1024)
+        self.spec = spectrum or SlidingSpectrum(2 * HOP, 512)
         self._own_spec = spectrum is None
         self.freq_tol = freq_tol
         self.twist = (-max_reverse_twist_db, max_forward_twist_db)
@@ -61,6 +61,11 @@ class DtmfReceiver:
         s = self.spec
         total = s.band_ms(100, 4000)
         if total < self.min_ms:
+            return None, False
+        # Cheap gate first: a tone's peak bin holds about its power, and the two tones must
+        # hold most of the band, so two weak maxima rule a digit out (most hops of speech).
+        p = s.power
+        if (p[self._low].max() + p[self._high].max()) * s.tone_scale < 0.4 * total:
             return None, False
         f_lo, r, ok_lo = self._peak(self._low, _ROWS)
         f_hi, c, ok_hi = self._peak(self._high, _COLS)

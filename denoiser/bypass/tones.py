@@ -28,18 +28,24 @@ def _local_peaks(p: np.ndarray, band: slice, count: int, floor_ratio: float) -> 
     if len(seg) < 3:
         return []
     mid = seg[1:-1]
-    idx = np.flatnonzero((mid > seg[:-2]) & (mid >= seg[2:])) + 1
+    is_peak = mid > seg[:-2]
+    is_peak &= mid >= seg[2:]
+    idx = np.flatnonzero(is_peak)
     if len(idx) == 0:
         return []
-    idx = idx[np.argsort(seg[idx])[::-1][:count]]
-    top = seg[idx[0]]
-    return [band.start + int(i) for i in idx if seg[i] >= top * floor_ratio]
+    vals = mid[idx]
+    if len(idx) > count:
+        keep = np.argpartition(vals, -count)[-count:]
+        idx, vals = idx[keep], vals[keep]
+    order = np.argsort(vals)[::-1]
+    floor = float(vals[order[0]]) * floor_ratio
+    return [band.start + 1 + int(idx[i]) for i in order if vals[i] >= floor]
 
 
 class CallProgressDetector:
     """Per hop: does the window hold a standard call-progress tone?"""
 
-    def __init__(self, spec: SlidingSpectrum, *, freq_tol: float = 0.025, min_ratio: float = 0.85,
+    def __init__(self, spec: SlidingSpectrum, *, freq_tol: float = 0.025, min_ratio: float = 0.95,
                  min_level_dbfs: float = -45.0, max_drift: float = 0.005) -> None:
         self.spec = spec
         self.freq_tol = freq_tol
@@ -142,7 +148,7 @@ class FastToneCue:
     """
 
     def __init__(self, spec: SlidingSpectrum, *, min_ratio: float = 0.95,
-                 min_level_dbfs: float = -45.0, max_drift: float = 0.01,
+                 min_level_dbfs: float = -45.0, max_drift: float = 0.006,
                  min_spacing: float = 450.0, min_freq: float = 300.0) -> None:
         self.spec = spec
         self.min_ratio = min_ratio
@@ -153,12 +159,18 @@ class FastToneCue:
         self._lobe = 2.0 * spec.rate / spec.win + spec.bin_hz
         self._prev = 0.0
         self.freq = 0.0  # strongest peak of the current hop when it is a tone, else 0
+        self.narrow = False
 
     def detect(self) -> bool:
         s = self.spec
         total = s.band_ms(100, 7800)
         prev, self._prev, self.freq = self._prev, 0.0, 0.0
+        self.narrow = False  # one or two narrow peaks hold the energy (drift not checked)
         if total < self.min_ms:
+            return False
+        # A tone's peak bin holds about its power: without one dominant bin (most hops of
+        # speech, music and noise) there is nothing to look for.
+        if float(s.power[self._band].max()) * s.tone_scale < 0.3 * total:
             return False
         peaks = _local_peaks(s.power, self._band, 2, 0.1)
         if not peaks:
@@ -175,6 +187,7 @@ class FastToneCue:
             energy = sum(s.band_ms(f - lobe, f + lobe) for f in freqs)
         if energy < self.min_ratio * total:
             return False
+        self.narrow = True
         # Two call-progress tones 40-140 Hz apart beat within the 20 ms window: which of them
         # is the stronger peak changes from hop to hop, their midpoint does not. The 80 ms
         # detector checks the exact frequencies soon after.

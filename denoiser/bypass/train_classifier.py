@@ -118,12 +118,12 @@ def make_segment(rng: np.random.Generator, label: int, pools: dict[str, list[np.
 
 
 def features(x: np.ndarray) -> np.ndarray:
-    """Per-hop classifier inputs, computed exactly as the live detector computes them."""
+    """Per-frame classifier inputs, computed exactly as the live detector computes them."""
     det = BypassDetector(RATE, HOP, use_music=False)
     rows = []
     for i in range(0, len(x) - HOP + 1, HOP):
         det.update(x[i : i + HOP])
-        if i >= 5 * HOP:
+        if det.analysed and i >= 5 * HOP:
             rows.append(det._features.vector())
     return np.stack(rows)
 
