@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from sfu.media.pipeline import DEFAULT_LATENCY_BUDGET
+
 BUDGET_P99_S = 0.040
 FRAME = 960
 
@@ -151,7 +153,7 @@ class ServerSide:
 
 
 async def _answer(offer: str, pid: int, engine, metrics, side: ServerSide,
-                  receive_path: str) -> str:
+                  args: argparse.Namespace) -> str:
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from denoiser.stream import DenoisedStream
@@ -165,12 +167,16 @@ async def _answer(offer: str, pid: int, engine, metrics, side: ServerSide,
     for transceiver in transceivers[1:]:
         transceiver.direction = "sendonly"
     receiver = transceivers[0].receiver
-    install = install_low_latency_audio if receive_path == "immediate" else \
+    install = install_low_latency_audio if args.receive_path == "immediate" else \
         install_recording_default
     side.buffers[pid] = install(receiver)
-    stream = DenoisedStream(engine, f"bench-{pid}", mode="on")
+    from denoiser.bypass import BypassDetector
+
+    # As `serve` builds it: every stream carries the tone/music detector.
+    stream = DenoisedStream(engine, f"bench-{pid}", mode=args.mode, detector=BypassDetector())
     side.streams[pid] = stream
-    pipeline = SpeakerPipeline(receiver.track, stream, metrics)
+    pipeline = SpeakerPipeline(receiver.track, stream, metrics,
+                               latency_budget=args.latency_budget or DEFAULT_LATENCY_BUDGET)
     pipeline.record_latencies = True
     side.pipelines[pid] = pipeline
     pipeline.start()
@@ -208,8 +214,7 @@ async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine,
         async def serve(link: Connection, count: int) -> None:
             for _ in range(count):
                 msg = await loop.run_in_executor(None, link.recv)
-                sdp = await _answer(msg["offer"], msg["pid"], engine, metrics, side,
-                                    args.receive_path)
+                sdp = await _answer(msg["offer"], msg["pid"], engine, metrics, side, args)
                 link.send({"answer": sdp})
 
         await asyncio.wait_for(asyncio.gather(*(
@@ -305,7 +310,8 @@ async def _bench(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     model = await asyncio.to_thread(load_default_model, args.device)
-    engine = LocalEngine(model, device=args.device, max_streams=max(64, args.ramp_max))
+    engine = LocalEngine(model, device=args.device, max_streams=max(64, args.ramp_max),
+                         tick_deadline=args.tick_deadline)
     await engine.start()
     latency_model_ms = 1000 * engine.latency_samples / engine.sample_rate
     results = []
@@ -399,6 +405,12 @@ def register_bench_sfu(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--receive-path", default="immediate",
                         help="immediate (ours) or aiortc (stock jitter buffer, for comparison)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", choices=("auto", "on", "off"), default="auto",
+                        help="publishers' denoise mode (auto: with the tone/music detector)")
+    parser.add_argument("--tick-deadline", type=float, default=0.004,
+                        help="engine: seconds a tick waits after its first hop")
+    parser.add_argument("--latency-budget", type=float, default=None,
+                        help="wall seconds per packet (default 0.020)")
     parser.add_argument("--threads", type=int, default=1)
     parser.set_defaults(func=run_bench_sfu)
     return parser

@@ -104,7 +104,7 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--hop-deadline", "hop_deadline", float, "seconds a hop may wait for the engine before "
      "the original audio goes out instead"),
     ("--latency-budget", "latency_budget", float, "wall seconds from packet in to packet out "
-     "after which hops pass through (default: 40 ms less the model's latency, at least 8 ms)"),
+     "after which hops pass through (default 0.020; the model's latency comes on top)"),
     ("--token-ttl", "token_ttl", int, "lifetime of tokens this server issues (seconds)"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "json or text"),

@@ -80,14 +80,3 @@ async def test_without_guard_the_same_engine_falls_behind() -> None:
     # 2 x 30 ms per 20 ms of audio: latency grows without bound (what the guard prevents)
     assert pipeline.latencies[-1] > 0.2
 
-
-def test_default_budget_is_what_the_model_leaves_of_40_ms() -> None:
-    from sfu.media.pipeline import wall_budget
-
-    budgets = {}
-    for latency in (0, 960, 1440, 2400):
-        stream = SlowEngineStream()
-        stream.latency_samples = latency  # type: ignore[attr-defined]
-        budgets[latency] = SpeakerPipeline(ArrivingToneTrack(), stream, Metrics())._latency_budget
-    assert budgets == {0: 0.040, 960: 0.020, 1440: wall_budget(0.030), 2400: 0.008}
-    assert abs(budgets[1440] - 0.010) < 1e-12
