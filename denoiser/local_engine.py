@@ -5,8 +5,10 @@ scratch row that padded batch entries read and write so that real slots are neve
 padding. The table grows by doubling up to `max_streams`.
 
 A tick closes when every live stream has a hop waiting, or `tick_deadline` seconds after the
-first hop of the tick arrived, whichever comes first. It takes at most one hop per stream, and
-runs gather -> `model.step` -> scatter in a single worker thread so the event loop never blocks.
+first hop of the tick arrived, whichever comes first. It runs every hop waiting then (up to
+`MAX_ROUNDS_PER_TICK` per stream) as back-to-back rounds, each one batched gather ->
+`model.step` -> scatter over the streams that still have a hop, in a single worker thread so
+the event loop never blocks.
 Only that thread touches the table; the event loop keeps the bookkeeping (slots, queues, resets)
 and hands each tick a snapshot of what it needs.
 
@@ -39,6 +41,7 @@ from denoiser.streaming import State, StreamingModel
 log = logging.getLogger(__name__)
 
 SCRATCH_SLOT = 0
+MAX_ROUNDS_PER_TICK = 6  # hops of one stream run in one tick: a 60 ms codec frame
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -342,29 +345,39 @@ class LocalEngine(Engine):
                 self._wake.set()
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = [(sid, s.slot, s.queue.popleft()) for sid, s in self._streams.items() if s.queue]
-        if not batch:
+        # A stream that sent several hops at once (a 20 ms codec frame is two) gets them all run
+        # in this tick, in back-to-back rounds of one batched step each: one trip to the
+        # worker thread and no second wait for the tick to fill.
+        rounds: list[list[tuple[str, int, _Pending]]] = []
+        while len(rounds) < MAX_ROUNDS_PER_TICK:
+            batch = [(sid, s.slot, s.queue.popleft())
+                     for sid, s in self._streams.items() if s.queue]
+            if not batch:
+                break
+            rounds.append(batch)
+        if not rounds:
             return
         self._ready = sum(1 for s in self._streams.values() if s.queue)
         closed_at = loop.time()
-        first = min(p.arrived for _, _, p in batch)
-        slots = [slot for _, slot, _ in batch]
-        hops = np.stack([p.hop for _, _, p in batch])
+        first = min(p.arrived for _, _, p in rounds[0])
+        work = [([slot for _, slot, _ in batch], np.stack([p.hop for _, _, p in batch]))
+                for batch in rounds]
         resets = sorted(self._resets)
         self._resets.clear()
         self._in_flight = True
         start = time.perf_counter()
         try:
-            out = await loop.run_in_executor(self._executor, self._run_tick, slots, hops,
-                                             resets, self._capacity)
+            outs = await loop.run_in_executor(self._executor, self._run_tick, work, resets,
+                                              self._capacity)
         except Exception as exc:
-            log.warning("engine forward failed for %d streams: %s", len(batch), exc)
+            log.warning("engine forward failed for %d streams: %s", len(rounds[0]), exc)
             self.stats.errors["forward"] += 1
-            for sid, slot, pending in batch:
-                if sid in self._streams:
-                    self._resets.add(slot)  # its state is unknown now
-                if not pending.future.done():
-                    pending.future.set_exception(EngineError(f"forward failed: {exc}"))
+            for batch in rounds:
+                for sid, slot, pending in batch:
+                    if sid in self._streams:
+                        self._resets.add(slot)  # its state is unknown now
+                    if not pending.future.done():
+                        pending.future.set_exception(EngineError(f"forward failed: {exc}"))
             return
         finally:
             self._in_flight = False
@@ -372,6 +385,17 @@ class LocalEngine(Engine):
                 heapq.heappush(self._free, slot)
             self._closing.clear()
         forward_ms = (time.perf_counter() - start) * 1e3
+        for batch, out in zip(rounds, outs, strict=True):
+            self._answer(batch, out)
+            self.stats.hops += len(batch)
+            self.stats.batch_sizes[len(batch)] += 1
+        now = loop.time()
+        self.stats.ticks += 1
+        self.stats.wait_ms.add((closed_at - first) * 1e3)
+        self.stats.forward_ms.add(forward_ms)
+        self.stats.tick_ms.add((now - first) * 1e3)
+
+    def _answer(self, batch: list[tuple[str, int, _Pending]], out: np.ndarray) -> None:
         finite = np.isfinite(out).all(axis=1)
         for row, (sid, slot, pending) in enumerate(batch):
             if not finite[row]:
@@ -383,13 +407,6 @@ class LocalEngine(Engine):
                         EngineError(f"model produced non-finite output for {sid!r}; state reset"))
             elif not pending.future.done():  # a cancelled caller still advanced its state
                 pending.future.set_result(out[row])
-        now = loop.time()
-        self.stats.ticks += 1
-        self.stats.hops += len(batch)
-        self.stats.batch_sizes[len(batch)] += 1
-        self.stats.wait_ms.add((closed_at - first) * 1e3)
-        self.stats.forward_ms.add(forward_ms)
-        self.stats.tick_ms.add((now - first) * 1e3)
 
     # -- the worker thread -----------------------------------------------------------------
 
@@ -439,16 +456,16 @@ class LocalEngine(Engine):
             t.index_copy_(0, idx, new_state[name].to(t.dtype))
         return out
 
-    def _run_tick(self, slots: list[int], hops: np.ndarray, resets: list[int],
-                  capacity: int) -> np.ndarray:
+    def _run_tick(self, work: list[tuple[list[int], np.ndarray]], resets: list[int],
+                  capacity: int) -> list[np.ndarray]:
+        """Each round is one batched step: (slots, hops[B, hop]) -> output[B, hop]."""
         with torch.inference_mode():
             self._ensure_table(capacity)
             for slot in resets:
                 for name, t in self._table.items():
                     t[slot].copy_(self._init_row[name][0])
-            if self.cuda:
-                return self._run_cuda(slots, hops)
-            return self._run_cpu(slots, hops)
+            run = self._run_cuda if self.cuda else self._run_cpu
+            return [run(slots, hops) for slots, hops in work]
 
     def _run_cpu(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
         batch = len(slots)

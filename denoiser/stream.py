@@ -203,26 +203,51 @@ class DenoisedStream:
         if raw.shape != (self.hop_size,):
             raise ValueError(f"expected one mono hop of {self.hop_size} samples, "
                              f"got shape {raw.shape}")
+        return await self.process_hops(raw)
+
+    async def process_hops(self, raw: np.ndarray) -> np.ndarray:
+        """Consecutive hops in (float32[n * hop_size]), as many out, in ONE engine request.
+
+        A 20 ms codec frame carries two hops: sending both at once lets the engine run them in
+        back-to-back ticks instead of one round trip per hop. Same output and counters as `n`
+        calls of `process_hop` whenever the engine answers in time; the deadline applies to
+        the request as a whole.
+        """
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.ndim != 1 or not raw.size or raw.size % self.hop_size:
+            raise ValueError(f"expected whole mono hops of {self.hop_size} samples, "
+                             f"got shape {raw.shape}")
         if not np.isfinite(raw).all():
             raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-        delayed_raw = self._delay_raw(raw)
-        reason = self._aligned_decision(raw)
-        if self._mode == "off":
-            reason = "mode_off"
-        elif self._mode == "on":
-            reason = None
-        need_output = reason is None or self._path == "denoised"
+        hops = raw.reshape(-1, self.hop_size)
+        delayed = [self._delay_raw(hop) for hop in hops]
+        reasons = [self._route(hop) for hop in hops]
+        need_output = None in reasons or self._path == "denoised"
         if need_output or self.keep_warm:
             denoised, missing = await self._denoise(raw, wait=need_output)
         else:
             denoised, missing = None, None
-        if reason is None and denoised is None:
-            reason = missing or "engine_error"
-        path = "denoised" if reason is None else "raw"
-        self.counters["denoised" if reason is None else reason] += 1
-        out = self._switch(path, denoised, delayed_raw)
-        self._last_out = out[-1]
-        return out
+        outs = []
+        for i, (reason, delayed_raw) in enumerate(zip(reasons, delayed, strict=True)):
+            hop_out = None if denoised is None else denoised[i * self.hop_size:
+                                                             (i + 1) * self.hop_size]
+            if reason is None and hop_out is None:
+                reason = missing or "engine_error"
+            path = "denoised" if reason is None else "raw"
+            self.counters["denoised" if reason is None else reason] += 1
+            out = self._switch(path, hop_out, delayed_raw)
+            self._last_out = out[-1]
+            outs.append(out)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def _route(self, raw: np.ndarray) -> str | None:
+        """Why this hop's output must be the original (None: denoise it); mode overrides."""
+        reason = self._aligned_decision(raw)
+        if self._mode == "off":
+            return "mode_off"
+        if self._mode == "on":
+            return None
+        return reason
 
     def _switch(self, path: str, denoised: np.ndarray | None, raw: np.ndarray) -> np.ndarray:
         new = denoised if path == "denoised" else raw

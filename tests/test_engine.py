@@ -52,6 +52,19 @@ async def test_batch_of_n_equals_n_singles(model: TinyConvGRU) -> None:
         np.testing.assert_allclose(outs[i], offline(model, inputs[i]), atol=2e-6, rtol=1e-5)
 
 
+async def test_a_codec_frame_of_hops_runs_in_one_tick(model: TinyConvGRU) -> None:
+    """Two streams send 20 ms (two hops) and 10 ms at once: one tick, two batched rounds."""
+    a, b = audio(20, 2), audio(21, 1)
+    async with LocalEngine(model, device="cpu", max_streams=4, tick_deadline=0.05) as engine:
+        engine.open_stream("a")
+        engine.open_stream("b")
+        out_a, out_b = await asyncio.gather(engine.process("a", a), engine.process("b", b))
+        stats = engine.stats.snapshot()
+    assert stats["ticks"] == 1 and stats["batch_sizes"] == {2: 1, 1: 1}
+    np.testing.assert_allclose(out_a, offline(model, a), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(out_b, offline(model, b), atol=2e-6, rtol=1e-5)
+
+
 async def test_padding_to_buckets_does_not_change_output(model: TinyConvGRU) -> None:
     inputs = [audio(10 + i, 8) for i in range(3)]
     async with LocalEngine(model, device="cpu", max_streams=4, pad_to_bucket=True,

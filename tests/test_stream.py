@@ -200,3 +200,19 @@ async def test_a_cancelled_caller_leaves_its_hop_to_finish_in_the_background() -
         assert len(stream._background) == 1  # kept, so its result (or error) is retrieved
         await asyncio.sleep(0.1)
         assert not stream._background and engine.stats.hops == 1
+
+
+@pytest.mark.parametrize("mode", ["on", "auto", "off"])
+async def test_hops_sent_together_equal_hops_sent_one_by_one(mode: str) -> None:
+    x = sine(30, amp=0.01)
+    x[10 * HOP:20 * HOP] *= 50  # the loudness detector keeps input hops 10..19
+    async with LocalEngine(TinyConvGRU().eval(), device="cpu") as engine:
+        one = DenoisedStream(engine, "one", mode=mode, detector=LoudnessDetector(), deadline=None)
+        two = DenoisedStream(engine, "two", mode=mode, detector=LoudnessDetector(), deadline=None)
+        y_one = await run(one, x)
+        y_two = np.concatenate([await two.process_hops(x[i:i + 2 * HOP])
+                                for i in range(0, x.size, 2 * HOP)])
+    np.testing.assert_allclose(y_two, y_one, atol=1e-6)
+    assert one.counters == two.counters and one.switches == two.switches
+    with pytest.raises(ValueError, match="whole mono hops"):
+        await two.process_hops(np.zeros(HOP + 1, np.float32))
