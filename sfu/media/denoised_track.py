@@ -46,8 +46,9 @@ class DenoisedAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         while not self._ready:
             frame = await self.source.recv()  # MediaStreamError ends this track too
-            for hop in self._cutter.push(self._convert.convert(frame)):
-                out = await self.stream.process_hop(hop)
+            hops = list(self._cutter.push(self._convert.convert(frame)))
+            if hops:  # the frame's hops in one engine request
+                out = await self.stream.process_hops(np.concatenate(hops))
                 self._ready.extend(self._assembler.push(out))
         samples = self._ready.popleft()
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)

@@ -1,8 +1,8 @@
 """One speaker's audio path: decode once, denoise hop by hop, encode once, fan out.
 
 A single task reads the publisher's decoded frames, converts them to mono float32 at 48 kHz,
-cuts exact 10 ms hops, awaits `stream.process_hop` for each (the DenoisedStream decides what
-comes back: denoised, or the original when late or bypassed), joins the results into 20 ms
+cuts exact 10 ms hops, awaits `stream.process_hops` with each frame's hops (the DenoisedStream
+decides what comes back: denoised, or the original when late or bypassed), joins them into 20 ms
 frames, encodes each ONCE and hands the same `av.Packet` to every subscriber's track.
 
 Timeline and gaps (decided here, documented in docs/latency.md):
@@ -50,7 +50,7 @@ class HopStream(Protocol):
 
     mode: str
 
-    async def process_hop(self, raw: np.ndarray) -> np.ndarray: ...
+    async def process_hops(self, raw: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -225,40 +225,45 @@ class SpeakerPipeline:
         return round(frame.pts * frame.time_base * SAMPLE_RATE)
 
     async def _process(self, samples: np.ndarray, *, concealed: bool, arrived: float) -> None:
-        for hop in self._cutter.push(samples):
-            if concealed:
-                self.counters.hops_concealed += 1
-                self._count("hop_concealed")
-            else:
-                self.counters.hops_in += 1
-                self._count("hop_in")
-            if self._guard:
-                self._tighten_deadline(arrived)
-            try:
-                out = await self.stream.process_hop(hop)
-                if out.shape != (HOP_SIZE,):
-                    raise ValueError(f"stream returned shape {out.shape}")
-            except asyncio.CancelledError:
-                self.counters.hops_cancelled += 1
-                raise
-            except Exception:
-                logger.exception("DenoisedStream failed; sending the original hop")
-                self.counters.hops_stream_error += 1
-                self._count("hop_stream_error")
-                out = hop
-            self.counters.hops_out += 1
-            for frame in self._assembler.push(out):
-                for packet in self.encoder.encode(frame):
-                    self._fanout.publish(packet)
-                    self.counters.packets_out += 1
-                    self._count("packet_out")
-                    latency = time.monotonic() - arrived
-                    self.metrics.server_latency.observe(latency)
-                    if self.record_latencies:
-                        self.latencies.append(latency)
-            if self.raw_encoder is not None:
-                for frame in self._raw_assembler.push(hop):
-                    for packet in self.raw_encoder.encode(frame):
-                        self._raw_fanout.publish(packet)
-                        self.counters.raw_packets_out += 1
-                        self._count("raw_packet_out")
+        hops = list(self._cutter.push(samples))
+        if not hops:
+            return
+        n = len(hops)
+        if concealed:
+            self.counters.hops_concealed += n
+            self._count("hop_concealed", n)
+        else:
+            self.counters.hops_in += n
+            self._count("hop_in", n)
+        raw = hops[0] if n == 1 else np.concatenate(hops)
+        if self._guard:
+            self._tighten_deadline(arrived)
+        try:
+            # All of the frame's hops in one request: the engine runs them in one tick.
+            out = await self.stream.process_hops(raw)
+            if out.shape != raw.shape:
+                raise ValueError(f"stream returned shape {out.shape} for {raw.shape}")
+        except asyncio.CancelledError:
+            self.counters.hops_cancelled += n
+            raise
+        except Exception:
+            logger.exception("DenoisedStream failed; sending the original hops")
+            self.counters.hops_stream_error += n
+            self._count("hop_stream_error", n)
+            out = raw
+        self.counters.hops_out += n
+        for frame in self._assembler.push(out):
+            for packet in self.encoder.encode(frame):
+                self._fanout.publish(packet)
+                self.counters.packets_out += 1
+                self._count("packet_out")
+                latency = time.monotonic() - arrived
+                self.metrics.server_latency.observe(latency)
+                if self.record_latencies:
+                    self.latencies.append(latency)
+        if self.raw_encoder is not None:
+            for frame in self._raw_assembler.push(raw):
+                for packet in self.raw_encoder.encode(frame):
+                    self._raw_fanout.publish(packet)
+                    self.counters.raw_packets_out += 1
+                    self._count("raw_packet_out")
