@@ -29,6 +29,7 @@ import numpy as np
 from sfu.media.pipeline import DEFAULT_LATENCY_BUDGET
 
 BUDGET_P99_S = 0.040
+MIN_DENOISED_SHARE = 0.95  # a server that passes audio through late has not carried the load
 FRAME = 960
 
 
@@ -249,6 +250,14 @@ async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine,
     return _summarise(scenario, side, latencies, cpu, wall, client_stats)
 
 
+def _carried(result: dict[str, Any]) -> bool:
+    """Within the latency budget AND actually denoising (late hops pass through raw)."""
+    hops = result["stream_hops"]
+    denoised_share = hops.get("denoised", 0) / max(1, sum(hops.values()))
+    p99 = result["latency_ms_p99"]
+    return p99 is not None and p99 <= 1000 * BUDGET_P99_S and denoised_share >= MIN_DENOISED_SHARE
+
+
 def _summarise(scenario: Scenario, side: ServerSide, latencies: np.ndarray, cpu: float,
                wall: float, client_stats: list[dict[str, int]]) -> dict[str, Any]:
     n = len(side.pipelines)
@@ -331,7 +340,7 @@ async def _bench(args: argparse.Namespace) -> int:
                                     seed=1000 + n)
             _print_result(r)
             results.append(r)
-            if r["latency_ms_p99"] is None or r["latency_ms_p99"] > 1000 * BUDGET_P99_S:
+            if not _carried(r):
                 break
             max_ok = n
             n += args.ramp_step
@@ -347,6 +356,7 @@ async def _bench(args: argparse.Namespace) -> int:
         "latency_ms_p99": base["latency_ms_p99"],
         "room_latency_ms_p99": results[1]["latency_ms_p99"],
         "model_latency_ms": latency_model_ms,
+        # p99 wall latency under 40 ms with at least 95 % of hops denoised
         "max_participants_p99_under_40ms": max_ok if args.ramp_max else None,
         "frames_in": sum(r["pipeline"]["frames_in"] for r in results),
         "hops_in": sum(r["pipeline"]["hops_in"] for r in results),
