@@ -126,9 +126,12 @@ async def test_demo_page_end_to_end(sfu_factory, model_engine, make_token, tmp_p
             print(f"envelope correlation: ada's speech {match:.2f}, other speech {control:.2f};"
                   f" stream counters {stream.counters}")
             assert match > 0.5 and match > control + 0.2, (match, control)
-            # Every hop went out denoised or was passed through for a counted reason (on a busy
-            # CPU the shipped model is often late: that is measured, not asserted away).
+            # Every hop went out denoised or was passed through for a counted reason, and the
+            # model kept up for most of them (97 % measured on 2 otherwise idle cores; late hops
+            # on a loaded machine pass through, counted).
             assert sum(stream.counters.values()) >= pipeline.counters.hops_out - 2
+            assert stream.counters["denoised"] > 0.5 * sum(stream.counters.values()), (
+                stream.counters)
 
             await page.screenshot(path=str(SCREENSHOT), full_page=True)
 
