@@ -142,3 +142,18 @@ async def gain_engine() -> AsyncIterator[Engine]:
     await engine.start()
     yield engine
     await engine.close()
+
+
+@pytest.fixture
+async def model_engine() -> AsyncIterator[Engine]:
+    """The real LocalEngine with the shipped DFN3 model on CPU, one torch thread (CI: 2 cores)."""
+    import torch
+
+    from denoiser.local_engine import LocalEngine
+    from denoiser.models import load_default_model
+
+    torch.set_num_threads(1)
+    engine = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=4)
+    await engine.start()
+    yield engine
+    await engine.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ import soundfile
 from browser.chromium import best_envelope_correlation, launch, noisy_speech_wav
 from browser.wsclient import ToneTrack, WsPeer
 
-from denoiser.engine import Engine
 from denoiser.paths import SHARED_DATA_DIR
 from sfu.ws import WS_HUB
 
@@ -28,21 +26,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
 
 SCREENSHOT = Path("/tmp/denoise-sfu-demo.png")
 OTHER_SPEECH = SHARED_DATA_DIR / "clean" / "freesound_48k"
-
-
-@pytest.fixture
-async def model_engine() -> AsyncIterator[Engine]:
-    """The real LocalEngine with the shipped model on CPU."""
-    import torch
-
-    from denoiser.local_engine import LocalEngine
-    from denoiser.models import load_default_model
-
-    torch.set_num_threads(1)
-    engine = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=4)
-    await engine.start()
-    yield engine
-    await engine.close()
 
 
 PAGE_STATE = """async () => {

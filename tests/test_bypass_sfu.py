@@ -5,7 +5,7 @@ them. Real aiortc peers over the machine's interface, real Opus both ways, the r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +37,6 @@ class Listener(Client):
                 self.received.append(pcm.astype(np.float32) / 32768)
         except MediaStreamError:
             pass
-
-
-@pytest.fixture
-async def model_engine() -> AsyncIterator[Engine]:
-    """The real LocalEngine with the shipped model on CPU."""
-    import torch
-
-    from denoiser.local_engine import LocalEngine
-    from denoiser.models import load_default_model
-
-    torch.set_num_threads(1)
-    engine = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=4)
-    await engine.start()
-    yield engine
-    await engine.close()
 
 
 @pytest.fixture(scope="module")

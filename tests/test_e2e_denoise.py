@@ -9,8 +9,6 @@ be what was sent; it is also the fair SI-SDR reference through two lossy Opus ho
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from conftest import SfuFactory
 from e2e_audio import assert_denoised, assert_untouched, noisy_test_clip, report
@@ -21,25 +19,10 @@ from sfu.bench_e2e import run_clip
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-async def dfn3_engine() -> AsyncIterator[Engine]:
-    """The shipped model in the in-process engine, on CPU, one torch thread (CI: 2 cores)."""
-    import torch
-
-    from denoiser.local_engine import LocalEngine
-    from denoiser.models import load_default_model
-
-    torch.set_num_threads(1)
-    engine = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=4)
-    await engine.start()
-    yield engine
-    await engine.close()
-
-
 async def test_subscriber_hears_the_speaker_denoised(sfu_factory: SfuFactory,
-                                                    dfn3_engine: Engine) -> None:
+                                                    model_engine: Engine) -> None:
     clip = noisy_test_clip(snr_db=5.0, lead_s=1.5)
-    sfu = await sfu_factory(dfn3_engine)  # default hop deadline and latency budget
+    sfu = await sfu_factory(model_engine)  # default hop deadline and latency budget
     off = await run_clip(sfu, clip, "off", room="e2e-off")
     print(report(off))
     assert_untouched(off)
