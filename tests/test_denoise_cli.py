@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from denoiser.paths import MODELS_DIR, SHARED_DATA_DIR
+from denoiser.paths import SHARED_DATA_DIR
 from sfu.cli import main
 
 GAIN_MODEL = "test_engine_models:make_gain"  # output = 0.5 x input, 240-sample latency
@@ -112,8 +112,6 @@ def test_bad_model_and_output_directory(tmp_path: Path,
     assert "module:factory" in err and "no such directory" in err
 
 
-@pytest.mark.skipif(not (MODELS_DIR / "dfn3.pt").is_file(),
-                    reason="models/dfn3.pt not built (python -m denoiser.dfn3.convert)")
 def test_default_model_removes_noise_and_keeps_speech(tmp_path: Path) -> None:
     rate = 16_000
     speech = soundfile.read(SHARED_DATA_DIR / "clean" / "vctk_p287" / sorted(
