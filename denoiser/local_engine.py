@@ -126,6 +126,27 @@ class _Stream:
     queue: deque[_Pending] = field(default_factory=deque)
 
 
+def unbatched_capacity(model: StreamingModel, share: float = 0.6, reps: int = 30,
+                       limit: int = 256) -> int:
+    """Streams one engine thread keeps in real time when their hops never share a tick.
+
+    That is the worst case for batching (every hop its own batch-1 step), and the usual one at
+    low load, when speakers' packets arrive at unrelated instants. Measured here, now: the
+    median batch-1 step of `model` on the CPU, against `share` of a hop's duration.
+    """
+    hop_s = model.hop_size / model.sample_rate
+    with torch.inference_mode():
+        state = model.initial_state(1)
+        hop = torch.zeros(1, model.hop_size)
+        times = []
+        for _ in range(reps + 3):
+            start = time.perf_counter()
+            _, state = model.step(hop, state)
+            times.append(time.perf_counter() - start)
+    step_s = float(np.median(times[3:]))
+    return max(1, min(limit, int(share * hop_s / step_s)))
+
+
 class LocalEngine(Engine):
     """Batched streaming inference in this process (see the module docstring)."""
 

@@ -4,7 +4,8 @@
 `latency_samples` whichever path it took: the model's output, or the raw input from a delay line
 of the same length. A hop takes the raw path when the mode is `off`, when the bypass detector
 (mode `auto`) asks to keep the original (DTMF, tones, music), when the engine answers after
-`deadline` ("late"), or when the engine fails ("engine_error"). Every change of path is smoothed
+`deadline` ("late"), when the engine has no slot for it ("engine_full": it asks again every
+second), or when the engine fails ("engine_error"). Every change of path is smoothed
 by a short crossfade at the start of the hop, so switching never clicks; every hop is counted.
 
 The detector sees each raw hop as it arrives. An output hop carries input from `latency_samples`
@@ -23,12 +24,13 @@ from typing import Protocol
 
 import numpy as np
 
-from denoiser.engine import Engine, EngineError
+from denoiser.engine import Engine, EngineError, EngineFull
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-PASS_REASONS = ("mode_off", "late", "engine_error", "dtmf", "call_progress", "tone", "music")
+PASS_REASONS = ("mode_off", "late", "engine_full", "engine_error", "dtmf", "call_progress", "tone",
+                "music")
 CROSSFADES = ("linear", "equal_power")
 
 
@@ -87,6 +89,7 @@ class DenoisedStream:
         self._reopen_every = max(1, reopen_every_hops)
         self._hops_since_open_try = 0
         self._open = False
+        self._refused: str | None = None  # why the engine last refused to open this stream
         self._closed = False
         self._try_open()
 
@@ -113,10 +116,13 @@ class DenoisedStream:
         try:
             self.engine.open_stream(self.stream_id)
         except EngineError as exc:
-            log.warning("stream %s: engine refused it (%s); passing audio through",
-                        self.stream_id, exc)
+            if not self._refused:
+                log.warning("stream %s: engine refused it (%s); passing audio through",
+                            self.stream_id, exc)
+            self._refused = "engine_full" if isinstance(exc, EngineFull) else "engine_error"
             self._open = False
         else:
+            self._refused = None
             self._open = True
 
     def close(self) -> None:
@@ -146,7 +152,7 @@ class DenoisedStream:
             if self._hops_since_open_try >= self._reopen_every:
                 self._try_open()
             if not self._open:
-                return None, "engine_error"
+                return None, self._refused or "engine_error"
         task = asyncio.ensure_future(self.engine.process(self.stream_id, raw))
         if not wait:
             self._keep_in_background(task)

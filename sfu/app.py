@@ -55,12 +55,20 @@ def check_supported(settings: Settings) -> None:
 
 async def build_engine(settings: Settings) -> Engine:
     """The in-process engine with the shipped model (loading runs off the event loop)."""
-    from denoiser.local_engine import LocalEngine
+    from denoiser.local_engine import LocalEngine, unbatched_capacity
     from denoiser.models import load_default_model
 
     model = await asyncio.to_thread(load_default_model, settings.device,
                                     settings.model_lookahead)
-    return LocalEngine(model, device=settings.device)
+    max_streams = settings.max_streams
+    if max_streams is None:
+        # On CPU, more streams than the engine keeps up with would make every stream late;
+        # beyond this many, streams pass through (counted) until a slot frees.
+        max_streams = 256 if settings.device.startswith("cuda") else \
+            await asyncio.to_thread(unbatched_capacity, model)
+        log.info("engine capacity", extra={"max_streams": max_streams,
+                                           "measured": settings.max_streams is None})
+    return LocalEngine(model, device=settings.device, max_streams=max_streams)
 
 
 def _pipeline_factory(ctx: SfuContext):

@@ -38,6 +38,7 @@ class Settings:
     engine: str = "local"
     device: str = "cpu"
     model_lookahead: int | None = None  # hops; None keeps the model's own (DFN3: 2, 30 ms)
+    max_streams: int | None = None  # None: measured at start on CPU (unbatched), 256 on CUDA
     web_dir: Path = WEB_DIR
     ice_servers: tuple[str, ...] = ()
     max_sdp_bytes: int = 64 * 1024
@@ -62,6 +63,8 @@ class Settings:
             raise SettingsError("max_sdp_bytes must be at least 1024")
         if not 0 < self.hop_deadline <= 5:
             raise SettingsError("hop_deadline must be in (0, 5] seconds")
+        if self.max_streams is not None and self.max_streams < 1:
+            raise SettingsError("max_streams must be at least 1")
         if self.model_lookahead is not None and self.model_lookahead not in (0, 1, 2):
             raise SettingsError("model_lookahead must be 0, 1 or 2 hops")
         if self.log_format not in ("json", "text"):
@@ -95,6 +98,9 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--device", "device", str, "device of the local engine: cpu or cuda"),
     ("--model-lookahead", "model_lookahead", int, "model look-ahead in 10 ms hops: 2 (30 ms "
      "algorithmic latency, best quality), 1 (20 ms) or 0 (10 ms)"),
+    ("--max-streams", "max_streams", int, "streams the engine denoises at once; the others "
+     "pass through (counted engine_full) until a slot frees (default: measured at start on "
+     "CPU as what one core keeps in real time unbatched; 256 on CUDA)"),
     ("--web-dir", "web_dir", Path, "directory of the demo page served at /"),
     ("--ice-server", "ice_servers", str, "STUN/TURN URL offered to peers (repeatable; "
      "comma-separated in the environment)"),

@@ -126,3 +126,9 @@ def test_model_lookahead_is_checked() -> None:
     assert from_sources(None, {"DENOISE_SFU_MODEL_LOOKAHEAD": "1"}).model_lookahead == 1
     with pytest.raises(SettingsError, match="model_lookahead"):
         Settings(model_lookahead=3)
+
+
+def test_max_streams_is_checked() -> None:
+    assert from_sources(None, {"DENOISE_SFU_MAX_STREAMS": "3"}).max_streams == 3
+    with pytest.raises(SettingsError, match="max_streams"):
+        Settings(max_streams=0)

@@ -231,3 +231,21 @@ async def test_closing_the_stream_a_tick_waits_for_closes_the_tick(model: TinyCo
         engine.close_stream("idle")
         await asyncio.wait_for(pending, 2.0)
         assert time.perf_counter() - t0 < 2.0
+
+
+class SleepyModel(TinyConvGRU):
+    """A model whose step takes 2 ms of wall time (a stand-in for a heavy model on a slow CPU)."""
+
+    def step(self, hops, state):  # type: ignore[no-untyped-def]
+        time.sleep(0.002)
+        return super().step(hops, state)
+
+
+def test_unbatched_capacity_is_what_fits_in_a_hop() -> None:
+    from denoiser.local_engine import unbatched_capacity
+
+    # 60 % of a 10 ms hop holds two 2 ms steps (plus the tiny model's own time): 2 (or 1 on a
+    # machine so loaded that a step takes over 3 ms).
+    assert unbatched_capacity(SleepyModel().eval(), reps=5) in (1, 2)
+    assert unbatched_capacity(TinyConvGRU().eval(), reps=5, limit=40) <= 40
+    assert unbatched_capacity(SleepyModel().eval(), share=0.001, reps=3) == 1  # never zero

@@ -125,13 +125,24 @@ async def test_engine_failure_passes_through_and_full_engine_is_survivable() -> 
     second = DenoisedStream(engine, "b", mode="on", deadline=None)  # no slot left
     y_b = await run(second, x)
     np.testing.assert_array_equal(y_b, raw)
-    assert second.counters["engine_error"] == 10
+    assert second.counters["engine_full"] == 10 and second.counters["engine_error"] == 0
     await run(first, x[: 4 * HOP])
     await engine.close()  # the engine goes away mid-stream
     y_a = await run(first, x[4 * HOP:])
     assert first.counters["engine_error"] == 6 and first.counters["denoised"] == 4
     s = 4 * HOP
     np.testing.assert_allclose(y_a[400:], raw[s + 400:], atol=1e-6)
+
+
+async def test_a_refused_stream_gets_a_slot_when_one_frees() -> None:
+    async with LocalEngine(GainModel(gain=0.5), device="cpu", max_streams=1) as engine:
+        first = DenoisedStream(engine, "a", mode="on", deadline=None)
+        second = DenoisedStream(engine, "b", mode="on", deadline=None, reopen_every_hops=5)
+        await run(second, sine(3))
+        first.close()  # a participant leaves: the waiting stream takes the slot on its next try
+        await run(second, sine(10))
+    # refused for hops 1-4, asks again on the 5th and is denoised from then on
+    assert second.counters["engine_full"] == 4 and second.counters["denoised"] == 9
 
 
 class LoudnessDetector:

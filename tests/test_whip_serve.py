@@ -66,3 +66,5 @@ def test_serve_process(host_ip: str) -> None:
     demo_claims = verify_token(secret.group(1), demo["token"])
     assert demo_claims.room == "demo" and demo["identity"].startswith("ada-")
     assert '"msg": "listening"' in err and '"msg": "stopped"' in err
+    capacity = re.search(r'"msg": "engine capacity", "max_streams": (\d+), "measured": true', err)
+    assert capacity and int(capacity.group(1)) >= 1, err  # measured on this CPU at start
