@@ -314,12 +314,17 @@ def _accounting_ok(r: dict[str, Any]) -> bool:
 async def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from denoiser.local_engine import LocalEngine
+    from denoiser.local_engine import LocalEngine, unbatched_capacity
     from denoiser.models import load_default_model
 
     torch.set_num_threads(args.threads)
     model = await asyncio.to_thread(load_default_model, args.device)
-    engine = LocalEngine(model, device=args.device, max_streams=max(64, args.ramp_max),
+    # As `serve` sizes it: on CPU, what one core keeps in real time unbatched (measured now).
+    max_streams = args.max_streams or (256 if args.device.startswith("cuda") else
+                                       unbatched_capacity(model))
+    print(f"engine admits {max_streams} streams; more pass through as engine_full",
+          file=sys.stderr)
+    engine = LocalEngine(model, device=args.device, max_streams=max_streams,
                          tick_deadline=args.tick_deadline)
     await engine.start()
     latency_model_ms = 1000 * engine.latency_samples / engine.sample_rate
@@ -417,6 +422,8 @@ def register_bench_sfu(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mode", choices=("auto", "on", "off"), default="auto",
                         help="publishers' denoise mode (auto: with the tone/music detector)")
+    parser.add_argument("--max-streams", type=int, default=None,
+                        help="streams the engine admits (default: measured, as serve does)")
     parser.add_argument("--tick-deadline", type=float, default=0.004,
                         help="engine: seconds a tick waits after its first hop")
     parser.add_argument("--latency-budget", type=float, default=None,
