@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from denoiser.audio_checks import problem_with_mono_float
+
 SAMPLE_RATE = 48_000
 
 
@@ -33,12 +35,9 @@ class AnchorError(RuntimeError):
 
 def _check_audio(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio)
-    if audio.ndim != 1:
-        raise AnchorError(f"expected mono 1-D audio, got shape {audio.shape}")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise AnchorError(f"expected float audio in [-1, 1], got dtype {audio.dtype}")
-    if not np.all(np.isfinite(audio)):
-        raise AnchorError("audio contains NaN or infinite samples")
+    problem = problem_with_mono_float(audio)
+    if problem:
+        raise AnchorError(problem)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

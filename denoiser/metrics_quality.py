@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from denoiser.audio_checks import problem_with_mono_float
+
 SAMPLE_RATE = 48_000
 METRICS: tuple[str, ...] = ("pesq", "stoi", "si_sdr", "dnsmos_ovrl")
 
@@ -37,12 +39,9 @@ class MetricError(ValueError):
 
 def _mono(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x)
-    if x.ndim != 1:
-        raise MetricError(f"{what}: expected mono 1-D audio, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise MetricError(f"{what}: expected float audio, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise MetricError(f"{what}: contains NaN or infinite samples")
+    problem = problem_with_mono_float(x)
+    if problem:
+        raise MetricError(f"{what}: {problem}")
     return x.astype(np.float64)
 
 
