@@ -91,7 +91,8 @@ def group_of(path: str | os.PathLike[str]) -> str:
         return f"clean:{folder}"
     if top == "noise" and folder == "vbd_demand_residual":
         return f"noise:{folder}"
-    return f"{top}:{folder}/{rel.parts[-1]}"
+    # A compressed copy (x.flac, x.ogg) of a corpus file belongs to the same group as x.wav.
+    return f"{top}:{folder}/{stem}.wav"
 
 
 def split_of(path: str | os.PathLike[str]) -> Split:

@@ -107,7 +107,8 @@ def test_opus_round_trip_keeps_length_and_alignment(corpus: data.Corpus, bitrate
     x = speech_48k(corpus) * 0.5
     y = aug.opus_round_trip(x, bitrate)
     assert y.shape == x.shape and y.dtype == np.float32
-    assert lag_of(x, y) == 0
+    # SILK (used at 12 kb/s) resamples internally: its group delay is not a whole sample.
+    assert abs(lag_of(x, y)) <= (1 if bitrate < 16_000 else 0)
     # It really went through the codec: close to the input, but not equal.
     err = snr_db(x, y - x)
     assert 1.0 < err < 60.0

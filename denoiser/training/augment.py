@@ -6,13 +6,13 @@ reproducible from the generator's state (the training loop checkpoints it).
 
 from __future__ import annotations
 
-import fractions
 from dataclasses import dataclass
 from functools import cache
 
-import av
 import numpy as np
 from scipy import signal
+
+from denoiser.training import libopus
 
 SAMPLE_RATE = 48_000
 OPUS_FRAME = 960  # 20 ms, what browsers send
@@ -135,56 +135,26 @@ def reverberate(x: np.ndarray, rir: np.ndarray, early_ms: float = 50.0,
 @cache
 def opus_preskip(application: str = "voip") -> int:
     """Samples libopus's encoder delays its output by (the OpusHead pre-skip)."""
-    enc = _opus_encoder(24_000, application)
-    return int.from_bytes(bytes(enc.extradata)[10:12], "little")
+    return libopus.Encoder(24_000, application).lookahead
 
 
-def _opus_encoder(bitrate: int, application: str) -> av.CodecContext:
-    enc = av.CodecContext.create("libopus", "w")
-    enc.sample_rate = SAMPLE_RATE
-    enc.layout = "mono"
-    enc.format = "s16"
-    enc.bit_rate = int(bitrate)
-    enc.time_base = fractions.Fraction(1, SAMPLE_RATE)
-    enc.options = {"application": application}
-    enc.open()
-    return enc
-
-
-def opus_encode(x: np.ndarray, bitrate: int, application: str = "voip") -> list[av.Packet]:
-    """Encode float audio at 48 kHz into 20 ms Opus packets with PyAV's libopus."""
-    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+def opus_encode(x: np.ndarray, bitrate: int, application: str = "voip") -> list[bytes]:
+    """Encode float audio at 48 kHz into 20 ms Opus packets (plus one flush frame)."""
+    pcm = np.clip(x, -1.0, 1.0).astype(np.float32)
     pad = (-len(pcm)) % OPUS_FRAME
-    pcm = np.concatenate([pcm, np.zeros(pad + OPUS_FRAME, np.int16)])  # + flush frame
-    enc = _opus_encoder(bitrate, application)
-    packets: list[av.Packet] = []
-    for i in range(0, len(pcm), OPUS_FRAME):
-        frame = av.AudioFrame.from_ndarray(pcm[None, i:i + OPUS_FRAME], format="s16",
-                                           layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = i
-        packets.extend(enc.encode(frame))
-    packets.extend(enc.encode(None))
-    return packets
+    pcm = np.concatenate([pcm, np.zeros(pad + OPUS_FRAME, np.float32)])  # + flush frame
+    enc = libopus.Encoder(bitrate, application)
+    return [enc.encode(pcm[i:i + OPUS_FRAME]) for i in range(0, len(pcm), OPUS_FRAME)]
 
 
-def opus_decode(packets: list[av.Packet], lost: set[int] | None = None) -> list[np.ndarray]:
+def opus_decode(packets: list[bytes], lost: set[int] | None = None) -> list[np.ndarray]:
     """Decode packets into 20 ms frames; a lost packet gives `None` in its place.
 
-    PyAV cannot drive libopus's own concealment (an empty packet means end of stream), so the
-    decoder simply never sees a lost packet, as happens in aiortc, and the caller conceals."""
-    dec = av.CodecContext.create("libopus", "r")
-    dec.sample_rate = SAMPLE_RATE
-    dec.layout = "mono"
-    out: list[np.ndarray] = []
-    for i, packet in enumerate(packets):
-        if lost and i in lost:
-            out.append(None)  # type: ignore[arg-type]
-            continue
-        decoded = [f.to_ndarray().reshape(-1) for f in dec.decode(packet)]
-        pcm = np.concatenate(decoded) if decoded else np.zeros(0, np.int16)
-        out.append(pcm.astype(np.float32) / 32768.0)
-    return out
+    The decoder never sees a lost packet (as in aiortc, which runs no Opus concealment), and
+    the caller conceals."""
+    dec = libopus.Decoder()
+    return [None if lost and i in lost else dec.decode(packet)  # type: ignore[misc]
+            for i, packet in enumerate(packets)]
 
 
 def conceal(frames: list[np.ndarray | None], method: str, frame: int = OPUS_FRAME) -> np.ndarray:

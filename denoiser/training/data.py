@@ -83,11 +83,15 @@ def _is_validation(path: Path, root: Path, share: float) -> bool:
     return int(hashlib.sha1(key).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # WAV, or a compressed copy of a corpus
+
+
 @cache
 def _audio_files(root: Path, kind: str) -> tuple[AudioFile, ...]:
-    """Every WAV under `root/kind` with its rate and length (read once per process)."""
+    """Every WAV (or FLAC / Ogg) under `root/kind` with its rate and length (read once)."""
     found = []
-    for path in sorted((root / kind).rglob("*.wav")):
+    paths = (p for p in (root / kind).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    for path in sorted(paths):
         info = sf.info(str(path))
         if info.channels != 1:
             raise ValueError(f"{path}: expected mono, got {info.channels} channels")
