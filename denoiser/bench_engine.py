@@ -14,6 +14,8 @@
    through `denoiser.anchors`: seconds of audio per CPU second.
 
 Torch runs on `--threads` threads (1 by default: per core). Ends with ONE JSON line.
+`python -m denoiser.bench_engine [flags]` runs the same without the CLI's other commands (a GPU
+box without the SFU's media packages).
 """
 
 from __future__ import annotations
@@ -32,11 +34,17 @@ import torch
 from denoiser.local_engine import LocalEngine, resolve_device
 
 PROBE_SECONDS = 0.6
+TAIL_SECONDS = 2.0  # after the paced run, how long the last hops may take to come back
 
 
 def register_bench_engine(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = subparsers.add_parser("engine", help="real-time streams per core/GPU, batched",
                               description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, default=None,
                    help="load for the paced run (default: the largest real-time batch found)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -54,8 +62,10 @@ def register_bench_engine(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--no-graphs", action="store_true", help="no CUDA graphs")
     p.add_argument("--anchors", action=argparse.BooleanOptionalAction, default=True,
                    help="also time RNNoise and DFN3 (libdeepfilter) single-stream")
+    p.add_argument("--probe-seconds", type=float, default=PROBE_SECONDS,
+                   help=f"how long each batch size of the search is timed (default "
+                        f"{PROBE_SECONDS:g})")
     p.set_defaults(func=run)
-    return p
 
 
 def _hops(n: int, hop: int, seed: int = 0) -> np.ndarray:
@@ -70,8 +80,9 @@ def _engine(model: Any, args: argparse.Namespace, streams: int) -> LocalEngine:
                        half=args.half, cuda_graphs=not args.no_graphs)
 
 
-async def probe(model: Any, args: argparse.Namespace, batch: int) -> float:
-    """Seconds per tick with `batch` streams always ready (every tick a full batch)."""
+async def probe(model: Any, args: argparse.Namespace, batch: int) -> tuple[float, float]:
+    """Seconds per tick with `batch` streams always ready (every tick a full batch), and the
+    mean seconds of its forward part (the worker thread: copies, step, and on CUDA the sync)."""
     async with _engine(model, args, batch) as engine:
         ids = [f"s{i}" for i in range(batch)]
         for sid in ids:
@@ -83,22 +94,27 @@ async def probe(model: Any, args: argparse.Namespace, batch: int) -> float:
 
         for _ in range(3):  # warm-up (and CUDA graph capture)
             await round_()
+        forward_before = engine.stats.forward_ms.total
         rounds, start = 0, time.perf_counter()
-        while rounds < 5 or (time.perf_counter() - start < PROBE_SECONDS and rounds < 2000):
+        while rounds < 5 or (time.perf_counter() - start < args.probe_seconds
+                             and rounds < 2000):
             await round_()
             rounds += 1
-        return (time.perf_counter() - start) / rounds
+        tick = (time.perf_counter() - start) / rounds
+        return tick, (engine.stats.forward_ms.total - forward_before) / 1e3 / rounds
 
 
 async def search(model: Any, args: argparse.Namespace, hop_s: float,
-                 limit: int) -> tuple[int, dict[int, float]]:
-    """Largest batch whose tick fits in one hop, and every tick time measured."""
+                 limit: int) -> tuple[int, dict[int, float], dict[int, float]]:
+    """Largest batch whose tick fits in one hop, and every tick (and forward) time measured."""
     ticks: dict[int, float] = {}
+    forwards: dict[int, float] = {}
 
     async def fits(b: int) -> bool:
-        ticks[b] = await probe(model, args, b)
-        print(f"  batch {b:5d}: {ticks[b] * 1e3:7.2f} ms/tick "
-              f"({b * hop_s / ticks[b]:.1f} streams of throughput)", file=sys.stderr)
+        ticks[b], forwards[b] = await probe(model, args, b)
+        print(f"  batch {b:5d}: {ticks[b] * 1e3:7.2f} ms/tick, forward "
+              f"{forwards[b] * 1e3:7.2f} ms ({b * hop_s / ticks[b]:.1f} streams of throughput)",
+              file=sys.stderr)
         return ticks[b] <= args.utilisation * hop_s
 
     if not await fits(1):
@@ -106,7 +122,7 @@ async def search(model: Any, args: argparse.Namespace, hop_s: float,
         while b <= min(limit, 64):
             await fits(b)
             b *= 4
-        return 0, ticks
+        return 0, ticks, forwards
     good = 1
     while good < limit:
         nxt = min(2 * good, limit)
@@ -115,14 +131,14 @@ async def search(model: Any, args: argparse.Namespace, hop_s: float,
             break
         good = nxt
     else:
-        return good, ticks
+        return good, ticks, forwards
     while bad - good > 1 and (bad - good) > good // 16:  # ~6 % resolution is enough
         mid = (good + bad) // 2
         if await fits(mid):
             good = mid
         else:
             bad = mid
-    return good, ticks
+    return good, ticks, forwards
 
 
 async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str, Any]:
@@ -137,6 +153,7 @@ async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str,
         for _ in range(3):
             await asyncio.gather(*(engine.process(s, hops[i]) for i, s in enumerate(ids)))
         engine.stats.tick_ms.recent.clear()
+        engine.stats.forward_ms.recent.clear()
         engine.stats.batch_sizes.clear()
         ticks_before = engine.stats.ticks
         waits: list[float] = []
@@ -169,7 +186,7 @@ async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str,
         sent = sum(await asyncio.gather(*(call(i) for i in range(streams))))
         backlog = len(inflight)
         if inflight:
-            await asyncio.wait(inflight, timeout=5.0)
+            await asyncio.wait(inflight, timeout=TAIL_SECONDS)
         stats = engine.stats
         batches = np.repeat(list(stats.batch_sizes), list(stats.batch_sizes.values()))
         wait_arr = np.asarray(waits) if waits else np.asarray([math.nan])
@@ -181,8 +198,12 @@ async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str,
             "hop_wait_p50_ms": round(float(np.percentile(wait_arr, 50)), 3),
             "hop_wait_p99_ms": round(float(np.percentile(wait_arr, 99)), 3),
             "batch_mean": round(float(batches.mean()), 2) if batches.size else 0.0,
+            "forward_p50_ms": round(stats.forward_ms.percentile(50), 3),
+            "forward_p99_ms": round(stats.forward_ms.percentile(99), 3),
             "kept_up": bool(backlog <= streams and failures == 0
                             and np.percentile(wait_arr, 99) <= 2 * hop_s * 1e3),
+            # On CUDA: whether the graphs asked for were really used (capture can fall back).
+            "graphs_used": bool(engine.use_graphs), "graph_error": engine.graph_error,
         }
 
 
@@ -224,7 +245,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     hop_s = model.hop_size / model.sample_rate
     print(f"bench engine: {type(model).__name__} on {device}, {args.threads} torch thread(s)",
           file=sys.stderr)
-    best, ticks = await search(model, args, hop_s, limit)
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+              f"half={bool(args.half)}, graphs={not args.no_graphs}", file=sys.stderr)
+    best, ticks, forwards = await search(model, args, hop_s, limit)
     load = args.streams if args.streams is not None else max(1, best)
     print(f"paced run: {load} streams for {args.seconds:g} s", file=sys.stderr)
     run_stats = await paced(model, args, load)
@@ -234,13 +258,20 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "unit": "gpu" if device.type == "cuda" else "core", "threads": args.threads,
         "half": bool(args.half), "tick_deadline_ms": args.tick_deadline * 1e3,
         "utilisation": args.utilisation,
+        "cuda_graphs": device.type == "cuda" and not args.no_graphs,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "streams_per_core": best,
         "tick_p50_ms": run_stats.pop("tick_p50_ms"), "tick_p99_ms": run_stats.pop("tick_p99_ms"),
         "capacity_streams_per_core": round(capacity, 2),
         "single_stream_per_core": round(hop_s / ticks[1], 2),
         "tick_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(ticks.items())},
+        "forward_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(forwards.items())},
         "paced": run_stats,
     }
+    unit = "GPU" if device.type == "cuda" else "core"
+    print(f"=> {best} real-time streams per {unit} (search bound {limit}); paced at {load}: "
+          f"tick p50 {result['tick_p50_ms']} ms, p99 {result['tick_p99_ms']} ms, "
+          f"kept up: {run_stats['kept_up']}", file=sys.stderr)
     if args.anchors:
         seconds = min(args.seconds, 5.0)
         result["rnnoise_streams_per_core"] = anchor_streams_per_core("rnnoise", seconds)
@@ -255,9 +286,9 @@ def run(args: argparse.Namespace) -> int:
     from denoiser.engine import EngineError
 
     if (args.seconds <= 0 or (args.streams is not None and args.streams < 1)
-            or not 0 < args.utilisation <= 1):
-        print("error: --seconds must be > 0, --streams >= 1, 0 < --utilisation <= 1",
-              file=sys.stderr)
+            or not 0 < args.utilisation <= 1 or args.probe_seconds <= 0):
+        print("error: --seconds and --probe-seconds must be > 0, --streams >= 1, "
+              "0 < --utilisation <= 1", file=sys.stderr)
         return 2
     try:
         result = asyncio.run(_bench(args))
@@ -266,3 +297,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m denoiser.bench_engine [flags]`: `bench engine` without the CLI around it."""
+    parser = argparse.ArgumentParser(prog="python -m denoiser.bench_engine",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
