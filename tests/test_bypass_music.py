@@ -74,15 +74,24 @@ def test_classifier_is_shipped() -> None:
 def test_real_music_is_bypassed_quickly_and_stays(path: Path) -> None:
     x = at_rms(load(path, 12.0, start=5.0 if sf.info(path).duration > 20 else 0.0), -24.0)
     b = bypassed(timeline(x))
-    onset = int(np.argmax(b)) if b.any() else len(b)
-    # hold music from a cold start within 0.4 s (measured 0.13-0.21 s); the solo guitar
-    # recordings (sparse plucked notes) are harder: 2 s, and 80 % kept (guitar_44k: 82 %)
+    start = BypassDetector().start_hops
     moh = path.parent.name == "asterisk_moh"
-    assert onset <= (40 if moh else 200), f"music bypassed only after {onset} hops"
-    kept = b[onset:].mean()
-    assert kept >= (0.95 if moh else 0.80), f"{(~b[onset:]).sum()} hops denoised after onset"
-    assert flips(b) <= 3
-    print(f"{path.stem}: onset {onset} hops, bypassed {b.mean():.3f}")
+    if moh:
+        # the stream opens on the music: its first hops are kept by the start hold
+        assert start >= 10 and b[:start].all()
+        # hold music: the classifier takes over from the start hold (measured: 4 of 5 tracks
+        # bypassed from their first hop without a break, robot_dity after a gap of 5 hops)
+        assert b.mean() >= 0.95 and flips(b) <= 2, f"{(~b).sum()} hops denoised"
+    else:
+        # the solo guitar recordings (sparse plucked notes, a quiet intro) are harder: the
+        # classifier's onset within 2 s after the start hold, and 80 % kept after it
+        rest = b[start:]
+        onset = int(np.argmax(rest)) if rest.any() else len(rest)
+        assert onset <= 200, f"music bypassed only after {start + onset} hops"
+        kept = rest[onset:].mean()
+        assert kept >= 0.80, f"{(~rest[onset:]).sum()} hops denoised after onset"
+        assert flips(b) <= 5
+    print(f"{path.stem}: bypassed {b.mean():.3f}, {flips(b)} switches")
 
 
 def test_noisy_speech_is_not_bypassed() -> None:
@@ -90,6 +99,7 @@ def test_noisy_speech_is_not_bypassed() -> None:
     rng = np.random.default_rng(0)
     total = wrong = 0
     worst = 0.0
+    starts: list[int] = []
     for i in range(16):
         s = np.concatenate([load(speech[int(j)]) for j in rng.choice(len(speech), 3)])[: 6 * SR]
         n = load(noise[i % len(noise)])
@@ -97,10 +107,14 @@ def test_noisy_speech_is_not_bypassed() -> None:
         snr = (0.0, 5.0, 10.0, 20.0)[i % 4]
         x = at_rms(s, -26.0) + at_rms(n, -26.0 - snr)
         b = bypassed(timeline(x))
+        starts.append(int(np.argmin(b)))  # hops bypassed at the stream's opening
         total += len(b)
         wrong += int(b.sum())
         worst = max(worst, float(b.mean()))
     print(f"noisy speech: {wrong}/{total} hops bypassed, worst clip {worst:.3f}")
+    # every clip opens a stream: the start hold ends at the latest after start_hops (one clip
+    # that opens on the drone n99 is then taken for music for a while, see docs/bypass.md)
+    assert sorted(starts)[len(starts) // 2] <= BypassDetector().start_hops
     # the bar is over all noisy speech; one dev noise (hu n99, a music-like sound that
     # starts the clip alone) is bypassed for half its clip: see docs/bypass.md
     assert wrong <= 0.05 * total
@@ -137,4 +151,5 @@ def test_announcement_over_music_keeps_bypass() -> None:
     b = bypassed(timeline(x))
     onset = int(np.argmax(b))
     assert onset <= 80
-    assert b[onset:].mean() >= 0.97 and flips(b) <= 1
+    # (at most a short gap between the start hold and the classifier's music)
+    assert b[onset:].mean() >= 0.97 and flips(b) <= 2

@@ -25,7 +25,16 @@ Each has its own hysteresis so decisions do not flicker:
   not start one. In the first 2 s of a music bypass only P(music) keeps it (off after 0.3 s
   below 0.3): speech right after a short music-like sound is speech over noise. A drone (a mel
   spectrum that has not moved by 2 dB in 280 ms: a buzzer, hum, engine) is not music: for 1 s
-  after one it cannot start a music bypass nor keep a young one.
+  after one it cannot start a music bypass nor keep a young one, and a young one found over a
+  drone ends at once. In a stream's first 280 ms the drone check compares with the stream's
+  first whole frame (>= 120 ms back, 1 dB); all along, a spectrum that has not moved by 0.5 dB
+  in 120 ms is a drone too.
+- stream start ("music"): a stream's first `start_hold_ms` (160 ms) pass untouched unless the
+  classifier already says P(music) + P(speech over music) < `start_release` (0.2) or a drone
+  is found; a music bypass that starts within it takes over. The classifier needs 100-200 ms
+  of a stream to say music, and with DFN3 every hop of music denoised before that is lost
+  (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 160 ms of a line passed as it
+  is at a call's opening costs little (docs/bypass.md: the noisy-speech figures).
   See docs/bypass.md for the measurements behind these numbers.
 """
 
@@ -39,7 +48,7 @@ import numpy as np
 from denoiser.bypass.analysis import RATE, Decimator, SlidingSpectrum
 from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
 from denoiser.bypass.dtmf import DtmfReceiver
-from denoiser.bypass.features import FRAME_HOPS, ContextFeatures, frames
+from denoiser.bypass.features import FRAME_HOPS, STATIC_LAG, ContextFeatures, frames
 from denoiser.bypass.tones import CallProgressDetector, FastToneCue, TonalDetector
 
 REASONS: tuple[str, ...] = ("dtmf", "call_progress", "tone", "music")
@@ -47,6 +56,8 @@ _SILENT_DB = -60.0
 _PROV_HOPS = 20  # a provisional tone bypass must be confirmed within 200 ms
 _PROV_MUTE = 100
 _STATIC_DB = 2.0  # see ContextFeatures.static_db
+_STATIC_DB_START = 1.0  # at the shorter lags of a stream's first 280 ms (music: 1 % below 1.2)
+_STATIC_DB_SHORT = 0.5  # at 120 ms, all along
 _STATIC_FRAMES = frames(80)
 _CP_ON, _CP_HOLD = frames(80), frames(4500)
 _TONE_ON, _TONE_OFF = frames(80), frames(120)
@@ -66,7 +77,8 @@ class BypassDetector:
     def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
                  classifier: MusicClassifier | None = None, use_music: bool = True,
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
-                 music_frames: int = frames(160)) -> None:
+                 music_frames: int = frames(160), start_hold_ms: float = 160.0,
+                 start_release: float = 0.2) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
@@ -83,6 +95,10 @@ class BypassDetector:
         self._features = ContextFeatures(long)
         self.music_on, self.hold_on = music_on, hold_on
         self.music_off, self.music_frames = music_off, music_frames
+        # A stream's first hops pass untouched until the classifier has had its say (module doc)
+        self.start_hops = round(start_hold_ms / 10) if self.classifier is not None else 0
+        self.start_release = start_release
+        self._starting = self.start_hops > 0
         self.p_music = 0.0
         self.p_hold = 0.0
         self.reason: str | None = None
@@ -157,6 +173,8 @@ class BypassDetector:
             # the classifier on the frame pushed 2 hops ago: the frame's work spread over two
             # hops, so no hop carries all of it
             self._music_active = self._update_music(self._last_frame_ms)
+        if self._starting and (self._music_active or self._hops > self.start_hops):
+            self._starting = False
         cue = self._fast.detect()
         self._check_answer(hop_ms, self._fast.narrow)
         cp_active, tone_active = self._cp_active, self._tone_active
@@ -172,7 +190,7 @@ class BypassDetector:
         elif prov is not None:
             self.reason = prov
             self.provisional_hops += 1
-        elif music_active:
+        elif music_active or self._starting:
             self.reason = "music"
         else:
             self.reason = None
@@ -244,15 +262,26 @@ class BypassDetector:
         p = self.classifier.proba(self._features.vector())
         self.p_music = float(p[1])
         self.p_hold = float(p[1] + p[3])  # music, or an announcement over music
+        if self.p_hold < self.start_release:
+            self._starting = False
         if 10 * np.log10(frame_ms + 1e-10) < _SILENT_DB:
             return self._music_on  # a silent frame says nothing either way
         # A spectrum that has not moved for 260 ms is a drone (buzz, hum), not music: it cannot
         # start a bypass nor keep a young one; speech over it must be cleaned.
         # The classifier's 1 s context still holds the drone for a second after it is masked
         # (speech over it), so the drone's mark lasts that long.
-        self._static_run = self._static_run + 1 if self._features.static_db < _STATIC_DB else 0
+        f = self._features
+        limit = _STATIC_DB if f.static_lag == STATIC_LAG else _STATIC_DB_START
+        still = f.static_db < limit or f.static_short_db < _STATIC_DB_SHORT
+        self._static_run = self._static_run + 1 if still else 0
         self._since_static = 0 if self._static_run >= _STATIC_FRAMES else self._since_static + 1
         static = self._since_static < _DRONE
+        if static:
+            self._starting = False
+        if not self._since_static and self._music_on and self._music_age < _YOUNG:
+            self._music_on = self._music_early = False  # a drone found under a young bypass
+            self._music_run = self._music_off_run = 0
+            return False
         start = (self.p_music >= self.music_on and self.p_hold >= self.hold_on
                  and not static)
         self._music_run = self._music_run + 1 if start else 0

@@ -31,6 +31,7 @@ SHORT = frames(280)  # the short context, so that a change is seen quickly
 N_GROUPS = 6  # coarse mel shape: groups of N_MELS // N_GROUPS bands
 PERSIST_LAG = frames(80)  # between the spectra compared for peak persistence (no overlap)
 STATIC_LAG = frames(280)  # between the mel spectra compared for `static_db`
+STATIC_MIN_LAG = 3  # a stream's first frames compare with its first whole window, >= 120 ms back
 
 
 def mel_filterbank(freqs: np.ndarray, n_mels: int = N_MELS, lo: float = 60.0,
@@ -77,7 +78,12 @@ class ContextFeatures:
         self._lm_ring = np.zeros((STATIC_LAG, N_MELS))
         # Largest change of any mel band over the last 280 ms, dB: a drone (a buzzer, hum, an
         # engine) stays within 1-2 dB; music never did (5 % quantile >= 8 dB on every track).
+        # In a stream's first 280 ms the lag is shorter (`static_lag` frames, from
+        # STATIC_MIN_LAG, against the first frame whose window is all stream), so that a
+        # stream that opens on a drone is known for one within 200 ms.
         self.static_db = 100.0
+        self.static_lag = 0
+        self.static_short_db = 100.0  # the same at STATIC_MIN_LAG frames, all along
         # ring[k] = (row, row**2) of frame k; acc = running sums of both over the long and the
         # short context
         self.ring = np.zeros((LONG, 2, self.n_hop))
@@ -97,8 +103,13 @@ class ContextFeatures:
         self._prev_lm = lm
         slot = count % STATIC_LAG
         top = np.maximum(lm, lm.max() - 3.0)  # bands 30 dB under the loudest are the floor
-        if count >= STATIC_LAG + PERSIST_LAG:  # both windows full of the stream
-            self.static_db = 10.0 * float(np.abs(top - self._lm_ring[slot]).max())
+        lag = min(STATIC_LAG, count - 1)  # frame 0's window is half before the stream
+        if lag >= STATIC_MIN_LAG:
+            self.static_db = 10.0 * float(np.abs(top - self._lm_ring[(count - lag) % STATIC_LAG])
+                                          .max())
+            self.static_lag = lag
+            self.static_short_db = 10.0 * float(
+                np.abs(top - self._lm_ring[(count - STATIC_MIN_LAG) % STATIC_LAG]).max())
         self._lm_ring[slot] = top
         n = len(p)
         flat = float(np.log(p + 1e-12).sum()) / n - math.log(float(p.sum()) / n + 1e-12)
