@@ -84,3 +84,22 @@ class DFN3Config:
     def latency_samples(self) -> int:
         """Window minus hop (overlap-add) plus the look-ahead: 1440 for the shipped (2, 2)."""
         return self.fft_size - self.hop_size + self.lookahead * self.hop_size
+
+
+# Named network sizes (field overrides of DFN3Config). "dfn3" is the published model; the
+# smaller ones keep its signal path (STFT, ERB features, deep filter, look-ahead) and shrink the
+# network, because on CPU a stream's cost per hop is what sets how many calls a core carries.
+SIZES: dict[str, dict[str, int]] = {
+    "dfn3": {},
+    "dfn3-m": {"conv_ch": 32, "emb_hidden": 192, "df_hidden": 192, "emb_layers": 2,
+               "df_layers": 2},
+    "dfn3-s": {"conv_ch": 16, "emb_hidden": 128, "df_hidden": 128, "emb_layers": 2,
+               "df_layers": 1},
+}
+
+
+def sized_config(size: str, **overrides: int) -> DFN3Config:
+    """DFN3Config of a named size (`SIZES`), with further field overrides (look-aheads)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
+    return DFN3Config(**{**SIZES[size], **overrides})

@@ -160,7 +160,7 @@ class MixConfig:
     level_dbfs: tuple[float, float] = (-40.0, -15.0)  # RMS of the noisy mix
     max_noises: int = 3
     p_babble: float = 0.3
-    babble_speakers: tuple[int, int] = (2, 5)
+    babble_speakers: tuple[int, int] = (1, 5)  # 1: a competing talker
     p_synthetic_noise: float = 0.2
     fullband_share: float = 0.3  # probability of drawing 48 kHz speech when there is any
     augment: aug.AugmentConfig = field(default_factory=aug.AugmentConfig)

@@ -34,7 +34,10 @@ def _candidates() -> list[str]:
     found = []
     if env := os.environ.get("DENOISE_SFU_LIBOPUS"):
         found.append(env)
-    spec = importlib.util.find_spec("av")
+    try:
+        spec = importlib.util.find_spec("av")
+    except (ImportError, ValueError):
+        spec = None
     if spec is not None and spec.origin:
         libs = Path(spec.origin).parent.parent / "av.libs"
         found += sorted(glob.glob(str(libs / "libopus*.so*")))

@@ -13,6 +13,7 @@ resumed at step k draws the same batches as one that never stopped (tested).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -62,6 +63,8 @@ class TrainSettings:
     si_sdr_weight: float = 0.0
     fixed_batch: bool = False  # train on one batch again and again (a sanity check)
     lookahead: int | None = None  # DFN3 look-ahead in hops; None keeps the model's own
+    size: str = "dfn3"  # network size (denoiser.dfn3.config.SIZES); others start from scratch
+    distill: float = 0.0  # weight of the loss against the shipped DFN3's output (a teacher)
     device: str = "cpu"
     loss: dict[str, object] = field(default_factory=dict)
 
@@ -73,6 +76,13 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead is not None and self.lookahead < 0:
             raise ValueError("lookahead must be 0 or more")
+        from denoiser.dfn3.config import SIZES
+        if self.size not in SIZES:
+            raise ValueError(f"--size must be one of {sorted(SIZES)}, not {self.size!r}")
+        if self.size != "dfn3" and self.init == "default":
+            raise ValueError(f"--size {self.size} has no shipped weights: use --init scratch")
+        if self.distill < 0:
+            raise ValueError("distill must be 0 or more")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -96,9 +106,10 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     if init == "tiny":
         from denoiser.training.tiny import TinyFIRModel
         return TinyFIRModel()
-    from denoiser.dfn3 import DFN3, DFN3Config
+    from denoiser.dfn3 import DFN3
+    from denoiser.dfn3.config import sized_config
 
-    config = DFN3Config()
+    config = sized_config(settings.size)
     if settings.lookahead is not None:
         config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
                                      df_lookahead=settings.lookahead)
@@ -108,6 +119,13 @@ def build_model(settings: TrainSettings) -> StreamingModel:
         from denoiser.models import load_dfn3
         return load_dfn3(config=config).requires_grad_(True).train()
     return DFN3(config)
+
+
+@functools.cache
+def shipped_teacher(device: str) -> StreamingModel:
+    """The shipped DFN3, frozen, as the teacher of distillation runs (one per process)."""
+    from denoiser.models import load_dfn3
+    return load_dfn3(device=device).requires_grad_(False).eval()
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -191,8 +209,11 @@ class Trainer:
 
     def _aligned(self, noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor,
                                                                           torch.Tensor]:
+        return self._aligned_to(self.model(noisy), clean)
+
+    def _aligned_to(self, estimate: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
         """Model output against the target it estimates: output n is input n - latency."""
-        estimate = self.model(noisy)
         lat = self.model.latency_samples
         if lat:
             estimate, clean = estimate[:, lat:], clean[:, :-lat]
@@ -202,12 +223,30 @@ class Trainer:
         with torch.no_grad():
             return float(self.loss_fn(*self._aligned(noisy, clean)))
 
-    def train_step(self) -> dict[str, float]:
-        noisy, clean = self.next_batch()
+    def teacher_target(self, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """The shipped DFN3's estimate of `clean`, aligned with it sample by sample (its last
+        `latency` samples, not output yet, are taken from `clean`)."""
+        teacher = shipped_teacher(str(self.device))
+        with torch.no_grad():
+            estimate = teacher(noisy)
+        lat = teacher.latency_samples
+        return torch.cat([estimate[:, lat:], clean[:, clean.shape[1] - lat:]], dim=1)
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   teacher: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser step on `batch` (default: the run's own next batch). With `distill`
+        set, the loss adds `distill` x the loss against `teacher` (default: computed here)."""
+        noisy, clean = batch if batch is not None else self.next_batch()
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        parts = self.loss_fn.parts(*self._aligned(noisy, clean))
+        estimate = self.model(noisy)
+        parts = self.loss_fn.parts(*self._aligned_to(estimate, clean))
         loss = self.loss_fn.total(parts)
+        if self.settings.distill:
+            if teacher is None:
+                teacher = self.teacher_target(noisy, clean)
+            parts["distill"] = self.loss_fn(*self._aligned_to(estimate, teacher))
+            loss = loss + self.settings.distill * parts["distill"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} at step {self.step}")
         loss.backward()
