@@ -12,6 +12,12 @@ The detector sees each raw hop as it arrives. An output hop carries input from `
 earlier, so by the time it goes out the detector has seen that much more: the hop keeps the
 original if any verdict given from its own input time up to now says so. A bypass thus starts up
 to `latency_samples` before the detector could decide and ends no earlier than the signal does.
+
+The detector runs in a worker thread (`detector_executor`), not on the event loop that carries
+every stream's network I/O, and while it runs the engine already has the hops: the engine
+request is sent first (it needs only the raw audio), so the detector's time overlaps the
+engine's instead of adding to it. One stream's hops still reach its detector strictly in order
+(a call waits for the previous one's detector work, even when that caller was cancelled).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -38,6 +47,19 @@ class Detector(Protocol):
     """What `denoiser.bypass.BypassDetector` offers: a reason to keep the original, or None."""
 
     def update(self, hop: np.ndarray) -> str | None: ...
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def detector_executor() -> ThreadPoolExecutor:
+    """The threads every stream's detector runs in, shared (created on first use). Two: the
+    detector is numpy on small arrays and mostly holds the GIL, so more would not run faster;
+    two let one stream's work start while another's finishes."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bypass-detector")
+    return _executor
 
 
 def crossfade_curves(length: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +108,7 @@ class DenoisedStream:
         self._path: str | None = None
         self._last_out = np.float32(0.0)
         self._background: set[asyncio.Task[np.ndarray]] = set()
+        self._detecting: asyncio.Future[list[str | None]] | None = None  # its detector job
         self._reopen_every = max(1, reopen_every_hops)
         self._hops_since_open_try = 0
         self._open = False
@@ -143,8 +166,8 @@ class DenoisedStream:
         if not task.cancelled():
             task.exception()  # retrieved: a late or unwanted result has nowhere to go
 
-    async def _denoise(self, raw: np.ndarray, wait: bool) -> tuple[np.ndarray | None, str | None]:
-        """Send the hop to the engine; returns (output or None, reason it is missing)."""
+    def _request(self, raw: np.ndarray) -> tuple[asyncio.Task[np.ndarray] | None, str | None]:
+        """Send the hops to the engine; returns (the request, or None with why not)."""
         if self._closed:
             return None, "engine_error"
         if not self._open:
@@ -153,12 +176,19 @@ class DenoisedStream:
                 self._try_open()
             if not self._open:
                 return None, self._refused or "engine_error"
-        task = asyncio.ensure_future(self.engine.process(self.stream_id, raw))
+        return asyncio.ensure_future(self.engine.process(self.stream_id, raw)), None
+
+    async def _collect(self, task: asyncio.Task[np.ndarray], wait: bool, sent: float
+                       ) -> tuple[np.ndarray | None, str | None]:
+        """The engine's answer to a request sent at `sent` (loop time), or why it is missing."""
         if not wait:
             self._keep_in_background(task)
             return None, None
+        timeout = None
+        if self.deadline is not None:
+            timeout = max(0.0, self.deadline - (time.monotonic() - sent))
         try:
-            await asyncio.wait({task}, timeout=self.deadline)
+            await asyncio.wait({task}, timeout=timeout)
         except asyncio.CancelledError:
             self._keep_in_background(task)  # the caller went away; the hop still lands
             raise
@@ -182,10 +212,13 @@ class DenoisedStream:
         self._raw_tail = joined[self.hop_size:]
         return joined[:self.hop_size]
 
-    def _aligned_decision(self, raw: np.ndarray) -> str | None:
-        """The detector's verdict for the input time carried by this output hop."""
-        decision = None
-        if self.detector is not None:
+    def _detect(self, hops: Sequence[np.ndarray]) -> list[str | None]:
+        """Run the detector over consecutive hops (in a worker thread); returns each hop's
+        verdict for the input time its output carries."""
+        assert self.detector is not None
+        out = []
+        for raw in hops:
+            decision = None
             try:
                 decision = self.detector.update(raw)
             except Exception:  # a broken detector must not stop the audio: denoise instead
@@ -193,15 +226,33 @@ class DenoisedStream:
                 if self.detector_errors == 1:
                     log.exception("stream %s: bypass detector failed; denoising",
                                   self.stream_id)
-        self._decisions.append(decision)
-        # The output hop carries input hops up to `max(self._lags)` hops old; every verdict given
-        # since then (with the look-ahead of the hops that came after) may keep the original, so
-        # a tone or music is kept from its very first sample and up to its last.
+            self._decisions.append(decision)
+            out.append(self._aligned())
+        return out
+
+    def _aligned(self) -> str | None:
+        """The verdict for the input time carried by the output hop of the latest input hop.
+
+        The output hop carries input hops up to `max(self._lags)` hops old; every verdict given
+        since then (with the look-ahead of the hops that came after) may keep the original, so a
+        tone or music is kept from its very first sample and up to its last.
+        """
         for lag in range(max(self._lags), -1, -1):
             reason = self._decisions[-1 - lag]
             if reason is not None:
                 return reason
         return None
+
+    async def _detect_off_loop(self, hops: Sequence[np.ndarray]) -> list[str | None]:
+        """`_detect` in the detector thread, this stream's calls strictly in order."""
+        if self.detector is None:
+            return [None] * len(hops)
+        if self._detecting is not None and not self._detecting.done():
+            await asyncio.shield(self._detecting)  # a cancelled caller's hops come first
+        job = asyncio.get_running_loop().run_in_executor(detector_executor(), self._detect,
+                                                         hops)
+        self._detecting = job
+        return await asyncio.shield(job)  # cancelling the caller must not skip these hops
 
     async def process_hop(self, raw: np.ndarray) -> np.ndarray:
         """One hop in (float32[hop_size]), one hop out (delayed by `latency_samples`)."""
@@ -227,12 +278,24 @@ class DenoisedStream:
             raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
         hops = raw.reshape(-1, self.hop_size)
         delayed = [self._delay_raw(hop) for hop in hops]
-        reasons = [self._route(hop) for hop in hops]
+        # The engine gets the hops first (when it is kept warm it gets them whatever the
+        # detector says), so the detector's time in its thread overlaps the engine's.
+        sent = time.monotonic()
+        task, missing = self._request(raw) if self.keep_warm else (None, None)
+        try:
+            decisions = await self._detect_off_loop(hops)
+        except asyncio.CancelledError:
+            if task is not None:
+                self._keep_in_background(task)
+            raise
+        reasons = [self._route(d) for d in decisions]
         need_output = None in reasons or self._path == "denoised"
-        if need_output or self.keep_warm:
-            denoised, missing = await self._denoise(raw, wait=need_output)
-        else:
-            denoised, missing = None, None
+        if task is None and missing is None and need_output:
+            sent = time.monotonic()
+            task, missing = self._request(raw)
+        denoised = None
+        if task is not None:
+            denoised, missing = await self._collect(task, need_output, sent)
         outs = []
         for i, (reason, delayed_raw) in enumerate(zip(reasons, delayed, strict=True)):
             hop_out = None if denoised is None else denoised[i * self.hop_size:
@@ -246,14 +309,13 @@ class DenoisedStream:
             outs.append(out)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
-    def _route(self, raw: np.ndarray) -> str | None:
+    def _route(self, decision: str | None) -> str | None:
         """Why this hop's output must be the original (None: denoise it); mode overrides."""
-        reason = self._aligned_decision(raw)
         if self._mode == "off":
             return "mode_off"
         if self._mode == "on":
             return None
-        return reason
+        return decision
 
     def _switch(self, path: str, denoised: np.ndarray | None, raw: np.ndarray) -> np.ndarray:
         new = denoised if path == "denoised" else raw

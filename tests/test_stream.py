@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -227,3 +228,36 @@ async def test_hops_sent_together_equal_hops_sent_one_by_one(mode: str) -> None:
     assert one.counters == two.counters and one.switches == two.switches
     with pytest.raises(ValueError, match="whole mono hops"):
         await two.process_hops(np.zeros(HOP + 1, np.float32))
+
+
+class RecordingDetector:
+    """Records which thread ran it and the hops it saw; slow, so that a caller can go away
+    while it runs."""
+
+    def __init__(self) -> None:
+        self.threads: set[int] = set()
+        self.seen: list[int] = []
+
+    def update(self, hop: np.ndarray) -> str | None:
+        self.threads.add(threading.get_ident())
+        time.sleep(0.02)
+        self.seen.append(round(float(hop[0]) * 100))
+        return None
+
+
+async def test_the_detector_runs_off_the_event_loop_and_in_order() -> None:
+    detector = RecordingDetector()
+    async with LocalEngine(GainModel(), device="cpu") as engine:
+        stream = DenoisedStream(engine, "s", mode="auto", detector=detector, deadline=None)
+        hops = [np.full(HOP, k / 100, np.float32) for k in range(6)]
+        await stream.process_hops(np.concatenate(hops[:2]))
+        # a caller that goes away while the detector works on its hop: the next call still
+        # reaches the detector after it, never alongside or before
+        caller = asyncio.ensure_future(stream.process_hop(hops[2]))
+        await asyncio.sleep(0.005)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await stream.process_hops(np.concatenate(hops[3:]))
+    assert threading.get_ident() not in detector.threads
+    assert detector.seen == [0, 1, 2, 3, 4, 5]
