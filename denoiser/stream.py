@@ -108,7 +108,8 @@ class DenoisedStream:
         self._path: str | None = None
         self._last_out = np.float32(0.0)
         self._background: set[asyncio.Task[np.ndarray]] = set()
-        self._detecting: asyncio.Future[list[str | None]] | None = None  # its detector job
+        self._detector_busy = False  # a job of this stream in the detector thread
+        self._detector_idle: asyncio.Future[None] | None = None  # for a call waiting on it
         self._reopen_every = max(1, reopen_every_hops)
         self._hops_since_open_try = 0
         self._open = False
@@ -244,15 +245,42 @@ class DenoisedStream:
         return None
 
     async def _detect_off_loop(self, hops: Sequence[np.ndarray]) -> list[str | None]:
-        """`_detect` in the detector thread, this stream's calls strictly in order."""
+        """`_detect` in the detector thread, this stream's calls strictly in order: a caller
+        that went away leaves its job running, and the next call waits for it."""
         if self.detector is None:
             return [None] * len(hops)
-        if self._detecting is not None and not self._detecting.done():
-            await asyncio.shield(self._detecting)  # a cancelled caller's hops come first
-        job = asyncio.get_running_loop().run_in_executor(detector_executor(), self._detect,
-                                                         hops)
-        self._detecting = job
-        return await asyncio.shield(job)  # cancelling the caller must not skip these hops
+        loop = asyncio.get_running_loop()
+        while self._detector_busy:  # only after a cancelled caller
+            if self._detector_idle is None:
+                self._detector_idle = loop.create_future()
+            await asyncio.shield(self._detector_idle)
+        self._detector_busy = True
+        job: asyncio.Future[list[str | None]] = loop.create_future()
+        detector_executor().submit(self._detect_job, loop, job, hops)
+        return await job
+
+    def _detect_job(self, loop: asyncio.AbstractEventLoop, job: asyncio.Future[list[str | None]],
+                    hops: Sequence[np.ndarray]) -> None:
+        """In the detector thread: `_detect`, its result handed to the loop."""
+        try:
+            result, exc = self._detect(hops), None
+        except BaseException as err:  # handed to the awaiting caller
+            result, exc = [], err
+        loop.call_soon_threadsafe(self._detect_done, job, result, exc)
+
+    def _detect_done(self, job: asyncio.Future[list[str | None]], result: list[str | None],
+                     exc: BaseException | None) -> None:
+        """On the loop: the detector thread is done with this stream's job."""
+        self._detector_busy = False
+        idle, self._detector_idle = self._detector_idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        if job.done():  # its caller went away
+            return
+        if exc is not None:
+            job.set_exception(exc)
+        else:
+            job.set_result(result)
 
     async def process_hop(self, raw: np.ndarray) -> np.ndarray:
         """One hop in (float32[hop_size]), one hop out (delayed by `latency_samples`)."""
