@@ -79,8 +79,8 @@ def test_real_music_is_bypassed_quickly_and_stays(path: Path) -> None:
     if moh:
         # the stream opens on the music: its first hops are kept by the start hold
         assert start >= 10 and b[:start].all()
-        # hold music: the classifier takes over from the start hold (measured: 4 of 5 tracks
-        # bypassed from their first hop without a break, robot_dity after a gap of 5 hops)
+        # hold music: the classifier takes over from the start hold, at most after a short gap
+        # (measured: 1-7 hops; the stream's 3-hop look-ahead covers most of it)
         assert b.mean() >= 0.95 and flips(b) <= 2, f"{(~b).sum()} hops denoised"
     else:
         # the solo guitar recordings (sparse plucked notes, a quiet intro) are harder: the
@@ -153,3 +153,18 @@ def test_announcement_over_music_keeps_bypass() -> None:
     assert onset <= 80
     # (at most a short gap between the start hold and the classifier's music)
     assert b[onset:].mean() >= 0.97 and flips(b) <= 2
+
+
+def test_a_stream_that_opens_on_a_drone_is_not_taken_for_music() -> None:
+    # hu n99 (a dev noise, unseen): a 250 Hz harmonic buzz that never changes, which the
+    # classifier calls music. The stream opens on it; speech at 0 dB joins after 130 ms.
+    speech, noise = held_out_speech_and_noise()
+    drone = load(next(p for p in noise if p.stem == "n99"))
+    words = at_rms(np.concatenate([load(p) for p in speech[:3]])[: 5 * SR], -26.0)
+    x = np.tile(at_rms(drone, -26.0), 6 * SR // len(drone) + 1)[: 6 * SR]
+    x[13 * HOP : 13 * HOP + len(words)] += words
+    b = bypassed(timeline(x))
+    # found within 100 ms: the start hold ends there and no music bypass starts (it was a
+    # quarter of the clip before; the 80 ms checks cannot see the drone under the speech)
+    assert int(np.argmin(b)) <= 10
+    assert b.mean() <= 0.02, f"{b.sum()} hops bypassed"

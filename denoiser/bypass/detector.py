@@ -28,12 +28,13 @@ Each has its own hysteresis so decisions do not flicker:
   after one it cannot start a music bypass nor keep a young one, and a young one found over a
   drone ends at once. In a stream's first 280 ms the drone check compares with the stream's
   first whole frame (>= 120 ms back, 1 dB); all along, a spectrum that has not moved by 0.5 dB
-  in 120 ms is a drone too.
-- stream start ("music"): a stream's first `start_hold_ms` (160 ms) pass untouched unless the
+  in 120 ms is a drone too; and a stream that opens on a drone is found from its 20 ms
+  spectra within 100 ms (`OpeningDrone`), before the early music bypass below can start.
+- stream start ("music"): a stream's first `start_hold_ms` (120 ms) pass untouched unless the
   classifier already says P(music) + P(speech over music) < `start_release` (0.2) or a drone
   is found; a music bypass that starts within it takes over. The classifier needs 100-200 ms
   of a stream to say music, and with DFN3 every hop of music denoised before that is lost
-  (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 160 ms of a line passed as it
+  (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 120 ms of a line passed as it
   is at a call's opening costs little (docs/bypass.md: the noisy-speech figures).
   See docs/bypass.md for the measurements behind these numbers.
 """
@@ -48,7 +49,13 @@ import numpy as np
 from denoiser.bypass.analysis import RATE, Decimator, SlidingSpectrum
 from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
 from denoiser.bypass.dtmf import DtmfReceiver
-from denoiser.bypass.features import FRAME_HOPS, STATIC_LAG, ContextFeatures, frames
+from denoiser.bypass.features import (
+    FRAME_HOPS,
+    STATIC_LAG,
+    ContextFeatures,
+    OpeningDrone,
+    frames,
+)
 from denoiser.bypass.tones import CallProgressDetector, FastToneCue, TonalDetector
 
 REASONS: tuple[str, ...] = ("dtmf", "call_progress", "tone", "music")
@@ -77,7 +84,7 @@ class BypassDetector:
     def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
                  classifier: MusicClassifier | None = None, use_music: bool = True,
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
-                 music_frames: int = frames(160), start_hold_ms: float = 160.0,
+                 music_frames: int = frames(160), start_hold_ms: float = 120.0,
                  start_release: float = 0.2) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
@@ -93,6 +100,7 @@ class BypassDetector:
         self._fast = FastToneCue(short)
         self.classifier = (classifier or default_classifier()) if use_music else None
         self._features = ContextFeatures(long)
+        self._opening = OpeningDrone(short)
         self.music_on, self.hold_on = music_on, hold_on
         self.music_off, self.music_frames = music_off, music_frames
         # A stream's first hops pass untouched until the classifier has had its say (module doc)
@@ -164,6 +172,9 @@ class BypassDetector:
             self._dtmf_hold = 25
         else:
             self._dtmf_hold = max(0, self._dtmf_hold - 1)
+        if self._opening.active and self.classifier is not None and self._opening.update():
+            self._since_static = 0  # the stream opens on a drone: the drone guard from now
+            self._starting = False
         if frame:
             self._last_frame_ms, self._frame_ms = self._frame_ms / FRAME_HOPS, 0.0
             self._cp_active = self._update_call_progress(self._cp.detect())

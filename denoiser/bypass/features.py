@@ -177,3 +177,50 @@ class ContextFeatures:
 
 
 N_FEATURES = N_GROUPS + 1 + 12 + 5
+
+
+class OpeningDrone:
+    """Does a stream open on a drone? From the 20 ms spectrum, every hop of its first 300 ms.
+
+    The 80 ms checks (`ContextFeatures.static_db`) need 200 ms of a stream before they can
+    compare frames, and the stream's early provisional music bypass can start before that: a
+    buzz or hum at a call's opening (the classifier calls it music) would be bypassed, and with
+    speech over it soon after, never found. Here the level-free mel spectrum of each 20 ms hop
+    is compared with the one 60 ms earlier: a drone does not move by 0.5 dB in two hops in a
+    row; in the first 300 ms of the twelve music clips of the evaluation the smallest such
+    change was 0.8 dB, and never twice in a row under 1.2 dB.
+    """
+
+    HOPS = 30  # looked at over a stream's first 300 ms
+    LAG = 6  # hops between the spectra compared
+    LIMIT_DB = 0.5
+    RUN = 2
+
+    def __init__(self, spec: SlidingSpectrum) -> None:
+        self.spec = spec
+        self._cols = spec.band(60, 7000)
+        self.fb = mel_filterbank(spec.freqs[self._cols]).astype(np.float64)
+        self._ring = np.zeros((self.LAG, N_MELS))
+        self._hops = 0
+        self._run = 0
+
+    @property
+    def active(self) -> bool:
+        return self._hops < self.HOPS
+
+    def update(self) -> bool:
+        """Per hop, after the 20 ms spectrum moved on: True when the stream opens on a drone."""
+        if self._hops >= self.HOPS:
+            return False
+        k = self._hops
+        self._hops += 1
+        lm = self.fb @ self.spec.power[self._cols]
+        lm += 1e-10
+        np.log10(lm, out=lm)
+        top = np.maximum(lm, lm.max() - 3.0)
+        slot = k % self.LAG
+        # hop 0's 20 ms window is half before the stream: compare from hop 1 + LAG on
+        still = k > self.LAG and 10.0 * float(np.abs(top - self._ring[slot]).max()) < self.LIMIT_DB
+        self._ring[slot] = top
+        self._run = self._run + 1 if still else 0
+        return self._run >= self.RUN
