@@ -323,7 +323,11 @@ class DenoisedStream:
             task, missing = self._request(raw)
         denoised = None
         if task is not None:
-            denoised, missing = await self._collect(task, need_output, sent)
+            # Without a deadline (offline: `denoise`, the evaluations) a warm request is awaited
+            # even when no hop needs it: a long bypass must not run ahead of the engine, whose
+            # backlog limit would then refuse the hops that do need it.
+            wait = need_output or self.deadline is None
+            denoised, missing = await self._collect(task, wait, sent)
         outs = []
         for i, (reason, delayed_raw) in enumerate(zip(reasons, delayed, strict=True)):
             hop_out = None if denoised is None else denoised[i * self.hop_size:

@@ -261,3 +261,31 @@ async def test_the_detector_runs_off_the_event_loop_and_in_order() -> None:
         await stream.process_hops(np.concatenate(hops[3:]))
     assert threading.get_ident() not in detector.threads
     assert detector.seen == [0, 1, 2, 3, 4, 5]
+
+
+class FirstHopsDetector:
+    """Keeps the original for the first `n` hops ("music"), then never."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def update(self, hop: np.ndarray) -> str | None:
+        self.n -= 1
+        return "music" if self.n >= 0 else None
+
+
+async def test_without_a_deadline_a_long_bypass_does_not_run_ahead_of_the_engine() -> None:
+    # Ticks held open 50 ms by a second stream, and room for only 4 waiting hops: a bypassed
+    # stretch that sent its warm requests without waiting for them would pile up past the
+    # limit, and the hops after it, which need the engine, would be refused ("engine_error").
+    x = sine(14)
+    async with LocalEngine(GainModel(gain=0.5), device="cpu", tick_deadline=0.05,
+                           max_pending_hops=4) as engine:
+        engine.open_stream("other")
+        stream = DenoisedStream(engine, "s", mode="auto", detector=FirstHopsDetector(10),
+                                deadline=None)
+        await run(stream, x)
+    # (the output hop after the bypass still carries bypassed input: GainModel's delay)
+    assert stream.counters["engine_error"] == 0
+    assert stream.counters["music"] + stream.counters["denoised"] == 14
+    assert stream.counters["denoised"] >= 3

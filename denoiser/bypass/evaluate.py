@@ -1,7 +1,7 @@
 """Measure the bypass: per-hop cost, and quality through the real `auto` pipeline.
 
     denoise-sfu eval --suite bypass [--out DIR] [--quick]
-    python -m denoiser.bypass.evaluate [--quick] [--out bypass_eval.json]
+    python -m denoiser.bypass.evaluate [--quick] [--kinds music,noisy_speech] [--out FILE]
 
 Every clip runs through `LocalEngine` + `DenoisedStream` exactly as `denoise --mode auto` runs
 it (the shipped DFN3 model on CPU, no deadline), once in `auto` and once in `on`; all streams
@@ -134,9 +134,14 @@ def announcement_clips(seed: int = 2) -> list[Clip]:
     return clips
 
 
-def all_clips(quick: bool = False) -> list[Clip]:
-    return (music_clips(quick) + tone_clips(quick) + speech_clips(8 if quick else 28)
-            + ([] if quick else announcement_clips()))
+KINDS = (*TONE_KINDS, "noisy_speech", "announcement")
+
+
+def all_clips(quick: bool = False, kinds: tuple[str, ...] = KINDS) -> list[Clip]:
+    """The evaluation's clips, or only those of `kinds` (to iterate on a part of the suite)."""
+    clips = (music_clips(quick) + tone_clips(quick) + speech_clips(8 if quick else 28)
+             + ([] if quick else announcement_clips()))
+    return [c for c in clips if c.kind in kinds]
 
 
 async def run_streams(model: object, jobs: list[tuple[np.ndarray, str]]
@@ -289,7 +294,8 @@ def format_summary(summary: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-async def evaluate(quick: bool = False, verbose: bool = True) -> dict[str, object]:
+async def evaluate(quick: bool = False, verbose: bool = True,
+                   kinds: tuple[str, ...] = KINDS) -> dict[str, object]:
     import torch
 
     from denoiser.models import load_default_model
@@ -299,7 +305,7 @@ async def evaluate(quick: bool = False, verbose: bool = True) -> dict[str, objec
     if verbose:
         print(json.dumps({"hop_cost": cost}), flush=True)
     model = load_default_model("cpu")
-    clips = all_clips(quick)
+    clips = all_clips(quick, kinds)
     t0 = time.monotonic()
     outs = await run_streams(model, [(c.audio, m) for c in clips for m in ("auto", "on")])
     rows = []
@@ -313,9 +319,10 @@ async def evaluate(quick: bool = False, verbose: bool = True) -> dict[str, objec
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def run(out: Path | None, quick: bool = False) -> dict[str, object]:
+def run(out: Path | None, quick: bool = False, kinds: tuple[str, ...] = KINDS
+        ) -> dict[str, object]:
     """Evaluate; print the rows, the per-type table and (last) the summary as one JSON line."""
-    report = asyncio.run(evaluate(quick))
+    report = asyncio.run(evaluate(quick, kinds=kinds))
     print(format_summary(report["summary"]))  # type: ignore[arg-type]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -330,8 +337,13 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer clips")
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help=f"comma-separated clip types among {','.join(KINDS)} (default: all)")
     args = ap.parse_args(argv)
-    run(args.out, args.quick)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not kinds or set(kinds) - set(KINDS):
+        ap.error(f"--kinds: choose among {','.join(KINDS)}")
+    run(args.out, args.quick, kinds)
     return 0
 
 
