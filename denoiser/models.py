@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -72,16 +73,25 @@ def load_dfn3(path: Path | None = None, device: torch.device | str = "cpu",
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def load_default_model(device: torch.device | str = "cpu",
-                       lookahead: int | None = None) -> StreamingModel:
-    """The default denoiser (DFN3 with its original weights) on `device`, ready for `step`.
+def weights_path(weights: str | Path | None = None) -> Path:
+    """The default model's weights: `weights`, else $DENOISE_SFU_MODEL_WEIGHTS, else the shipped
+    `models/dfn3.pt` (a relative name is looked up in `models/` when it is not a file)."""
+    chosen = weights or os.environ.get("DENOISE_SFU_MODEL_WEIGHTS") or DEFAULT_WEIGHTS
+    path = Path(chosen)
+    return path if path.is_file() or path.is_absolute() else MODELS_DIR / path
 
-    `lookahead` (hops, 0-2) trades quality for latency: 2 is DFN3's own (30 ms); 1 gives
-    20 ms with the same weights re-targeted, at a measured cost (models/MODEL_CARD.md).
+
+def load_default_model(device: torch.device | str = "cpu", lookahead: int | None = None,
+                       weights: str | Path | None = None) -> StreamingModel:
+    """The default denoiser on `device`, ready for `step`: DFN3 with its original weights unless
+    `weights` (or $DENOISE_SFU_MODEL_WEIGHTS) names another checkpoint (models/MODEL_CARD.md).
+
+    `lookahead` (hops, 0-2) trades quality for latency: None keeps the checkpoint's own (2 for
+    the original DFN3, 30 ms); other values re-target the same weights, at a measured cost.
     """
+    path = weights_path(weights)
     if lookahead is None:
-        return load_dfn3(device=device)
-    from denoiser.dfn3 import DFN3Config
-
-    config = DFN3Config(conv_lookahead=lookahead, df_lookahead=lookahead)
-    return load_dfn3(device=device, config=config)
+        return load_dfn3(path, device=device)
+    trained = checkpoint_config(torch.load(path, map_location="cpu", weights_only=True), path)
+    config = dataclasses.replace(trained, conv_lookahead=lookahead, df_lookahead=lookahead)
+    return load_dfn3(path, device=device, config=config)

@@ -8,6 +8,8 @@ original (and of the ONNX export), so weights load unchanged.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -46,7 +48,11 @@ class GroupedLinear(nn.Module):
             raise ValueError("features must divide into groups")
         self.groups = groups
         self.weight = nn.Parameter(
-            torch.zeros(groups, in_features // groups, out_features // groups))
+            torch.empty(groups, in_features // groups, out_features // groups))
+        # nn.Linear's default per group (DFN's kaiming_uniform, a=sqrt(5)); a zero start would
+        # leave every ReLU after it dead, so a network trained from scratch never learns.
+        bound = 1.0 / math.sqrt(in_features // groups)
+        nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]

@@ -34,3 +34,29 @@ def export_weights(model: StreamingModel, out: Path, settings: dict[str, object]
     torch.save(body, tmp)
     os.replace(tmp, path)
     return path
+
+
+def ship_weights(run_weights: Path, out: Path, note: str = "") -> Path:
+    """A run's exported weights as a shipped file: float16 (half the size; the engine computes
+    in float32 either way), the run's provenance kept, `note` added."""
+    body = torch.load(run_weights, map_location="cpu", weights_only=True)
+    body["state_dict"] = {k: v.half() if v.is_floating_point() else v
+                          for k, v in body["state_dict"].items()}
+    body.setdefault("provenance", {})["shipped"] = note
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(body, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description="ship a training run's weights (float16)")
+    parser.add_argument("run_weights", type=Path, help="a run's dfn3.pt")
+    parser.add_argument("out", type=Path, help="e.g. models/dfn3_la1.pt")
+    parser.add_argument("--note", default="", help="kept in the file's provenance")
+    args = parser.parse_args(argv)
+    print(ship_weights(args.run_weights, args.out, args.note))
+
+
+if __name__ == "__main__":
+    main()

@@ -69,8 +69,9 @@ class TrainSettings:
     loss: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"--init must be one of {INITS}, not {self.init!r}")
+        if self.init not in INITS and not self.init.endswith(".pt"):
+            raise ValueError(f"--init must be one of {INITS} or a weights file (.pt), "
+                             f"not {self.init!r}")
         for name in ("steps", "batch", "threads", "val_every", "val_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -113,11 +114,18 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     if settings.lookahead is not None:
         config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
                                      df_lookahead=settings.lookahead)
-    if init == "default":
-        # The shipped weights at this look-ahead: `load_dfn3` re-indexes the deep-filter taps so
-        # the output stays aligned at the new latency (see denoiser/dfn3/retarget.py).
-        from denoiser.models import load_dfn3
-        return load_dfn3(config=config).requires_grad_(True).train()
+    if init == "default" or init.endswith(".pt"):
+        # The shipped (or given) weights at this look-ahead: `load_dfn3` re-indexes the
+        # deep-filter taps so the output stays aligned at the new latency (dfn3/retarget.py).
+        from denoiser.models import load_dfn3, weights_path
+        path = weights_path(None if init == "default" else init)
+        if init != "default":  # a trained file carries its own size: keep it
+            from denoiser.models import checkpoint_config
+            trained = checkpoint_config(torch.load(path, map_location="cpu",
+                                                   weights_only=True), path)
+            config = dataclasses.replace(trained, conv_lookahead=config.conv_lookahead,
+                                         df_lookahead=config.df_lookahead)
+        return load_dfn3(path, config=config).requires_grad_(True).train()
     return DFN3(config)
 
 
