@@ -5,7 +5,7 @@ DTMF (exact, Q.24), call-progress tones (exact tone plans), sustained tones (sta
 peaks), a provisional tone bypass (fast 20 ms cue), music (the learned classifier). DTMF and the
 fast cue read a 20 ms spectrum every hop; call progress, sustained tones and the music features
 read an 80 ms spectrum once per 40 ms frame (`FRAME_HOPS` hops), and the classifier runs two
-hops later, so the costly work is spread thin (it runs on the SFU's event loop per stream).
+hops later, so the costly work is spread thin (one per stream, in a worker thread).
 Each has its own hysteresis so decisions do not flicker:
 
 - dtmf: on from the second hop in a row that holds the same dual tone (fast, so the digit's

@@ -57,7 +57,7 @@ class ContextFeatures:
     costs the same whatever the context length; they are recomputed exactly now and then against
     drift. The mel shape is kept coarse (6 groups of 4 bands) so that the model learns how music
     moves rather than the timbre of the few tracks it was trained on. Everything per frame is a
-    handful of whole-array numpy calls (the detector runs on the SFU's event loop per stream).
+    handful of whole-array numpy calls (every stream runs one, per hop).
     """
 
     n_hop = N_GROUPS + 6  # shape, flux, log flatness, peak ratio, persistence, log e, |delta e|
