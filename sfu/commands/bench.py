@@ -15,19 +15,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     from denoiser.bench_engine import register_bench_engine
 
     register_bench_engine(which)
+    # The SFU benches need the media stack (PyAV, aiortc); `bench engine` runs without it (a
+    # bare GPU box, a training machine).
     try:
         from sfu.bench_sfu import register_bench_sfu
     except ImportError as exc:
-        reason = str(exc)
-        sfu = which.add_parser("sfu", help="(unavailable)")
-        sfu.set_defaults(func=lambda _args: _unavailable(reason))
+        _register_unavailable(which, "sfu", str(exc))
     else:
         register_bench_sfu(which)
-    from sfu.bench_e2e import register_bench_e2e
+    try:
+        from sfu.bench_e2e import register_bench_e2e
+    except ImportError as exc:
+        _register_unavailable(which, "e2e", str(exc))
+    else:
+        register_bench_e2e(which)
 
-    register_bench_e2e(which)
+
+def _register_unavailable(which: argparse._SubParsersAction, name: str,  # type: ignore[type-arg]
+                          reason: str) -> None:
+    parser = which.add_parser(name, help="(unavailable)")
+    parser.set_defaults(func=lambda _args: _unavailable(name, reason))
 
 
-def _unavailable(reason: str) -> int:
-    print(f"error: bench sfu is unavailable: {reason}", file=sys.stderr)
+def _unavailable(name: str, reason: str) -> int:
+    print(f"error: bench {name} is unavailable: {reason}", file=sys.stderr)
     return 2
