@@ -4,7 +4,8 @@ A `StreamingModel` is causal: it consumes exactly one hop of 48 kHz mono audio p
 call and returns one hop, carrying everything it remembers in an explicit state: a dict of
 tensors whose first dimension is the batch (one row per stream). The engine keeps a table of
 such rows, one slot per live stream, gathers the rows of the streams in a tick, calls `step`
-once for the whole batch and scatters the new rows back.
+once for the whole batch and scatters the new rows back. When every stream of a tick brought
+several hops, it calls `step_many` once for all of them instead.
 
 Output sample `n` of a stream estimates the clean version of input sample
 `n - latency_samples`: the algorithmic latency (window minus hop, plus look-ahead) is a
@@ -39,6 +40,23 @@ class StreamingModel(nn.Module, ABC):
 
         Must not modify `state` in place: the engine scatters the returned rows into its table.
         """
+
+    def step_many(self, hops: Tensor, state: State) -> tuple[Tensor, State]:
+        """Denoise T consecutive hops per stream: `hops` is [B, T*hop_size]; returns
+        ([B, T*hop_size], the state after the last hop).
+
+        Equals calling `step` T times (this default does exactly that). The engine calls it when
+        every stream of a tick has T hops waiting (a 20 ms codec frame is two); models override
+        it where running T hops in one call costs less than T calls. Like `step`, it must not
+        modify `state` in place.
+        """
+        if hops.dim() != 2 or hops.shape[1] == 0 or hops.shape[1] % self.hop_size:
+            raise ValueError(f"expected hops [B, T*{self.hop_size}], got {tuple(hops.shape)}")
+        outputs = []
+        for hop in hops.split(self.hop_size, dim=1):
+            out, state = self.step(hop, state)
+            outputs.append(out)
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), state
 
     def forward(self, audio: Tensor) -> Tensor:
         """Offline: denoise whole signals [B, T] (T a multiple of hop_size) by stepping.

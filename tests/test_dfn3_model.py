@@ -88,6 +88,38 @@ def test_batch_equals_single_streams(model: DFN3, clip: np.ndarray) -> None:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("hops_per_call", [1, 2, 3])
+def test_step_many_equals_stepping(model: DFN3, clip: np.ndarray, hops_per_call: int) -> None:
+    """T hops in one `step_many` call give what T steps give (float32 rounding: the features of
+    T frames come out of one matmul), for a batch of different streams, leaving the state
+    passed in untouched; so does `process` over the same T hops."""
+    n = 30 * HOP
+    streams = torch.stack([torch.from_numpy(clip[:n]), torch.from_numpy(clip[n:2 * n]) * 0.3])
+    stepped_state, many_state, seq_state = (model.initial_state(2) for _ in range(3))
+    stepped, many, seq = [], [], []
+    chunk = hops_per_call * HOP
+    for i in range(0, n, chunk):
+        block = streams[:, i:i + chunk]
+        for hop in block.split(HOP, dim=1):
+            out, stepped_state = model.step(hop, stepped_state)
+            stepped.append(out)
+        passed_in = many_state
+        before = {k: v.clone() for k, v in passed_in.items()}
+        out, many_state = model.step_many(block, passed_in)
+        assert out.shape == block.shape
+        assert all(torch.equal(before[k], passed_in[k]) for k in before), i
+        many.append(out)
+        out, seq_state, _ = model.process(block, seq_state)
+        seq.append(out)
+    reference = torch.cat(stepped, dim=1)
+    for got in (torch.cat(many, dim=1), torch.cat(seq, dim=1)):
+        torch.testing.assert_close(got, reference, atol=1e-6, rtol=0)
+    for name, value in stepped_state.items():
+        torch.testing.assert_close(many_state[name], value, atol=1e-5, rtol=1e-5)
+    assert (reference[0] - reference[1]).abs().max() > 1e-3
+
+
+@torch.no_grad()
 def test_impulse_latency(model: DFN3, clip: np.ndarray) -> None:
     """A click rides on quiet noise (the model passes it, as it is not noise-like); the output's
     peak lands exactly latency_samples later, for several offsets within a hop."""

@@ -9,6 +9,7 @@ for tests of crossfades and alignment. Both delay their output by `delay` sample
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -100,3 +101,26 @@ def test_tiny_model_step_matches_offline_forward() -> None:
 def make_gain() -> GainModel:
     """Factory used by the CLI tests: half gain, half-hop latency (a known answer)."""
     return GainModel(delay=240, gain=0.5)
+
+
+def test_default_step_many_is_stepping() -> None:
+    """`StreamingModel.step_many`'s default runs `step` once per hop: exactly the same output
+    and state; a length that is not whole hops is refused."""
+    model = TinyConvGRU().eval()
+    audio = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 6 * HOP)) * 0.1)
+    audio = audio.float()
+    with torch.no_grad():
+        state = model.initial_state(2)
+        stepped = []
+        for hop in audio.split(HOP, dim=1):
+            out, state = model.step(hop, state)
+            stepped.append(out)
+        many_state = model.initial_state(2)
+        many = []
+        for block in audio.split(3 * HOP, dim=1):
+            out, many_state = model.step_many(block, many_state)
+            many.append(out)
+    assert torch.equal(torch.cat(many, dim=1), torch.cat(stepped, dim=1))
+    assert all(torch.equal(many_state[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match="expected hops"):
+        model.step_many(audio[:, :HOP + 1], model.initial_state(2))
