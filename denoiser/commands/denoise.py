@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="auto: keep music/tones/DTMF original; on: always denoise; off: bypass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--model", default="default",
-                   help="'default' (the shipped DFN3) or module:factory returning a "
-                        "StreamingModel")
+                   help="'default' (models/dfn3_la1.pt), a checkpoint (.pt path or a name "
+                        "in models/, e.g. dfn3.pt) or module:factory returning a StreamingModel")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"show a progress bar (default: for files over "
                         f"{PROGRESS_AFTER_SECONDS:.0f} s)")
@@ -50,12 +50,12 @@ def load_model(spec: str) -> Any:
     """The model named by `spec`: 'default' or 'package.module:factory'."""
     from denoiser.streaming import StreamingModel
 
-    if spec == "default":
+    if spec == "default" or spec.endswith(".pt"):
         from denoiser.models import load_default_model
 
         try:
-            return load_default_model()
-        except FileNotFoundError as exc:
+            return load_default_model(weights=None if spec == "default" else spec)
+        except (FileNotFoundError, ValueError) as exc:
             raise DenoiseError(str(exc)) from exc
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:

@@ -34,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated denoisers among {','.join(DENOISERS)} "
                         "(noisy and clean are always included)")
     p.add_argument("--lookahead", type=int, choices=(0, 1, 2), default=None,
-                   help="run ours at this model look-ahead (hops; default the model's own, 2) "
+                   help="run ours at this model look-ahead (hops; default the model's own) "
                         "[DENOISE_SFU_MODEL_LOOKAHEAD]")
+    p.add_argument("--model-weights", default=None,
+                   help="ours = this checkpoint (.pt path or a name in models/; default "
+                        "dfn3_la1.pt) [DENOISE_SFU_MODEL_WEIGHTS]")
     p.add_argument("--jobs", type=int, default=default_jobs(),
                    help="worker processes over clips (default: up to 2)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -71,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.lookahead is not None:
         os.environ["DENOISE_SFU_MODEL_LOOKAHEAD"] = str(args.lookahead)
+    if args.model_weights is not None:  # worker processes inherit it
+        os.environ["DENOISE_SFU_MODEL_WEIGHTS"] = str(Path(args.model_weights).resolve()
+                                                      if Path(args.model_weights).is_file()
+                                                      else args.model_weights)
     started = time.monotonic()
     try:
         folder, clips = build_devset(args.clips, args.seed, args.cache_dir)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from denoiser.dfn3.config import SIZES
 from denoiser.training.loop import INITS, TrainSettings
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainSettings)}
@@ -19,8 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", default=_DEFAULTS["run"], help="run name (folder under models/)")
     p.add_argument("--out", default="", help="run folder (default models/<run>)")
     p.add_argument("--data", default=_DEFAULTS["data"], help="corpus folder (clean/, noise/, rir/)")
-    p.add_argument("--init", choices=INITS, default=_DEFAULTS["init"],
-                   help="start from the shipped DFN3 weights, a fresh DFN3, or the tiny test model")
+    p.add_argument("--init", default=_DEFAULTS["init"],
+                   help=f"{'|'.join(INITS)} or a weights file (.pt): the default model's "
+                        "weights, a fresh network, the tiny test model, or a checkpoint")
+    p.add_argument("--size", default="dfn3", choices=sorted(SIZES),
+                   help="network size for --init scratch (dfn3 is the published one)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of a loss against the original DFN3's output (a teacher)")
     p.add_argument("--lookahead", type=int, default=None,
                    help="DFN3 look-ahead in hops (default: the model's own)")
     p.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="total optimiser steps")
@@ -50,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
             batch=args.batch, seconds=args.seconds, lr=args.lr, threads=args.threads,
             seed=args.seed, val_every=args.val_every, val_size=args.val_size,
             checkpoint_every=args.checkpoint_every, si_sdr_weight=args.si_sdr_weight,
-            fixed_batch=args.fixed_batch, lookahead=args.lookahead,
-            device=args.device)
+            fixed_batch=args.fixed_batch, lookahead=args.lookahead, size=args.size,
+            distill=args.distill, device=args.device)
         trainer = Trainer(settings, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"denoise-sfu train: {exc}", file=sys.stderr)

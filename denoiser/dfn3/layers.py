@@ -9,7 +9,6 @@ original (and of the ONNX export), so weights load unchanged.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 
 import torch

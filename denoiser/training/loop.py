@@ -115,23 +115,22 @@ def build_model(settings: TrainSettings) -> StreamingModel:
         config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
                                      df_lookahead=settings.lookahead)
     if init == "default" or init.endswith(".pt"):
-        # The shipped (or given) weights at this look-ahead: `load_dfn3` re-indexes the
-        # deep-filter taps so the output stays aligned at the new latency (dfn3/retarget.py).
-        from denoiser.models import load_dfn3, weights_path
+        # The default (or given) weights, with their own size and, unless asked otherwise, their
+        # own look-ahead: `load_dfn3` re-indexes the deep-filter taps so the output stays
+        # aligned at a new latency (see denoiser/dfn3/retarget.py).
+        from denoiser.models import checkpoint_config, load_dfn3, weights_path
         path = weights_path(None if init == "default" else init)
-        if init != "default":  # a trained file carries its own size: keep it
-            from denoiser.models import checkpoint_config
-            trained = checkpoint_config(torch.load(path, map_location="cpu",
-                                                   weights_only=True), path)
-            config = dataclasses.replace(trained, conv_lookahead=config.conv_lookahead,
-                                         df_lookahead=config.df_lookahead)
+        config = checkpoint_config(torch.load(path, map_location="cpu", weights_only=True), path)
+        if settings.lookahead is not None:
+            config = dataclasses.replace(config, conv_lookahead=settings.lookahead,
+                                         df_lookahead=settings.lookahead)
         return load_dfn3(path, config=config).requires_grad_(True).train()
     return DFN3(config)
 
 
 @functools.cache
 def shipped_teacher(device: str) -> StreamingModel:
-    """The shipped DFN3, frozen, as the teacher of distillation runs (one per process)."""
+    """The original DFN3 (look-ahead 2), frozen: the teacher of distillation runs."""
     from denoiser.models import load_dfn3
     return load_dfn3(device=device).requires_grad_(False).eval()
 
