@@ -37,9 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_CONCEALED_SAMPLES = SAMPLE_RATE // 10  # 100 ms
 # Wall seconds a packet may spend in the server (packet in -> packet out): DESIGN.md's budget
 # for everything but the model (tick wait <= 10 ms, forward <= 5 ms, decode and encode < 3 ms).
-# The model's algorithmic latency comes on top: 20 ms in the design; DFN3's default is 30 ms
-# (`serve --model-lookahead 1` gives 20 ms at a measured quality cost, models/MODEL_CARD.md).
-# Measured: giving the engine only what a 40 ms total leaves after DFN3's 30 ms (8 ms) sent
+# The model's algorithmic latency comes on top: 20 ms for the default model (DFN3 fine-tuned at
+# look-ahead 1), as in the design; 30 ms with the original DFN3 (models/MODEL_CARD.md).
+# Measured: giving the engine only what a 40 ms total leaves after a 30 ms model (8 ms) sent
 # 70-100 % of hops through undenoised on a 2-core machine (docs/latency.md).
 DEFAULT_LATENCY_BUDGET = 0.020
 ENCODE_MARGIN = 0.002  # kept back from the budget for encoding and fan-out
