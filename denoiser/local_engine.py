@@ -8,13 +8,18 @@ A tick closes when every live stream has a hop waiting, or `tick_deadline` secon
 first hop of the tick arrived, whichever comes first. It runs every hop waiting then (up to
 `MAX_ROUNDS_PER_TICK` per stream) as back-to-back rounds, each one batched gather ->
 `model.step` -> scatter over the streams that still have a hop, in a single worker thread so
-the event loop never blocks.
+the event loop never blocks. Consecutive rounds over exactly the same streams (the common case:
+every stream sent a 20 ms codec frame, two hops) run as one call, gather ->
+`model.step_many` over their T hops -> scatter, which costs less than T calls (`multi_hop`, on
+by default on CPU).
 Only that thread touches the table; the event loop keeps the bookkeeping (slots, queues, resets)
 and hands each tick a snapshot of what it needs.
 
 On CUDA the tick uses pinned, preallocated host buffers, optional float16, and one CUDA graph per
 batch bucket (the batch is padded up to the bucket with the scratch slot). The same code runs on
 CPU, where padding can be switched on to exercise it (`pad_to_bucket=True`) but graphs cannot.
+Graphs are captured for one hop per call, so on CUDA rounds always run one hop each (a graph
+replay already removes the per-operation cost that `step_many` saves on CPU).
 
 `half=True` puts the model's *parameters* in float16; its buffers, the state table and the audio
 stay float32. The model casts its network's activations to its weights' dtype (DFN3 does) and
@@ -107,7 +112,8 @@ class EngineStats:
 
     ticks: int = 0
     hops: int = 0
-    batch_sizes: Counter[int] = field(default_factory=Counter)
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # per round (one hop per stream)
+    hops_per_call: Counter[int] = field(default_factory=Counter)  # T of each model call
     errors: Counter[str] = field(default_factory=Counter)
     wait_ms: Series = field(default_factory=Series)
     forward_ms: Series = field(default_factory=Series)
@@ -116,6 +122,7 @@ class EngineStats:
     def snapshot(self) -> dict[str, Any]:
         return {"ticks": self.ticks, "hops": self.hops,
                 "batch_sizes": dict(sorted(self.batch_sizes.items())),
+                "hops_per_call": dict(sorted(self.hops_per_call.items())),
                 "errors": dict(self.errors), "wait_ms": self.wait_ms.summary(),
                 "forward_ms": self.forward_ms.summary(), "tick_ms": self.tick_ms.summary()}
 
@@ -161,7 +168,8 @@ class LocalEngine(Engine):
                  max_streams: int = 256, tick_deadline: float = 0.004, *,
                  initial_slots: int = 8, max_pending_hops: int = 200, half: bool = False,
                  cuda_graphs: bool = True, pad_to_bucket: bool | None = None,
-                 buckets: Sequence[int] | None = None, threads: int | None = None) -> None:
+                 buckets: Sequence[int] | None = None, threads: int | None = None,
+                 multi_hop: bool | None = None) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be >= 1")
         if tick_deadline < 0:
@@ -185,6 +193,9 @@ class LocalEngine(Engine):
             raise ValueError("the largest bucket must hold max_streams")
         self.pad_to_bucket = self.cuda if pad_to_bucket is None else bool(pad_to_bucket)
         self.use_graphs = bool(cuda_graphs) and self.cuda
+        if multi_hop and self.cuda:
+            raise ValueError("multi-hop calls run on CPU only (CUDA graphs are one hop per call)")
+        self.multi_hop = (not self.cuda) if multi_hop is None else bool(multi_hop)
         self.threads = threads
         self.stats = EngineStats()
 
@@ -377,8 +388,9 @@ class LocalEngine(Engine):
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         # A stream that sent several hops at once (a 20 ms codec frame is two) gets them all run
-        # in this tick, in back-to-back rounds of one batched step each: one trip to the
-        # worker thread and no second wait for the tick to fill.
+        # in this tick, in back-to-back rounds of one hop per stream each: one trip to the
+        # worker thread and no second wait for the tick to fill. Consecutive rounds over the
+        # same slots become one call of T hops.
         rounds: list[list[tuple[str, int, _Pending]]] = []
         while len(rounds) < MAX_ROUNDS_PER_TICK:
             batch = [(sid, s.slot, s.queue.popleft())
@@ -391,8 +403,8 @@ class LocalEngine(Engine):
         self._ready = sum(1 for s in self._streams.values() if s.queue)
         closed_at = loop.time()
         first = min(p.arrived for _, _, p in rounds[0])
-        work = [([slot for _, slot, _ in batch], np.stack([p.hop for _, _, p in batch]))
-                for batch in rounds]
+        calls = self._group_rounds(rounds)
+        work = [(slots, self._stack_hops(group)) for slots, group in calls]
         resets = sorted(self._resets)
         self._resets.clear()
         self._in_flight = True
@@ -416,15 +428,39 @@ class LocalEngine(Engine):
                 heapq.heappush(self._free, slot)
             self._closing.clear()
         forward_ms = (time.perf_counter() - start) * 1e3
-        for batch, out in zip(rounds, outs, strict=True):
-            self._answer(batch, out)
-            self.stats.hops += len(batch)
-            self.stats.batch_sizes[len(batch)] += 1
+        for (_, group), out in zip(calls, outs, strict=True):
+            self.stats.hops_per_call[len(group)] += 1
+            for k, batch in enumerate(group):
+                self._answer(batch, out[:, k * self.hop_size:(k + 1) * self.hop_size])
+                self.stats.hops += len(batch)
+                self.stats.batch_sizes[len(batch)] += 1
         now = loop.time()
         self.stats.ticks += 1
         self.stats.wait_ms.add((closed_at - first) * 1e3)
         self.stats.forward_ms.add(forward_ms)
         self.stats.tick_ms.add((now - first) * 1e3)
+
+    def _group_rounds(self, rounds: list[list[tuple[str, int, _Pending]]]
+                      ) -> list[tuple[list[int], list[list[tuple[str, int, _Pending]]]]]:
+        """(slots, rounds) per model call: consecutive rounds over the same slots (in the same
+        order: rounds list the streams in one fixed order) share a call when `multi_hop`."""
+        calls: list[tuple[list[int], list[list[tuple[str, int, _Pending]]]]] = []
+        for batch in rounds:
+            slots = [slot for _, slot, _ in batch]
+            if self.multi_hop and calls and calls[-1][0] == slots:
+                calls[-1][1].append(batch)
+            else:
+                calls.append((slots, [batch]))
+        return calls
+
+    @staticmethod
+    def _stack_hops(group: list[list[tuple[str, int, _Pending]]]) -> np.ndarray:
+        """The hops of T rounds over the same streams as [B, T*hop] (each row one stream's
+        hops in order)."""
+        if len(group) == 1:
+            return np.stack([p.hop for _, _, p in group[0]])
+        per_round = np.stack([np.stack([p.hop for _, _, p in batch]) for batch in group], axis=1)
+        return per_round.reshape(per_round.shape[0], -1)
 
     def _answer(self, batch: list[tuple[str, int, _Pending]], out: np.ndarray) -> None:
         finite = np.isfinite(out).all(axis=1)
@@ -497,16 +533,20 @@ class LocalEngine(Engine):
         raise EngineError(f"batch {batch} exceeds the largest bucket {self.buckets[-1]}")
 
     def _step_into(self, hops: Tensor, idx: Tensor) -> Tensor:
-        """Gather the slots' state, run one step, scatter the new state back; returns output."""
+        """Gather the slots' state, run one step (or `step_many` for hops [B, T*hop]), scatter
+        the new state back; returns output."""
         state = {name: t.index_select(0, idx) for name, t in self._table.items()}
-        out, new_state = self.model.step(hops, state)
+        if hops.shape[1] == self.hop_size:
+            out, new_state = self.model.step(hops, state)
+        else:
+            out, new_state = self.model.step_many(hops, state)
         for name, t in self._table.items():
             t.index_copy_(0, idx, new_state[name].to(t.dtype))
         return out
 
     def _run_tick(self, work: list[tuple[list[int], np.ndarray]], resets: list[int],
                   capacity: int) -> list[np.ndarray]:
-        """Each round is one batched step: (slots, hops[B, hop]) -> output[B, hop]."""
+        """Each call is one batched step: (slots, hops[B, T*hop]) -> output[B, T*hop]."""
         with self._on_device(), torch.inference_mode():
             self._ensure_table(capacity)
             if resets:  # one copy per state tensor, not per slot (a burst of opens on CUDA)
@@ -521,7 +561,7 @@ class LocalEngine(Engine):
         batch = len(slots)
         bucket = self._bucket(batch)
         padded = slots + [SCRATCH_SLOT] * (bucket - batch)
-        x = torch.zeros(bucket, self.hop_size, dtype=self.dtype)
+        x = torch.zeros(bucket, hops.shape[1], dtype=self.dtype)
         x[:batch] = torch.from_numpy(hops)
         idx = torch.tensor(padded, dtype=torch.long)
         out = self._step_into(x, idx)

@@ -249,3 +249,86 @@ def test_unbatched_capacity_is_what_fits_in_a_hop() -> None:
     assert unbatched_capacity(SleepyModel().eval(), reps=5) in (1, 2)
     assert unbatched_capacity(TinyConvGRU().eval(), reps=5, limit=40) <= 40
     assert unbatched_capacity(SleepyModel().eval(), share=0.001, reps=3) == 1  # never zero
+
+
+async def feed_all(engine: LocalEngine, inputs: list[np.ndarray],
+                   chunk_hops: int) -> list[np.ndarray]:
+    for i in range(len(inputs)):
+        engine.open_stream(f"s{i}")
+    return list(await asyncio.gather(*(feed(engine, f"s{i}", x, chunk_hops)
+                                       for i, x in enumerate(inputs))))
+
+
+@pytest.mark.parametrize("pad", [False, True])
+async def test_codec_frames_run_as_one_multi_hop_call(model: TinyConvGRU, pad: bool) -> None:
+    """N streams sending 20 ms frames (2 hops): each tick is one `step_many` call of 2 hops
+    over the batch, and the output is the same as with 1-hop requests and as each stream
+    alone (the tiny model's `step_many` is its steps: exactly equal)."""
+    n, hops = 5, 16
+    inputs = [audio(30 + i, hops) for i in range(n)]
+    results = {}
+    for chunk in (1, 2):
+        async with LocalEngine(model, device="cpu", max_streams=8, tick_deadline=0.05,
+                               pad_to_bucket=pad) as engine:
+            results[chunk] = await feed_all(engine, inputs, chunk)
+            stats = engine.stats.snapshot()
+        if chunk == 2:
+            assert stats["hops_per_call"].get(2, 0) >= hops // 2 - 1
+            assert stats["batch_sizes"].get(n, 0) >= hops - 2  # still counted per hop round
+    for i in range(n):
+        np.testing.assert_array_equal(results[2][i], results[1][i])
+        np.testing.assert_allclose(results[2][i], offline(model, inputs[i]), atol=2e-6,
+                                   rtol=1e-5)
+
+
+async def test_rounds_over_different_streams_are_not_merged(model: TinyConvGRU) -> None:
+    """a sends 3 hops, b 2: rounds [a b] [a b] [a]: one call of 2 hops, then one of 1;
+    with multi_hop off, three calls of one hop. Same output either way."""
+    a, b = audio(40, 3), audio(41, 2)
+    outs, per_call = [], []
+    for multi_hop in (True, False):
+        async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.05,
+                               multi_hop=multi_hop) as engine:
+            engine.open_stream("a")
+            engine.open_stream("b")
+            outs.append(await asyncio.gather(engine.process("a", a), engine.process("b", b)))
+            stats = engine.stats.snapshot()
+        assert stats["ticks"] == 1 and stats["batch_sizes"] == {2: 2, 1: 1}
+        per_call.append(stats["hops_per_call"])
+    assert per_call == [{2: 1, 1: 1}, {1: 3}]
+    for multi, single in zip(*outs, strict=True):
+        np.testing.assert_array_equal(multi, single)
+    np.testing.assert_allclose(outs[0][0], offline(model, a), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(outs[0][1], offline(model, b), atol=2e-6, rtol=1e-5)
+
+
+async def test_dfn3_codec_frames_equal_single_hops_and_streams_alone() -> None:
+    """The shipped DFN3 through the engine: three streams with 2-hop requests (one
+    `step_many` call per tick) give what 1-hop requests give and what each stream gives
+    stepped alone, within float32 rounding (its features of 2 frames come from one matmul)."""
+    from denoiser.dfn3.reference import noisy_example
+    from denoiser.models import load_default_model
+
+    model = load_default_model("cpu")
+    clip = noisy_example(1.0)
+    hops = 24
+    inputs = [clip[:hops * HOP], clip[hops * HOP:2 * hops * HOP] * 0.3,
+              clip[-hops * HOP:][::-1].copy()]
+    with torch.inference_mode():
+        alone = []
+        for x in inputs:
+            state, outs = model.initial_state(1), []
+            for hop in torch.from_numpy(x)[None].split(HOP, dim=1):
+                out, state = model.step(hop, state)
+                outs.append(out)
+            alone.append(torch.cat(outs, dim=1)[0].numpy())
+    results = {}
+    for chunk in (1, 2):
+        async with LocalEngine(model, device="cpu", max_streams=4, tick_deadline=0.05) as engine:
+            results[chunk] = await feed_all(engine, inputs, chunk)
+            calls = engine.stats.snapshot()["hops_per_call"]
+        assert calls.get(chunk, 0) >= hops // chunk - 1
+    for i in range(len(inputs)):
+        np.testing.assert_allclose(results[1][i], alone[i], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(results[2][i], alone[i], atol=1e-6, rtol=0)
+    assert np.abs(alone[0] - alone[1]).max() > 1e-3

@@ -93,9 +93,9 @@ def single(seed: int) -> np.ndarray:
         return torch.cat(outs, dim=1)[0].cpu().numpy()
 
 
-async def feed(engine: LocalEngine, sid: str, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([await engine.process(sid, x[i:i + HOP])
-                           for i in range(0, x.size, HOP)])
+async def feed(engine: LocalEngine, sid: str, x: np.ndarray, hops: int = 1) -> np.ndarray:
+    return np.concatenate([await engine.process(sid, x[i:i + hops * HOP])
+                           for i in range(0, x.size, hops * HOP)])
 
 
 def new_engine(**kwargs: Any) -> LocalEngine:
@@ -131,6 +131,26 @@ def test_batch_of_n_equals_n_single_streams() -> None:
         assert report(f"fp32 batched vs alone, stream {i}", snr_db(single(i), out)) >= FP32_DB
     # The streams differ, so equality above is not a constant output passing.
     assert snr_db(result["outs"][0], result["outs"][1]) < 10.0
+
+
+def test_codec_frames_equal_single_hops() -> None:
+    """20 ms requests (2 hops per call, what the SFU sends): on CUDA each tick runs two rounds
+    of one graphed hop; on CPU (ENGINE_TEST_DEVICE=cpu) one `step_many` call of 2 hops.
+    Either way the output is that of the streams alone."""
+    async def run() -> tuple[list[np.ndarray], dict[str, Any]]:
+        async with new_engine() as engine:
+            for i in range(N_STREAMS):
+                engine.open_stream(f"s{i}")
+            outs = await asyncio.gather(*(feed(engine, f"s{i}", x, hops=2)
+                                          for i, x in enumerate(inputs())))
+            return outs, engine.stats.snapshot()
+
+    outs, stats = asyncio.run(run())
+    assert stats["hops_per_call"] == ({1: HOPS} if ON_CUDA else {2: HOPS // 2})
+    assert not stats["errors"]
+    for i, out in enumerate(outs):
+        assert report(f"fp32 2-hop requests vs alone, stream {i}",
+                      snr_db(single(i), out)) >= FP32_DB
 
 
 def test_cuda_output_matches_cpu() -> None:
