@@ -1,15 +1,20 @@
 """`denoise-sfu bench engine`: how many real-time streams one core (or one GPU) denoises, batched.
 
-1. Capacity search (unpaced): with B streams each sending its next hop as soon as the last came
-   back, every tick is a full batch of B; `tick(B)` is the wall time per tick. B streams run in
-   real time when `tick(B) <= utilisation x hop` (default 0.8 x 10 ms: a loop at 100 % never
-   catches up after jitter). Doubling then bisection finds the largest such B:
-   `streams_per_core` (per GPU on CUDA). `capacity_streams_per_core` is the best `B * hop /
-   tick(B)` seen (throughput if latency did not matter); `single_stream_per_core` is `hop /
+Every request carries `--frame-hops` N hops of 10 ms (default 2: one 20 ms Opus frame, what the
+SFU sends; 1 gives the figure of one hop per request), so a stream sends one request per
+N x 10 ms, its `period`; the engine runs the N hops of a full tick as one `step_many` call on CPU
+(`--no-multi-hop`: N calls of one hop, for comparison). The JSON says which (`frame_hops`).
+
+1. Capacity search (unpaced): with B streams each sending its next request as soon as the last
+   came back, every tick is a full batch of B; `tick(B)` is the wall time per tick. B streams
+   run in real time when `tick(B) <= utilisation x period` (default 0.8 x 20 ms: a loop at
+   100 % never catches up after jitter). Doubling then bisection finds the largest such B:
+   `streams_per_core` (per GPU on CUDA). `capacity_streams_per_core` is the best `B * period /
+   tick(B)` seen (throughput if latency did not matter); `single_stream_per_core` is `period /
    tick(1)`, comparable with the anchors.
-2. Paced run at that load (or `--streams N`): every stream sends one hop per 10 ms at its own
-   random phase, as calls do; reports tick p50/p99 (first hop of a tick in -> results out), each
-   hop's wait p50/p99, batch sizes, and whether the engine kept up.
+2. Paced run at that load (or `--streams N`): every stream sends one request per period at its
+   own random phase, as calls do; reports tick p50/p99 (first hop of a tick in -> results out),
+   each request's wait p50/p99, batch sizes, and whether the engine kept up.
 3. Anchors, single stream, same process, same thread count: RNNoise and DFN3 (libdeepfilter)
    through `denoiser.anchors`: seconds of audio per CPU second.
 
@@ -31,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from denoiser.local_engine import LocalEngine, resolve_device
+from denoiser.local_engine import MAX_ROUNDS_PER_TICK, LocalEngine, resolve_device
 
 PROBE_SECONDS = 0.6
 TAIL_SECONDS = 2.0  # after the paced run, how long the last hops may take to come back
@@ -62,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-graphs", action="store_true", help="no CUDA graphs")
     p.add_argument("--anchors", action=argparse.BooleanOptionalAction, default=True,
                    help="also time RNNoise and DFN3 (libdeepfilter) single-stream")
+    p.add_argument("--frame-hops", type=int, default=2,
+                   help="hops of 10 ms per request (default 2: a 20 ms Opus frame, as the SFU "
+                        "sends; 1: one hop per request)")
+    p.add_argument("--multi-hop", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CPU, run a tick's frame as one step_many call (default) rather than "
+                        "one call per hop")
     p.add_argument("--probe-seconds", type=float, default=PROBE_SECONDS,
                    help=f"how long each batch size of the search is timed (default "
                         f"{PROBE_SECONDS:g})")
@@ -75,19 +86,22 @@ def _hops(n: int, hop: int, seed: int = 0) -> np.ndarray:
 
 
 def _engine(model: Any, args: argparse.Namespace, streams: int) -> LocalEngine:
+    cpu = resolve_device(args.device).type == "cpu"
     return LocalEngine(model, device=args.device, max_streams=max(1, streams),
                        initial_slots=max(1, streams), tick_deadline=args.tick_deadline,
-                       half=args.half, cuda_graphs=not args.no_graphs)
+                       half=args.half, cuda_graphs=not args.no_graphs,
+                       multi_hop=args.multi_hop if cpu else None)
 
 
 async def probe(model: Any, args: argparse.Namespace, batch: int) -> tuple[float, float]:
-    """Seconds per tick with `batch` streams always ready (every tick a full batch), and the
-    mean seconds of its forward part (the worker thread: copies, step, and on CUDA the sync)."""
+    """Seconds per tick with `batch` streams always ready (every tick a full batch of one
+    request of `args.frame_hops` hops per stream), and the mean seconds of its forward part
+    (the worker thread: copies, steps, and on CUDA the sync)."""
     async with _engine(model, args, batch) as engine:
         ids = [f"s{i}" for i in range(batch)]
         for sid in ids:
             engine.open_stream(sid)
-        hops = _hops(batch, engine.hop_size)
+        hops = _hops(batch, engine.hop_size * args.frame_hops)
 
         async def round_() -> None:
             await asyncio.gather(*(engine.process(sid, hops[i]) for i, sid in enumerate(ids)))
@@ -104,18 +118,19 @@ async def probe(model: Any, args: argparse.Namespace, batch: int) -> tuple[float
         return tick, (engine.stats.forward_ms.total - forward_before) / 1e3 / rounds
 
 
-async def search(model: Any, args: argparse.Namespace, hop_s: float,
+async def search(model: Any, args: argparse.Namespace, period_s: float,
                  limit: int) -> tuple[int, dict[int, float], dict[int, float]]:
-    """Largest batch whose tick fits in one hop, and every tick (and forward) time measured."""
+    """Largest batch whose tick fits in one request period (`utilisation` of it), and every
+    tick (and forward) time measured."""
     ticks: dict[int, float] = {}
     forwards: dict[int, float] = {}
 
     async def fits(b: int) -> bool:
         ticks[b], forwards[b] = await probe(model, args, b)
         print(f"  batch {b:5d}: {ticks[b] * 1e3:7.2f} ms/tick, forward "
-              f"{forwards[b] * 1e3:7.2f} ms ({b * hop_s / ticks[b]:.1f} streams of throughput)",
-              file=sys.stderr)
-        return ticks[b] <= args.utilisation * hop_s
+              f"{forwards[b] * 1e3:7.2f} ms ({b * period_s / ticks[b]:.1f} streams of "
+              f"throughput)", file=sys.stderr)
+        return ticks[b] <= args.utilisation * period_s
 
     if not await fits(1):
         b = 2  # nothing is real time; still measure what batching buys in throughput
@@ -142,14 +157,15 @@ async def search(model: Any, args: argparse.Namespace, hop_s: float,
 
 
 async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str, Any]:
-    """`streams` calls, one hop each per hop period at random phases, for `args.seconds`."""
+    """`streams` calls, one request of `args.frame_hops` hops each per period at random phases,
+    for `args.seconds`."""
     loop = asyncio.get_running_loop()
     async with _engine(model, args, streams) as engine:
-        hop_s = engine.hop_size / engine.sample_rate
+        period_s = args.frame_hops * engine.hop_size / engine.sample_rate
         ids = [f"s{i}" for i in range(streams)]
         for sid in ids:
             engine.open_stream(sid)
-        hops = _hops(streams, engine.hop_size, seed=1)
+        hops = _hops(streams, engine.hop_size * args.frame_hops, seed=1)
         for _ in range(3):
             await asyncio.gather(*(engine.process(s, hops[i]) for i, s in enumerate(ids)))
         engine.stats.tick_ms.recent.clear()
@@ -159,7 +175,7 @@ async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str,
         waits: list[float] = []
         failures = 0
         inflight: set[asyncio.Task[np.ndarray]] = set()
-        phases = np.random.default_rng(2).uniform(0, hop_s, streams)
+        phases = np.random.default_rng(2).uniform(0, period_s, streams)
         start = loop.time() + 0.05
         end = start + args.seconds
 
@@ -179,8 +195,8 @@ async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str,
                 task = asyncio.ensure_future(engine.process(ids[i], hops[i]))
                 inflight.add(task)
                 task.add_done_callback(lambda t, now=now: done(t, now))
-                sent += 1
-                due += hop_s
+                sent += args.frame_hops
+                due += period_s
             return sent
 
         sent = sum(await asyncio.gather(*(call(i) for i in range(streams))))
@@ -201,7 +217,7 @@ async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str,
             "forward_p50_ms": round(stats.forward_ms.percentile(50), 3),
             "forward_p99_ms": round(stats.forward_ms.percentile(99), 3),
             "kept_up": bool(backlog <= streams and failures == 0
-                            and np.percentile(wait_arr, 99) <= 2 * hop_s * 1e3),
+                            and np.percentile(wait_arr, 99) <= 2 * period_s * 1e3),
             # On CUDA: whether the graphs asked for were really used (capture can fall back).
             "graphs_used": bool(engine.use_graphs), "graph_error": engine.graph_error,
         }
@@ -242,28 +258,31 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model)
     device = resolve_device(args.device)
     limit = args.max_streams or (2048 if device.type == "cuda" else 256)
-    hop_s = model.hop_size / model.sample_rate
-    print(f"bench engine: {type(model).__name__} on {device}, {args.threads} torch thread(s)",
-          file=sys.stderr)
+    period_s = args.frame_hops * model.hop_size / model.sample_rate
+    multi_hop = args.multi_hop and device.type == "cpu"
+    print(f"bench engine: {type(model).__name__} on {device}, {args.threads} torch thread(s), "
+          f"{args.frame_hops} hop(s) per request ({period_s * 1e3:g} ms), multi-hop calls "
+          f"{'on' if multi_hop else 'off'}", file=sys.stderr)
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
               f"half={bool(args.half)}, graphs={not args.no_graphs}", file=sys.stderr)
-    best, ticks, forwards = await search(model, args, hop_s, limit)
+    best, ticks, forwards = await search(model, args, period_s, limit)
     load = args.streams if args.streams is not None else max(1, best)
     print(f"paced run: {load} streams for {args.seconds:g} s", file=sys.stderr)
     run_stats = await paced(model, args, load)
-    capacity = max(b * hop_s / t for b, t in ticks.items())
+    capacity = max(b * period_s / t for b, t in ticks.items())
     result: dict[str, Any] = {
         "bench": "engine", "model": type(model).__name__, "device": str(device),
         "unit": "gpu" if device.type == "cuda" else "core", "threads": args.threads,
         "half": bool(args.half), "tick_deadline_ms": args.tick_deadline * 1e3,
-        "utilisation": args.utilisation,
+        "utilisation": args.utilisation, "frame_hops": args.frame_hops,
+        "multi_hop": multi_hop,
         "cuda_graphs": device.type == "cuda" and not args.no_graphs,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "streams_per_core": best,
         "tick_p50_ms": run_stats.pop("tick_p50_ms"), "tick_p99_ms": run_stats.pop("tick_p99_ms"),
         "capacity_streams_per_core": round(capacity, 2),
-        "single_stream_per_core": round(hop_s / ticks[1], 2),
+        "single_stream_per_core": round(period_s / ticks[1], 2),
         "tick_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(ticks.items())},
         "forward_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(forwards.items())},
         "paced": run_stats,
@@ -286,9 +305,11 @@ def run(args: argparse.Namespace) -> int:
     from denoiser.engine import EngineError
 
     if (args.seconds <= 0 or (args.streams is not None and args.streams < 1)
-            or not 0 < args.utilisation <= 1 or args.probe_seconds <= 0):
-        print("error: --seconds and --probe-seconds must be > 0, --streams >= 1, "
-              "0 < --utilisation <= 1", file=sys.stderr)
+            or not 0 < args.utilisation <= 1 or args.probe_seconds <= 0
+            or not 1 <= args.frame_hops <= MAX_ROUNDS_PER_TICK):
+        print(f"error: --seconds and --probe-seconds must be > 0, --streams >= 1, "
+              f"0 < --utilisation <= 1, 1 <= --frame-hops <= {MAX_ROUNDS_PER_TICK}",
+              file=sys.stderr)
         return 2
     try:
         result = asyncio.run(_bench(args))
