@@ -186,7 +186,7 @@ class Trainer:
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
         if resume:
             self.load_checkpoint()
-            self._log({"kind": "resume", "step": self.step, "steps": s.steps})
+            self.log_record({"kind": "resume", "step": self.step, "steps": s.steps})
         (self.out / SETTINGS).write_text(json.dumps(asdict(s), indent=1))
 
     # -- data
@@ -316,7 +316,8 @@ class Trainer:
 
     # -- the run
 
-    def _log(self, record: dict[str, object]) -> None:
+    def log_record(self, record: dict[str, object]) -> None:
+        """Append one JSON line (with the time) to the run's train_log.jsonl."""
         record = {"time": round(time.time(), 3), **record}
         with open(self.out / LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -331,12 +332,12 @@ class Trainer:
         try:
             while self.step < stop:
                 record = self.train_step()
-                self._log(record)
+                self.log_record(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 bar.update(1)
                 if self.step % s.val_every == 0 or self.step == s.steps:
                     val = self.validate()
-                    self._log(val)
+                    self.log_record(val)
                     bar.write(json.dumps(val))
                 if self.step % s.checkpoint_every == 0 or self.step in (stop, s.steps):
                     self.save_checkpoint()

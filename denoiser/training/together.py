@@ -87,10 +87,10 @@ def train_together(trainers: list[Trainer], batches: Iterator[tuple[torch.Tensor
             teacher = trainers[0].teacher_target(noisy, clean)
         for t in trainers:
             if t.step < t.settings.steps:
-                t._log(t.train_step((noisy, clean), teacher))
+                t.log_record(t.train_step((noisy, clean), teacher))
                 if t.step % t.settings.val_every == 0:
                     val = t.validate()
-                    t._log(val)
+                    t.log_record(val)
                     print(t.settings.run, json.dumps(val), flush=True)
         step += 1
         if step == probe // 3:
@@ -100,7 +100,7 @@ def train_together(trainers: list[Trainer], batches: Iterator[tuple[torch.Tensor
             left = int(rate * (deadline - time.monotonic()) * 0.97)
             for t in trainers:
                 t.settings.steps = t.step + left
-                t._log({"kind": "schedule", "steps": t.settings.steps,
+                t.log_record({"kind": "schedule", "steps": t.settings.steps,
                         "steps_per_sec": round(rate, 3)})
             print(f"{rate:.2f} steps/s: {left} more steps per run", flush=True)
         if time.monotonic() >= next_export:
@@ -116,7 +116,7 @@ def finish(trainer: Trainer) -> Path:
     """End a run where it stands: final validation, checkpoint, exported weights."""
     trainer.settings.steps = trainer.step
     val = trainer.validate()
-    trainer._log(val)
+    trainer.log_record(val)
     print(trainer.settings.run, json.dumps(val), flush=True)
     trainer.save_checkpoint()
     (trainer.out / "settings.json").write_text(json.dumps(asdict(trainer.settings), indent=1))
