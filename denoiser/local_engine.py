@@ -220,6 +220,9 @@ class LocalEngine(Engine):
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.graph_error: str | None = None  # why graphs were given up, if they were
         self._io: dict[str, Tensor] = {}
+        # CPU: the state the last call returned, not yet scattered into the table, and the
+        # padded slot list it belongs to (see `_run_cpu`).
+        self._held: tuple[list[int], State] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -548,6 +551,8 @@ class LocalEngine(Engine):
                   capacity: int) -> list[np.ndarray]:
         """Each call is one batched step: (slots, hops[B, T*hop]) -> output[B, T*hop]."""
         with self._on_device(), torch.inference_mode():
+            if resets or capacity > self._table_slots:
+                self._write_back()
             self._ensure_table(capacity)
             if resets:  # one copy per state tensor, not per slot (a burst of opens on CUDA)
                 idx = torch.tensor(resets, dtype=torch.long, device=self.device)
@@ -558,14 +563,43 @@ class LocalEngine(Engine):
             return [run(slots, hops) for slots, hops in work]
 
     def _run_cpu(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
+        """One call on CPU. The new state stays held, not scattered: when the next call runs
+        the same slots (a steady load: every tick the same streams), it starts from the held
+        state, and neither the scatter nor the next gather happens. Anything else that reads
+        or writes the table (another slot list, resets, growth) writes the held state back
+        first. After a failed call nothing is held and those slots' rows are stale; the tick's
+        failure handling resets them."""
         batch = len(slots)
         bucket = self._bucket(batch)
         padded = slots + [SCRATCH_SLOT] * (bucket - batch)
-        x = torch.zeros(bucket, hops.shape[1], dtype=self.dtype)
-        x[:batch] = torch.from_numpy(hops)
-        idx = torch.tensor(padded, dtype=torch.long)
-        out = self._step_into(x, idx)
+        x = torch.from_numpy(hops)
+        if bucket > batch:
+            x = torch.cat([x, x.new_zeros(bucket - batch, x.shape[1])])
+        held, self._held = self._held, None
+        if held is not None and held[0] == padded:
+            state = held[1]
+        else:
+            if held is not None:
+                self._scatter(held[0], held[1])
+            idx = torch.tensor(padded, dtype=torch.long)
+            state = {name: t.index_select(0, idx) for name, t in self._table.items()}
+        if x.shape[1] == self.hop_size:
+            out, new_state = self.model.step(x, state)
+        else:
+            out, new_state = self.model.step_many(x, state)
+        self._held = (padded, new_state)
         return out[:batch].to(torch.float32).numpy().copy()
+
+    def _scatter(self, padded: list[int], state: State) -> None:
+        idx = torch.tensor(padded, dtype=torch.long, device=self.device)
+        for name, t in self._table.items():
+            t.index_copy_(0, idx, state[name].to(t.dtype))
+
+    def _write_back(self) -> None:
+        """Scatter the held state (if any) into the table."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._scatter(*held)
 
     def _run_cuda(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
         batch = len(slots)

@@ -332,3 +332,74 @@ async def test_dfn3_codec_frames_equal_single_hops_and_streams_alone() -> None:
         np.testing.assert_allclose(results[1][i], alone[i], atol=1e-6, rtol=0)
         np.testing.assert_allclose(results[2][i], alone[i], atol=1e-6, rtol=0)
     assert np.abs(alone[0] - alone[1]).max() > 1e-3
+
+
+async def test_streams_joining_mid_run_grow_the_table_under_held_state(
+        model: TinyConvGRU) -> None:
+    """Between calls over the same slots the engine holds the new state instead of scattering
+    it; a table growth (and a changed slot list) must write it back first."""
+    inputs = [audio(50 + i, 12) for i in range(5)]
+    async with LocalEngine(model, device="cpu", max_streams=8, initial_slots=2,
+                           tick_deadline=0.05) as engine:
+        engine.open_stream("s0")
+        engine.open_stream("s1")
+        heads = await asyncio.gather(*(feed(engine, f"s{i}", inputs[i][:6 * HOP], 2)
+                                       for i in range(2)))
+        for i in range(2, 5):
+            engine.open_stream(f"s{i}")
+        assert engine.capacity == 8
+        tails = await asyncio.gather(*(feed(engine, f"s{i}", inputs[i][6 * HOP:], 2)
+                                       for i in range(2)),
+                                     *(feed(engine, f"s{i}", inputs[i], 1) for i in range(2, 5)))
+    for i in range(2):
+        np.testing.assert_allclose(np.concatenate([heads[i], tails[i]]),
+                                   offline(model, inputs[i]), atol=2e-6, rtol=1e-5)
+    for i in range(2, 5):
+        np.testing.assert_allclose(tails[i], offline(model, inputs[i]), atol=2e-6, rtol=1e-5)
+
+
+class RaiseOnLoud(TinyConvGRU):
+    """Raises for a batch holding a hop that peaks above 10 (a model failing mid-run)."""
+
+    def step(self, hops, state):  # type: ignore[no-untyped-def]
+        if hops.abs().amax() > 10:
+            raise RuntimeError("boom")
+        return super().step(hops, state)
+
+
+async def test_a_failed_forward_fails_its_tick_and_resets_its_streams() -> None:
+    """Every stream of a failed tick gets the error and starts again from a fresh state (its
+    state, held or in the table, is unknown after the failure); later ticks run normally."""
+    model = RaiseOnLoud().eval()
+    x, y = audio(60, 6), audio(61, 6)
+    loud = np.full(2 * HOP, 20.0, dtype=np.float32)
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.05) as engine:
+        engine.open_stream("a")
+        engine.open_stream("b")
+        await asyncio.gather(feed(engine, "a", x, 2), feed(engine, "b", y, 2))
+        failed = await asyncio.gather(engine.process("a", loud), engine.process("b", x[:2 * HOP]),
+                                      return_exceptions=True)
+        assert all(isinstance(f, EngineError) and "forward failed" in str(f) for f in failed)
+        after = await asyncio.gather(feed(engine, "a", y, 2), feed(engine, "b", x, 2))
+        assert engine.stats.errors["forward"] == 1
+    np.testing.assert_allclose(after[0], offline(model, y), atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(after[1], offline(model, x), atol=2e-6, rtol=1e-5)
+
+
+async def test_a_reopened_slot_starts_fresh_in_the_same_batch(model: TinyConvGRU) -> None:
+    """a and b run together; b closes and c opens in b's slot: the next ticks run the very
+    same slot list, yet c must start from a fresh state, not from b's held one."""
+    x, y = audio(70, 8), audio(71, 8)
+    async with LocalEngine(model, device="cpu", max_streams=2, tick_deadline=0.05) as engine:
+        engine.open_stream("a")
+        engine.open_stream("b")
+        first_a, _ = await asyncio.gather(feed(engine, "a", x[:4 * HOP], 2),
+                                          feed(engine, "b", y[:4 * HOP], 2))
+        slot_b = engine._streams["b"].slot
+        engine.close_stream("b")
+        engine.open_stream("c")
+        assert engine._streams["c"].slot == slot_b
+        rest_a, out_c = await asyncio.gather(feed(engine, "a", x[4 * HOP:], 2),
+                                             feed(engine, "c", y, 2))
+    np.testing.assert_allclose(np.concatenate([first_a, rest_a]), offline(model, x), atol=2e-6)
+    np.testing.assert_allclose(out_c, offline(model, y), atol=2e-6)
