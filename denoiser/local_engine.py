@@ -13,7 +13,8 @@ every stream sent a 20 ms codec frame, two hops) run as one call, gather ->
 `model.step_many` over their T hops -> scatter, which costs less than T calls (`multi_hop`, on
 by default on CPU).
 Only that thread touches the table; the event loop keeps the bookkeeping (slots, queues, resets)
-and hands each tick a snapshot of what it needs.
+and hands each tick a snapshot of what it needs. On CPU the state a call returns is held rather
+than scattered while the next call runs the same slots (a steady load), see `_run_cpu`.
 
 On CUDA the tick uses pinned, preallocated host buffers, optional float16, and one CUDA graph per
 batch bucket (the batch is padded up to the bucket with the scratch slot). The same code runs on
@@ -128,9 +129,35 @@ class EngineStats:
 
 
 @dataclass
+class _Request:
+    """One `process` call: one future for all its hops (not one per hop and a gather: the
+    event loop's share of a tick grows with every future it resolves)."""
+
+    future: asyncio.Future[np.ndarray]
+    outs: list[np.ndarray | None]
+    remaining: int
+
+    def answer(self, index: int, out: np.ndarray) -> None:
+        """Hop `index` of the request came back; the last one resolves the future."""
+        if self.future.done():  # failed already, or a cancelled caller (its state still moved)
+            return
+        self.outs[index] = out
+        self.remaining -= 1
+        if not self.remaining:
+            outs = self.outs
+            self.future.set_result(outs[0] if len(outs) == 1  # type: ignore[arg-type]
+                                   else np.concatenate(outs))  # type: ignore[arg-type]
+
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass
 class _Pending:
     hop: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    request: _Request
+    index: int  # which hop of the request
     arrived: float
 
 
@@ -303,9 +330,7 @@ class LocalEngine(Engine):
 
     def _fail_queue(self, stream: _Stream, reason: str) -> None:
         while stream.queue:
-            pending = stream.queue.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(EngineError(reason))
+            stream.queue.popleft().request.fail(EngineError(reason))
 
     # -- requests --------------------------------------------------------------------------
 
@@ -343,20 +368,17 @@ class LocalEngine(Engine):
                               f"limit {self.max_pending_hops}")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        futures = []
+        request = _Request(loop.create_future(), [None] * hops, hops)
         was_idle = not stream.queue
+        owned = samples.reshape(hops, self.hop_size).copy()  # the caller may reuse its buffer
         for i in range(hops):
-            future: asyncio.Future[np.ndarray] = loop.create_future()
-            hop = samples[i * self.hop_size:(i + 1) * self.hop_size].copy()
-            stream.queue.append(_Pending(hop, future, now))
-            futures.append(future)
+            stream.queue.append(_Pending(owned[i], request, i, now))
         if was_idle:
             self._ready += 1
             # Wake the loop only to start a tick's deadline or to close a full tick.
             if self._ready == 1 or self._ready >= len(self._streams):
                 self._wake.set()
-        results = await asyncio.gather(*futures)
-        return results[0] if hops == 1 else np.concatenate(results)
+        return await request.future
 
     # -- the tick loop (event loop side) ---------------------------------------------------
 
@@ -422,8 +444,7 @@ class LocalEngine(Engine):
                 for sid, slot, pending in batch:
                     if sid in self._streams:
                         self._resets.add(slot)  # its state is unknown now
-                    if not pending.future.done():
-                        pending.future.set_exception(EngineError(f"forward failed: {exc}"))
+                    pending.request.fail(EngineError(f"forward failed: {exc}"))
             return
         finally:
             self._in_flight = False
@@ -472,11 +493,10 @@ class LocalEngine(Engine):
                 self.stats.errors["non_finite_output"] += 1
                 if sid in self._streams:
                     self._resets.add(slot)
-                if not pending.future.done():
-                    pending.future.set_exception(
-                        EngineError(f"model produced non-finite output for {sid!r}; state reset"))
-            elif not pending.future.done():  # a cancelled caller still advanced its state
-                pending.future.set_result(out[row])
+                pending.request.fail(
+                    EngineError(f"model produced non-finite output for {sid!r}; state reset"))
+            else:
+                pending.request.answer(pending.index, out[row])
 
     # -- the worker thread -----------------------------------------------------------------
 
