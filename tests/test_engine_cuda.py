@@ -281,7 +281,7 @@ def test_impulse_latency_is_the_declared_latency(half: bool) -> None:
             return outs, engine.latency_samples
 
     outs, latency = asyncio.run(run())
-    assert latency == 1440
+    assert latency in (960, 1440)  # the default weights: look-ahead 1 (20 ms) or 2 (30 ms)
     lags = [int(np.argmax(np.abs(y))) - offset for y, offset in zip(outs, offsets, strict=True)]
     print(f"FIGURE impulse lags (half={half}): {lags} samples, declared {latency}")
     assert lags == [latency] * len(offsets)
