@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hold-out-music", action="store_true",
                     help="ship the model validated above instead of retraining with all music")
+    ap.add_argument("--held-out-copy", type=Path, default=None,
+                    help="also keep the held-out model here (to evaluate it on the held-out "
+                         "music tracks)")
     args = ap.parse_args(argv)
     import torch
 
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from denoiser.bypass.classifier import MusicClassifier
 
     clf = MusicClassifier(args.out)  # validated on held-out tracks, speakers and noises
+    if args.held_out_copy is not None:
+        np.savez(args.held_out_copy, **weights)
     report: dict[str, object] = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "files": {k: {s: len(v[s]) for s in v} for k, v in split.items()},
