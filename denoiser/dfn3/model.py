@@ -144,7 +144,8 @@ class DFN3(StreamingModel):
         # Network inputs with their past frames prepended: [B, ctx + T, F(, C)].
         erb_in = torch.cat([f32["erb_ctx"], feat_erb], dim=1)
         spec_in = torch.cat([f32["spec_ctx"], torch.view_as_real(feat_cplx)], dim=1)
-        hidden = tuple(state[k].to(net_dtype) for k in ("h_enc", "h_erb", "h_df", "df_acc"))
+        hidden: _Hidden = (state["h_enc"].to(net_dtype), state["h_erb"].to(net_dtype),
+                           state["h_df"].to(net_dtype), state["df_acc"].to(net_dtype))
         run_network = self._network_by_frame if frame_by_frame else self._network
         gains, coefs, lsnr, (h_enc, h_erb, h_df, df_acc) = run_network(
             erb_in.to(net_dtype), spec_in.to(net_dtype), hidden)
