@@ -115,20 +115,16 @@ class DFN3(StreamingModel):
         return self.process(audio, state)[0]
 
     def step_many(self, hops: Tensor, state: State) -> tuple[Tensor, State]:
-        """T hops per stream in one call: the signal path (STFT, features, deep filter,
-        synthesis) runs over all T frames at once, the network one frame at a time through its
-        streaming path, so the output is that of T steps (see `process`)."""
-        out, new_state, _ = self.process(hops, state, frame_by_frame=True)
+        """T hops per stream in one call (`process`): the output is that of T steps."""
+        out, new_state, _ = self.process(hops, state)
         return out, new_state
 
-    def process(self, audio: Tensor, state: State, *,
-                frame_by_frame: bool = False) -> tuple[Tensor, State, Tensor]:
+    def process(self, audio: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
         """Any whole number of hops [B, T*hop] from `state` -> (out, new state, lsnr [B, T]).
 
-        The network runs over the T frames as a sequence (sequence GRUs, batched convs: the
-        offline and training path), or with `frame_by_frame` one frame per call as `step` runs
-        it: on CPU inference for a few frames that is the cheaper one (the sequence GRU and
-        the DF pathway's sequence form cost more per frame than their streaming forms).
+        The network runs over the T frames at once (batched convs; in inference the GRUs and
+        the DF pathway step through a few frames in their streaming form, which is cheaper on
+        CPU than their sequence form).
         """
         self._check(audio)
         cfg = self.cfg
@@ -146,8 +142,7 @@ class DFN3(StreamingModel):
         spec_in = torch.cat([f32["spec_ctx"], torch.view_as_real(feat_cplx)], dim=1)
         hidden: _Hidden = (state["h_enc"].to(net_dtype), state["h_erb"].to(net_dtype),
                            state["h_df"].to(net_dtype), state["df_acc"].to(net_dtype))
-        run_network = self._network_by_frame if frame_by_frame else self._network
-        gains, coefs, lsnr, (h_enc, h_erb, h_df, df_acc) = run_network(
+        gains, coefs, lsnr, (h_enc, h_erb, h_df, df_acc) = self._network(
             erb_in.to(net_dtype), spec_in.to(net_dtype), hidden)
 
         if self.output_delay:  # the network ran ahead of the frames it enhances: hold it back
@@ -197,20 +192,3 @@ class DFN3(StreamingModel):
         gains, h_erb = self.erb_dec(emb, e3, e2, e1, e0, h_erb)
         coefs, df_acc, h_df = self.df_dec(emb, c0, df_acc, h_df)
         return gains, coefs, lsnr, (h_enc, h_erb, h_df, df_acc)
-
-    def _network_by_frame(self, erb_in: Tensor, spec_in: Tensor,
-                          hidden: _Hidden) -> tuple[Tensor, Tensor, Tensor, _Hidden]:
-        """`_network` one frame at a time (each call sees its frame and the context before)."""
-        ctx_erb, ctx_spec = Encoder.erb_context, Encoder.spec_context
-        frames = erb_in.shape[1] - ctx_erb
-        if frames == 1:
-            return self._network(erb_in, spec_in, hidden)
-        gains, coefs, lsnr = [], [], []
-        for k in range(frames):
-            g, c, snr, hidden = self._network(erb_in[:, k:k + ctx_erb + 1],
-                                              spec_in[:, k:k + ctx_spec + 1], hidden)
-            gains.append(g)
-            coefs.append(c)
-            lsnr.append(snr)
-        return torch.cat(gains, 1), torch.cat(coefs, 1), torch.cat(lsnr, 1), hidden
-

@@ -183,6 +183,14 @@ class DfDecoder(nn.Module):
             y = proj[:, 0]
             y[:, :, :-1] += acc
             return y[:, :, :1].transpose(1, 2), y[:, :, 1:]
+        if not torch.is_grad_enabled() and t < kt:  # a few frames: the streaming form, per frame
+            outs = []
+            for k in range(t):
+                y = proj[:, k]
+                y[:, :, :-1] += acc
+                outs.append(y[:, :, 0])
+                acc = y[:, :, 1:]
+            return torch.stack(outs, 1), acc
         y = F.pad(acc, (0, 0, 0, t))  # [B, F, t + kt - 1, O], output frames then pending ones
         for j in range(kt):
             y = y + F.pad(proj[:, :, :, j].transpose(1, 2), (0, 0, j, kt - 1 - j))
