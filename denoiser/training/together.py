@@ -75,6 +75,7 @@ def export(trainer: Trainer) -> Path:
 def train_together(trainers: list[Trainer], batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                    budget: float, probe: int, device: torch.device,
                    export_every: float = 120.0) -> None:
+    """Step every run on each batch until `budget` seconds pass or every run is done."""
     started = time.monotonic()
     deadline = started + budget
     next_export = started + export_every
@@ -101,7 +102,7 @@ def train_together(trainers: list[Trainer], batches: Iterator[tuple[torch.Tensor
             for t in trainers:
                 t.settings.steps = t.step + left
                 t.log_record({"kind": "schedule", "steps": t.settings.steps,
-                        "steps_per_sec": round(rate, 3)})
+                              "steps_per_sec": round(rate, 3)})
             print(f"{rate:.2f} steps/s: {left} more steps per run", flush=True)
         if time.monotonic() >= next_export:
             next_export += export_every
