@@ -53,8 +53,9 @@ def load_dfn3(path: Path | None = None, device: torch.device | str = "cpu",
     """
     path = Path(path) if path is not None else MODELS_DIR / ORIGINAL_WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: run `python -m denoiser.dfn3.convert` to create it")
+        hint = (": run `python -m denoiser.dfn3.convert` to create it"
+                if path.name == ORIGINAL_WEIGHTS else "")
+        raise FileNotFoundError(f"model weights {path} are missing{hint}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path}: not a DFN3 checkpoint (no 'state_dict')")
