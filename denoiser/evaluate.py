@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from denoiser.metrics_quality import METRICS, MetricError, all_metrics, dnsmos_ovrl
+from denoiser.metrics_quality import METRICS, REPORTED, MetricError, all_metrics, dnsmos
 
 SAMPLE_RATE = 48_000
 NOISY, CLEAN = "noisy", "clean"
@@ -146,7 +146,7 @@ def _read(path: Path) -> np.ndarray:
 
 def _score(clean: np.ndarray | None, out: np.ndarray) -> dict[str, float | None]:
     if clean is None:
-        return {"pesq": None, "stoi": None, "si_sdr": None, "dnsmos_ovrl": dnsmos_ovrl(out)}
+        return {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(out)}
     return dict(all_metrics(clean, out))
 
 
@@ -169,8 +169,7 @@ def _evaluate_item(item: Item, keep_audio: bool) -> dict[str, Any]:
         if keep_audio:
             audio[name] = out
     if clean is not None:
-        scores[CLEAN] = {"pesq": None, "stoi": None, "si_sdr": None,
-                         "dnsmos_ovrl": dnsmos_ovrl(clean)}
+        scores[CLEAN] = {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(clean)}
         if keep_audio:
             audio[CLEAN] = clean
     return {"id": item.id, "conditions": item.conditions, "scores": scores, "audio": audio}
@@ -237,8 +236,8 @@ def summarise(results: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict
     order = system_order(systems)
 
     def means(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-        return {s: {m: _mean(r["scores"][s][m] for r in rows if s in r["scores"])
-                    for m in METRICS} for s in order}
+        return {s: {m: _mean(r["scores"][s].get(m) for r in rows if s in r["scores"])
+                    for m in REPORTED} for s in order}
 
     breakdowns: dict[str, dict[str, Any]] = {}
     keys = sorted({k for r in results for k in r["conditions"]})
@@ -286,8 +285,10 @@ def verdicts(results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list
 
 # -- presenting ------------------------------------------------------------------------------
 
-_LABELS = {"pesq": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR", "dnsmos_ovrl": "OVRL"}
-_FORMATS = {"pesq": "{:.2f}", "stoi": "{:.3f}", "si_sdr": "{:.1f}", "dnsmos_ovrl": "{:.2f}"}
+_LABELS = {"pesq": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR", "dnsmos_ovrl": "OVRL",
+           "dnsmos_bak": "BAK"}
+_FORMATS = {"pesq": "{:.2f}", "stoi": "{:.3f}", "si_sdr": "{:.1f}", "dnsmos_ovrl": "{:.2f}",
+            "dnsmos_bak": "{:.2f}"}
 
 
 def _cell(metric: str, value: float | None) -> str:
@@ -295,10 +296,11 @@ def _cell(metric: str, value: float | None) -> str:
 
 
 def format_table(means: dict[str, dict[str, float | None]], title: str) -> str:
-    header = f"{title:<24}" + "".join(f"{_LABELS[m]:>9}" for m in METRICS)
+    header = f"{title:<24}" + "".join(f"{_LABELS[m]:>9}" for m in REPORTED)
     lines = [header, "-" * len(header)]
     for system, row in means.items():
-        lines.append(f"{system:<24}" + "".join(f"{_cell(m, row[m]):>9}" for m in METRICS))
+        lines.append(f"{system:<24}" + "".join(f"{_cell(m, row.get(m)):>9}"
+                                                for m in REPORTED))
     return "\n".join(lines)
 
 

@@ -52,9 +52,21 @@ def test_dnsmos_ovrl_prefers_clean_speech(pair: tuple[np.ndarray, np.ndarray]) -
     assert 1.0 <= dnsmos_ovrl(noisy * 3) <= 5.0
 
 
+def test_dnsmos_bak_hears_the_background(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """BAK rates the background: clean speech scores far above the same speech in noise; the
+    OVRL it comes with is the one `dnsmos_ovrl` gives."""
+    from denoiser.metrics_quality import dnsmos
+    clean, noisy = pair
+    good, bad = dnsmos(clean), dnsmos(noisy)
+    assert 1.0 <= bad["dnsmos_bak"] < good["dnsmos_bak"] <= 5.0
+    assert good["dnsmos_bak"] - bad["dnsmos_bak"] > 0.5
+    assert good["dnsmos_ovrl"] == dnsmos_ovrl(clean)
+
+
 def test_all_metrics_keys(pair: tuple[np.ndarray, np.ndarray]) -> None:
     clean, noisy = pair
-    assert set(all_metrics(clean, noisy)) == {"pesq", "stoi", "si_sdr", "dnsmos_ovrl"}
+    assert set(all_metrics(clean, noisy)) == {"pesq", "stoi", "si_sdr", "dnsmos_ovrl",
+                                              "dnsmos_bak"}
 
 
 def test_clear_errors(pair: tuple[np.ndarray, np.ndarray]) -> None:
