@@ -556,13 +556,10 @@ class LocalEngine(Engine):
         raise EngineError(f"batch {batch} exceeds the largest bucket {self.buckets[-1]}")
 
     def _step_into(self, hops: Tensor, idx: Tensor) -> Tensor:
-        """Gather the slots' state, run one step (or `step_many` for hops [B, T*hop]), scatter
-        the new state back; returns output."""
+        """Gather the slots' state, run the hops [B, T*hop] (`step_many` is `step` for T = 1),
+        scatter the new state back; returns output."""
         state = {name: t.index_select(0, idx) for name, t in self._table.items()}
-        if hops.shape[1] == self.hop_size:
-            out, new_state = self.model.step(hops, state)
-        else:
-            out, new_state = self.model.step_many(hops, state)
+        out, new_state = self.model.step_many(hops, state)
         for name, t in self._table.items():
             t.index_copy_(0, idx, new_state[name].to(t.dtype))
         return out
@@ -603,10 +600,7 @@ class LocalEngine(Engine):
                 self._scatter(held[0], held[1])
             idx = torch.tensor(padded, dtype=torch.long)
             state = {name: t.index_select(0, idx) for name, t in self._table.items()}
-        if x.shape[1] == self.hop_size:
-            out, new_state = self.model.step(x, state)
-        else:
-            out, new_state = self.model.step_many(x, state)
+        out, new_state = self.model.step_many(x, state)
         self._held = (padded, new_state)
         return out[:batch].to(torch.float32).numpy().copy()
 
