@@ -181,7 +181,7 @@ class DenoisedStream:
 
     async def _collect(self, task: asyncio.Task[np.ndarray], wait: bool, sent: float
                        ) -> tuple[np.ndarray | None, str | None]:
-        """The engine's answer to a request sent at `sent` (loop time), or why it is missing."""
+        """The engine's answer to a request sent at `sent` (monotonic clock), or why not."""
         if not wait:
             self._keep_in_background(task)
             return None, None
