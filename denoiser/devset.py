@@ -24,6 +24,11 @@ Bands 0-5, 5-10 and 10-15 dB and interferer types `noise` (one dev noise recordi
 stratified: clip i gets type TYPES[i % 4] (noise twice as often) and band (i // 4) % 3.
 Sources shorter than the clip are looped from a random start.
 
+Version 2 (the default) draws the wanted speaker's utterances only from recordings that pass the
+reference screen (`denoiser.reference_screen`: DNSMOS BAK >= 3.5), because a "clean" reference
+that carries room noise scores a denoiser down for removing it; interfering talkers still come
+from every dev recording. Version 1 (no screen) stays reproducible: `min_reference_bak=None`.
+
 Most sources are 16 kHz and are upsampled x3 (polyphase) to 48 kHz: their "clean" reference
 then holds nothing above 8 kHz, so a model that leaves or invents energy there loses SI-SDR but
 not PESQ-WB/STOI/DNSMOS, which all look at <= 8 kHz.
@@ -48,11 +53,12 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from denoiser.paths import SHARED_DATA_DIR
+from denoiser.reference_screen import MIN_REFERENCE_BAK
 
 SAMPLE_RATE = 48_000
 DEV_PERCENT = 15
 SPLIT_SALT = "denoise-sfu-split-v1:"
-DEVSET_VERSION = 1
+DEVSET_VERSION = 2
 TYPES: tuple[str, ...] = ("noise", "babble", "noise", "talker")
 SNR_BANDS: tuple[tuple[float, float], ...] = ((0.0, 5.0), (5.0, 10.0), (10.0, 15.0))
 _TOP_DIRS = ("clean", "noise", "music", "rir")
@@ -175,18 +181,24 @@ def _loop(rng: np.random.Generator, audio: np.ndarray, length: int) -> np.ndarra
 
 
 def make_clip(seed: int, index: int, dev_speakers: dict[str, list[Path]],
-              dev_noises: list[Path]) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """Clean and noisy audio of clip `index` and its description (deterministic)."""
+              dev_noises: list[Path], references: dict[str, list[Path]] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """Clean and noisy audio of clip `index` and its description (deterministic).
+
+    The wanted speaker and its utterances come from `references` (default: `dev_speakers`),
+    competing talkers from `dev_speakers`.
+    """
+    references = dev_speakers if references is None else references
     rng = np.random.default_rng([seed, index])
     noise_type = TYPES[index % len(TYPES)]
     lo, hi = SNR_BANDS[(index // len(TYPES)) % len(SNR_BANDS)]
     snr = float(rng.uniform(lo, hi))
     length = int(rng.uniform(4.0, 6.0) * SAMPLE_RATE) // 480 * 480
-    names = sorted(dev_speakers)
+    names = sorted(references)
     speaker = names[int(rng.integers(len(names)))]
-    clean = _speech_of(rng, dev_speakers[speaker], length)
+    clean = _speech_of(rng, references[speaker], length)
     clean *= 10 ** (rng.uniform(-30.0, -20.0) / 20) / _rms(clean)
-    others = [n for n in names if n != speaker]
+    others = [n for n in sorted(dev_speakers) if n != speaker]
     if noise_type == "noise":
         folders = sorted({p.parent for p in dev_noises})
         folder = folders[int(rng.integers(len(folders)))]
@@ -222,15 +234,34 @@ def default_cache_dir() -> Path:
     return root / "devset"
 
 
-def build_devset(n_clips: int = 64, seed: int = 0,
-                 cache_dir: Path | None = None) -> tuple[Path, list[Clip]]:
+def screened_speakers(dev_speakers: dict[str, list[Path]],
+                      min_bak: float) -> dict[str, list[Path]]:
+    """Each speaker's recordings that pass the reference screen (speakers left empty dropped)."""
+    from denoiser.reference_screen import passing
+
+    kept = set(passing([f for files in dev_speakers.values() for f in files], min_bak))
+    out = {name: [f for f in files if f in kept] for name, files in dev_speakers.items()}
+    return {name: files for name, files in out.items() if files}
+
+
+def devset_name(seed: int, min_reference_bak: float | None) -> str:
+    """The cache folder of a dev set: `v1-seed0` (no screen) or `v2-bak3.5-seed0`."""
+    if min_reference_bak is None:
+        return f"v1-seed{seed}"
+    return f"v{DEVSET_VERSION}-bak{min_reference_bak:g}-seed{seed}"
+
+
+def build_devset(n_clips: int = 64, seed: int = 0, cache_dir: Path | None = None,
+                 min_reference_bak: float | None = MIN_REFERENCE_BAK,
+                 ) -> tuple[Path, list[Clip]]:
     """The first `n_clips` clips of the dev set of `seed`, generating the missing ones.
 
+    `min_reference_bak` screens the wanted speech (None: version 1, unscreened).
     Returns the folder holding the WAVs and `manifest.json`, and the clips.
     """
     if n_clips < 1:
         raise ValueError("n_clips must be at least 1")
-    folder = (cache_dir or default_cache_dir()) / f"v{DEVSET_VERSION}-seed{seed}"
+    folder = (cache_dir or default_cache_dir()) / devset_name(seed, min_reference_bak)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "manifest.json"
     known: dict[str, Clip] = {}
@@ -240,6 +271,7 @@ def build_devset(n_clips: int = 64, seed: int = 0,
             known[entry["id"]] = Clip(**entry)
     clips: list[Clip] = []
     dev_speakers: dict[str, list[Path]] | None = None
+    references: dict[str, list[Path]] = {}
     dev_noises: list[Path] = []
     for i in range(n_clips):
         clip_id = f"clip{i:04d}"
@@ -250,23 +282,30 @@ def build_devset(n_clips: int = 64, seed: int = 0,
         if dev_speakers is None:
             dev_speakers = speakers("dev")
             dev_noises = corpus_files("noise", "dev")
-            if len(dev_speakers) < 8 or not dev_noises:
+            references = (dev_speakers if min_reference_bak is None
+                          else screened_speakers(dev_speakers, min_reference_bak))
+            if len(references) < 8 or not dev_noises:
                 raise RuntimeError(f"too little dev material under {SHARED_DATA_DIR}: "
-                                   f"{len(dev_speakers)} speakers, {len(dev_noises)} noises")
-        clean, noisy, info = make_clip(seed, i, dev_speakers, dev_noises)
+                                   f"{len(references)} speakers with clean references, "
+                                   f"{len(dev_noises)} noises")
+        clean, noisy, info = make_clip(seed, i, dev_speakers, dev_noises, references)
         clip = Clip(id=clip_id, clean=f"{clip_id}_clean.wav", noisy=f"{clip_id}_noisy.wav",
                     **info)  # type: ignore[arg-type]
         sf.write(folder / clip.clean, clean, SAMPLE_RATE, subtype="FLOAT")
         sf.write(folder / clip.noisy, noisy, SAMPLE_RATE, subtype="FLOAT")
         known[clip_id] = clip
         clips.append(clip)
-    _write_manifest(manifest_path, seed, known.values())
+    _write_manifest(manifest_path, seed, known.values(), min_reference_bak)
     return folder, clips
 
 
-def _write_manifest(path: Path, seed: int, clips: Iterable[Clip]) -> None:
-    body = {"version": DEVSET_VERSION, "seed": seed, "sample_rate": SAMPLE_RATE,
+def _write_manifest(path: Path, seed: int, clips: Iterable[Clip],
+                    min_reference_bak: float | None) -> None:
+    body = {"version": 1 if min_reference_bak is None else DEVSET_VERSION, "seed": seed,
+            "sample_rate": SAMPLE_RATE,
             "split_rule": f"sha1({SPLIT_SALT!r}+group)[:8] % 100 < {DEV_PERCENT}",
+            "reference_screen": None if min_reference_bak is None
+            else f"DNSMOS BAK >= {min_reference_bak:g} (denoiser.reference_screen)",
             "clips": [asdict(c) for c in sorted(clips, key=lambda c: c.id)]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=1))

@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "writing bypass_eval.json to --out")
     p.add_argument("--clips", type=int, default=64, help="dev clips (default 64)")
     p.add_argument("--seed", type=int, default=0, help="dev-set seed (default 0)")
+    p.add_argument("--reference-min-bak", type=float, default=3.5,
+                   help="screen the wanted speech of the dev set: only recordings whose "
+                        "DNSMOS BAK reaches this are references (default 3.5, dev set v2; "
+                        "0: no screen, dev set v1; denoiser/reference_screen.py)")
     p.add_argument("--out", type=Path, default=Path("out/eval"),
                    help="folder for eval.json, spectrograms.png and WAVs (default out/eval)")
     p.add_argument("--systems", default=",".join(DENOISERS),
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                                       else args.model_weights)
     started = time.monotonic()
     try:
-        folder, clips = build_devset(args.clips, args.seed, args.cache_dir)
+        folder, clips = build_devset(args.clips, args.seed, args.cache_dir,
+                                     args.reference_min_bak or None)
         items = [Item(c.id, folder / c.noisy, folder / c.clean,
                       {"snr": c.snr_band, "noise": c.noise_type}) for c in clips]
         results = evaluate(items, systems, jobs=args.jobs, keep_audio_for=args.spectrograms,
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             out / "spectrograms.png", 48_000)
         print(f"spectrograms: {png}")
     report = {
-        "devset": {"folder": str(folder), "seed": args.seed, "clips": len(clips)},
+        "devset": {"folder": str(folder), "seed": args.seed, "clips": len(clips),
+                   "reference_min_bak": args.reference_min_bak or None},
         "systems": systems, "summary": summary, "verdicts": checks,
         "clips": [{k: v for k, v in r.items() if k != "audio"} for r in results],
         "seconds": round(time.monotonic() - started, 1),
