@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight of a loss against the original DFN3's output (a teacher)")
     p.add_argument("--lookahead", type=int, default=None,
                    help="DFN3 look-ahead in hops (default: the model's own)")
+    p.add_argument("--min-speech-bak", type=float, default=None,
+                   help="train only on speech whose DNSMOS BAK reaches this (3.5 drops the "
+                        "recordings with audible room noise; denoiser/reference_screen.py)")
     p.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="total optimiser steps")
     p.add_argument("--batch", type=int, default=_DEFAULTS["batch"])
     p.add_argument("--seconds", type=float, default=_DEFAULTS["seconds"], help="mix length")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, val_every=args.val_every, val_size=args.val_size,
             checkpoint_every=args.checkpoint_every, si_sdr_weight=args.si_sdr_weight,
             fixed_batch=args.fixed_batch, lookahead=args.lookahead, size=args.size,
-            distill=args.distill, device=args.device)
+            distill=args.distill, device=args.device,
+            min_speech_bak=args.min_speech_bak)
         trainer = Trainer(settings, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"denoise-sfu train: {exc}", file=sys.stderr)

@@ -100,9 +100,13 @@ def _audio_files(root: Path, kind: str) -> tuple[AudioFile, ...]:
 
 
 def scan(root: Path, split_fn: SplitFn | None = None, part: str = "train",
-         validation_share: float = 0.05) -> Corpus:
+         validation_share: float = 0.05, min_speech_bak: float | None = None) -> Corpus:
     """List the files of `root` for `part`: "train" (train split minus the validation share)
-    or "validation" (that share of the train speech; noises are shared)."""
+    or "validation" (that share of the train speech; noises are shared).
+
+    `min_speech_bak` keeps only the speech whose background passes the reference screen
+    (`denoiser.reference_screen`): a target with room noise in it teaches a noise floor.
+    """
     if part not in ("train", "validation"):
         raise ValueError(f"part must be 'train' or 'validation', not {part!r}")
     root = Path(root)
@@ -115,6 +119,11 @@ def scan(root: Path, split_fn: SplitFn | None = None, part: str = "train",
 
     speech = [f for f in files("clean")
               if _is_validation(f.path, root, validation_share) == (part == "validation")]
+    if min_speech_bak is not None:
+        from denoiser.reference_screen import passing
+
+        kept = set(passing([f.path for f in speech], min_speech_bak))
+        speech = [f for f in speech if f.path in kept]
     return Corpus(speech=speech, noise=files("noise"), rirs=files("rir"))
 
 

@@ -65,6 +65,7 @@ class TrainSettings:
     lookahead: int | None = None  # DFN3 look-ahead in hops; None keeps the model's own
     size: str = "dfn3"  # network size (denoiser.dfn3.config.SIZES); others start from scratch
     distill: float = 0.0  # weight of the loss against the shipped DFN3's output (a teacher)
+    min_speech_bak: float | None = None  # train only on speech passing the reference screen
     device: str = "cpu"
     loss: dict[str, object] = field(default_factory=dict)
 
@@ -164,9 +165,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
 
         data_root = Path(s.data)
-        self.mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "train"),
+        self.mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "train",
+                                                min_speech_bak=s.min_speech_bak),
                                    mixdata.MixConfig(seconds=s.seconds))
-        self.val_mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "validation"),
+        self.val_mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "validation",
+                                                    min_speech_bak=s.min_speech_bak),
                                        mixdata.MixConfig(seconds=s.seconds))
         torch.manual_seed(s.seed)
         random.seed(s.seed)

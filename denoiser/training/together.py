@@ -35,15 +35,18 @@ from denoiser.training.loop import Trainer, TrainSettings
 class MixStream(IterableDataset):
     """Endless batches of (noisy, clean) from the train split; each worker has its own seed."""
 
-    def __init__(self, data: Path, batch: int, seconds: float, seed: int, hop: int) -> None:
+    def __init__(self, data: Path, batch: int, seconds: float, seed: int, hop: int,
+                 min_speech_bak: float | None = None) -> None:
         super().__init__()
         self.data, self.batch, self.seconds, self.seed, self.hop = data, batch, seconds, seed, hop
+        self.min_speech_bak = min_speech_bak
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         torch.set_num_threads(1)
-        mixer = mixdata.Mixer(mixdata.scan(self.data, None, "train"),
+        mixer = mixdata.Mixer(mixdata.scan(self.data, None, "train",
+                                           min_speech_bak=self.min_speech_bak),
                               mixdata.MixConfig(seconds=self.seconds))
         rng = np.random.default_rng([self.seed, 7, worker])
         while True:
@@ -144,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     trainers = build_trainers(plan, args)
     hop = trainers[0].hop
-    loader = DataLoader(MixStream(args.data, plan["batch"], plan["seconds"], args.seed, hop),
+    stream = MixStream(args.data, plan["batch"], plan["seconds"], args.seed, hop,
+                       plan.get("min_speech_bak"))
+    loader = DataLoader(stream,
                         batch_size=None, num_workers=args.workers,
                         pin_memory=device.type == "cuda",
                         prefetch_factor=4 if args.workers else None,
