@@ -279,8 +279,22 @@ def verdicts(results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list
     worst = min(drops, key=lambda x: x[1]) if drops else (None, None)
     out.append({"rule": "must", "check": "ours STOI >= noisy STOI on every clip",
                 "pass": not below, "clips_below": len(below), "clips": len(drops),
+                "clips_below_by_0.001_or_less": sum(d >= -0.001 for _, d in below),
+                "clips_below_per_system": clips_below_noisy_stoi(results),
                 "worst_clip": worst[0], "worst_delta": worst[1]})
     return out
+
+
+def clips_below_noisy_stoi(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """For every denoiser: on how many clips its STOI is below the noisy input's."""
+    counts: dict[str, int] = {}
+    for r in results:
+        noisy = r["scores"][NOISY]["stoi"]
+        for system, scores in r["scores"].items():
+            if system in (NOISY, CLEAN) or noisy is None or scores["stoi"] is None:
+                continue
+            counts[system] = counts.get(system, 0) + (scores["stoi"] < noisy)
+    return counts
 
 
 # -- presenting ------------------------------------------------------------------------------
@@ -316,8 +330,12 @@ def format_report(summary: dict[str, Any], checks: Sequence[dict[str, Any]]) -> 
             extra = ""
             if "clips_below" in c:
                 delta = c["worst_delta"]
-                extra = (f" ({c['clips_below']}/{c['clips']} clips below; worst "
-                         f"{c['worst_clip']} {delta:+.3f})" if delta is not None else "")
+                extra = (f" ({c['clips_below']}/{c['clips']} clips below, "
+                         f"{c['clips_below_by_0.001_or_less']} of them by 0.001 or less; worst "
+                         f"{c['worst_clip']} {delta:+.3f}; every system: "
+                         + ", ".join(f"{k} {v}" for k, v in
+                                     c["clips_below_per_system"].items()) + ")"
+                         if delta is not None else "")
             lines.append(f"  [{mark}] {c['rule']}: {c['check']}{extra}")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

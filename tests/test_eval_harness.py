@@ -90,8 +90,11 @@ def test_summary_and_verdicts() -> None:
     stoi_check = checks["ours STOI >= noisy STOI on every clip"]
     assert not stoi_check["pass"] and stoi_check["clips_below"] == 1
     assert stoi_check["worst_clip"] == "b"
+    assert stoi_check["clips_below_by_0.001_or_less"] == 0
+    assert stoi_check["clips_below_per_system"] == {"ours": 1, "rnnoise": 2, "dfn3": 0}
     text = format_report(summary, list(checks.values()))
     assert "[FAIL] must: ours STOI >= noisy STOI" in text and "noise=babble (1)" in text
+    assert "every system: ours 1, rnnoise 2, dfn3 0" in text
 
 
 def test_bad_requests_are_refused(tmp_path: Path) -> None:
