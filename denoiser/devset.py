@@ -66,7 +66,7 @@ _TOP_DIRS = ("clean", "noise", "music", "rir")
 Split = Literal["train", "dev"]
 
 
-def _relative(path: str | os.PathLike[str]) -> Path:
+def corpus_relative(path: str | os.PathLike[str]) -> Path:
     """`path` relative to the corpus root, e.g. `clean/librispeech_train-clean-100/x.wav`."""
     p = Path(path)
     try:
@@ -83,7 +83,7 @@ def _relative(path: str | os.PathLike[str]) -> Path:
 
 def group_of(path: str | os.PathLike[str]) -> str:
     """The split group of a corpus file: its speaker, or its noise/music recording."""
-    rel = _relative(path)
+    rel = corpus_relative(path)
     top, folder, stem = rel.parts[0], rel.parts[1], Path(rel.parts[-1]).stem
     if top == "clean":
         if folder.startswith("librispeech"):
@@ -205,7 +205,7 @@ def make_clip(seed: int, index: int, dev_speakers: dict[str, list[Path]],
         pool = [p for p in dev_noises if p.parent == folder]
         picked = [pool[int(rng.integers(len(pool)))]]
         interferer = _loop(rng, load_48k(picked[0]), length)
-        sources = [str(_relative(p)) for p in picked]
+        sources = [str(corpus_relative(p)) for p in picked]
     else:
         count = int(rng.integers(3, 7)) if noise_type == "babble" else 1
         voices = [others[j] for j in rng.choice(len(others), size=count, replace=False)]

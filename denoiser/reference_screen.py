@@ -55,10 +55,10 @@ def recording_bak(path: Path) -> float | None:
 def _key(path: Path) -> str:
     """Corpus-relative name (`clean/<folder>/<file>.wav`, also for a packed FLAC / Ogg copy of
     a corpus), else the absolute path."""
-    from denoiser.devset import _relative
+    from denoiser.devset import corpus_relative
 
     try:
-        relative = _relative(path)
+        relative = corpus_relative(path)
     except ValueError:
         return str(Path(path).resolve())
     if relative.suffix.lower() in (".flac", ".ogg"):
