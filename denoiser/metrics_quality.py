@@ -117,21 +117,24 @@ def _dnsmos_session():  # -> onnxruntime.InferenceSession
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def dnsmos(est: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[str, float]:
-    """DNSMOS P.835 (non-intrusive, about 1 to 5): overall quality and background."""
+def dnsmos(est: np.ndarray, sample_rate: int = SAMPLE_RATE, hop_s: float = 1.0,
+           max_segments: int | None = None) -> dict[str, float]:
+    """DNSMOS P.835 (non-intrusive, about 1 to 5): overall quality and background.
+
+    Scored over 9.01 s segments every `hop_s` (speechmos's 1 s by default), at most
+    `max_segments` of them.
+    """
     audio = np.clip(to_16k(_mono(est, "estimate"), sample_rate), -1.0, 1.0).astype(np.float32)
     if audio.shape[0] < _DNSMOS_SR // 2:
         raise MetricError("DNSMOS needs at least 0.5 s of audio")
     seg_len = int(_DNSMOS_INPUT_S * _DNSMOS_SR)
     while audio.shape[0] < seg_len:  # speechmos tiles short clips the same way
         audio = np.append(audio, audio)
-    hops = int(np.floor(audio.shape[0] / _DNSMOS_SR) - _DNSMOS_INPUT_S) + 1
+    starts = range(0, audio.shape[0] - seg_len + 1, int(hop_s * _DNSMOS_SR))
     session = _dnsmos_session()
     ovrl, bak = [], []
-    for i in range(hops):
-        seg = audio[i * _DNSMOS_SR: i * _DNSMOS_SR + seg_len]
-        if seg.shape[0] < seg_len:
-            continue
+    for start in starts[:max_segments]:
+        seg = audio[start:start + seg_len]
         _sig, raw_bak, raw_ovr = session.run(None, {"input_1": seg[np.newaxis, :]})[0][0]
         ovrl.append(_DNSMOS_OVRL_POLY(raw_ovr))
         bak.append(_DNSMOS_BAK_POLY(raw_bak))

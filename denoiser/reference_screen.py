@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
 MIN_REFERENCE_BAK = 3.5
@@ -34,22 +33,13 @@ _MAX_SEGMENTS = 4  # long recordings: the first 36 s are enough to judge the bac
 
 def recording_bak(path: Path) -> float | None:
     """DNSMOS BAK of one recording (None when it is shorter than 0.5 s)."""
-    from denoiser.metrics_quality import _DNSMOS_BAK_POLY, _dnsmos_session, to_16k
+    from denoiser.metrics_quality import dnsmos
 
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = to_16k(audio.mean(axis=1), rate).astype(np.float32)
-    if audio.shape[0] < 8000:
+    if audio.shape[0] < rate // 2:
         return None
-    length = int(_SEGMENT_S * 16000)
-    while audio.shape[0] < length:  # short utterances are tiled, as DNSMOS does
-        audio = np.append(audio, audio)
-    session = _dnsmos_session()
-    scores = []
-    for i in range(min(_MAX_SEGMENTS, audio.shape[0] // length)):
-        _sig, raw_bak, _ovr = session.run(
-            None, {"input_1": audio[i * length:(i + 1) * length][np.newaxis, :]})[0][0]
-        scores.append(float(_DNSMOS_BAK_POLY(raw_bak)))
-    return float(np.mean(scores))
+    scores = dnsmos(audio.mean(axis=1), rate, hop_s=_SEGMENT_S, max_segments=_MAX_SEGMENTS)
+    return scores["dnsmos_bak"]
 
 
 def _key(path: Path) -> str:
