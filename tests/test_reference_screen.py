@@ -83,7 +83,7 @@ def test_dev_set_v2_draws_wanted_speech_only_from_screened_recordings(
 
 
 def test_dev_set_versions_live_in_their_own_folders(tmp_path: Path) -> None:
-    folder, clips = build_devset(2, seed=0, cache_dir=tmp_path)
+    folder, _clips = build_devset(2, seed=0, cache_dir=tmp_path)
     assert folder.name == "v2-bak3.5-seed0"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["version"] == 2 and "BAK >= 3.5" in manifest["reference_screen"]
@@ -96,7 +96,6 @@ def test_dev_set_versions_live_in_their_own_folders(tmp_path: Path) -> None:
     assert v1[1].sources[:2] == ("librispeech:4640", "asterisk:June")
     rms = [float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) for x in first]
     assert rms == pytest.approx([0.03383043564887094, 0.039345978746411124], rel=1e-5)
-    assert clips[0].id == v1[0].id
 
 
 def test_training_can_leave_out_targets_with_room_noise() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from denoiser.evaluate import DENOISERS, default_jobs
+    from denoiser.reference_screen import MIN_REFERENCE_BAK
 
     p = subparsers.add_parser(
         "eval", help="measure quality against RNNoise and DFN3 on the dev set",
@@ -28,9 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "writing bypass_eval.json to --out")
     p.add_argument("--clips", type=int, default=64, help="dev clips (default 64)")
     p.add_argument("--seed", type=int, default=0, help="dev-set seed (default 0)")
-    p.add_argument("--reference-min-bak", type=float, default=3.5,
+    p.add_argument("--reference-min-bak", type=float, default=MIN_REFERENCE_BAK,
                    help="screen the wanted speech of the dev set: only recordings whose "
-                        "DNSMOS BAK reaches this are references (default 3.5, dev set v2; "
+                        f"DNSMOS BAK reaches this are references (default {MIN_REFERENCE_BAK:g}, "
+                        "dev set v2; "
                         "0: no screen, dev set v1; denoiser/reference_screen.py)")
     p.add_argument("--out", type=Path, default=Path("out/eval"),
                    help="folder for eval.json, spectrograms.png and WAVs (default out/eval)")
