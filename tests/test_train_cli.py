@@ -19,10 +19,11 @@ ARGS = ["train", "--init", "tiny", "--batch", "1", "--seconds", "0.3", "--thread
 
 def test_train_command_runs_resumes_and_exports(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert main([*ARGS, "--steps", "1", "--out", str(out)]) == 0
+    assert main([*ARGS, "--steps", "1", "--out", str(out), "--pause-share", "0.5"]) == 0
     assert main([*ARGS, "--steps", "2", "--out", str(out), "--resume"]) == 0
     settings = json.loads((out / "settings.json").read_text())
     assert settings["init"] == "tiny" and settings["steps"] == 2
+    assert settings["pause_share"] == 0.5
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
     weights = torch.load(out / "dfn3.pt", weights_only=True)

@@ -178,3 +178,41 @@ def test_bad_input_is_refused(tmp_path) -> None:
         data.scan(tmp_path)
     with pytest.raises(ValueError):
         data.mix_at_snr(np.zeros(10, np.float32), np.ones(10, np.float32), 0.0)
+
+
+def test_a_pause_leaves_the_noise_alone_for_its_length(corpus: data.Corpus) -> None:
+    """With `p_pause`, the target is silent over one span of the drawn length while the noisy
+    input still carries the noise there; at least `min_speech_seconds` of speech remains."""
+    cfg = data.MixConfig(seconds=3.0, p_pause=1.0, augment=aug.AugmentConfig.none())
+    mixer = data.Mixer(corpus, cfg)
+    rng = np.random.default_rng(11)
+    hop = 480
+    lengths = []
+    for _ in range(6):
+        ex = mixer.draw(rng)
+        pause = float(ex.meta["pause_s"])
+        frames = ex.clean[: len(ex.clean) // hop * hop].reshape(-1, hop)
+        silent = np.abs(frames).max(axis=1) == 0.0
+        # The longest run of silent 10 ms frames covers the pause (less its two 10 ms fades,
+        # plus a frame either side it may straddle) and can only be longer by joined gaps.
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, silent.astype(int), 0])))[::2]
+        assert runs.max() >= round(pause * 100) - 4
+        assert cfg.pause_seconds[0] <= pause <= cfg.pause_seconds[1] + 1e-9
+        assert pause <= cfg.seconds - cfg.min_speech_seconds + 1e-9
+        noise_there = ex.noisy - ex.clean
+        assert aug.power(noise_there[:len(silent) * hop].reshape(-1, hop)[silent]) > 0
+        assert snr_db(ex.clean, ex.noisy - ex.clean) == pytest.approx(ex.snr_db, abs=0.05)
+        lengths.append(pause)
+    assert np.ptp(lengths) > 0.3  # drawn, not a constant
+
+
+def test_no_pause_share_draws_the_same_data_as_before(corpus: data.Corpus) -> None:
+    """`p_pause=0` takes nothing from the random stream: a run's data (and a resumed run's
+    replay) does not change with the option's arrival."""
+    base = data.Mixer(corpus, data.MixConfig(seconds=1.0)).draw(np.random.default_rng(3))
+    again = data.Mixer(corpus, data.MixConfig(seconds=1.0, p_pause=0.0)).draw(
+        np.random.default_rng(3))
+    paused = data.Mixer(corpus, data.MixConfig(seconds=1.0, p_pause=1.0)).draw(
+        np.random.default_rng(3))
+    assert np.array_equal(base.noisy, again.noisy) and "pause_s" not in base.meta
+    assert not np.array_equal(base.clean, paused.clean)

@@ -79,6 +79,9 @@ def test_settings_are_checked() -> None:
         TrainSettings(lookahead=-1)
     with pytest.raises(ValueError, match="bad device"):
         TrainSettings(device="toaster")
+    with pytest.raises(ValueError, match="pause_share"):
+        TrainSettings(pause_share=1.5)
+    assert TrainSettings(pause_share=0.25).mix_config().p_pause == 0.25
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:

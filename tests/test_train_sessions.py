@@ -89,6 +89,21 @@ def test_together_steps_every_run_on_the_same_batches(tmp_path: Path) -> None:
 
 
 @needs_corpus
+def test_a_plans_data_keys_reach_every_run(tmp_path: Path) -> None:
+    """One stream of mixes feeds all runs of a plan: the plan's screen and pause share are
+    each run's settings too, so that its validation mixes are drawn alike and its
+    settings.json says what it was trained on."""
+    plan = {"batch": 1, "seconds": 0.5, "min_speech_bak": 3.5, "pause_share": 0.5, "runs": [
+        {"run": "a", "init": "tiny", "steps": 1, "val_size": 1},
+        {"run": "b", "init": "tiny", "steps": 1, "val_size": 1}]}
+    args = argparse.Namespace(data=SHARED_DATA_DIR, device="cpu", seed=0, threads=1,
+                              out=tmp_path)
+    for trainer in together.build_trainers(plan, args):
+        assert trainer.settings.min_speech_bak == 3.5
+        assert trainer.val_mixer.config.p_pause == 0.5
+
+
+@needs_corpus
 def test_distillation_target_is_aligned_with_the_clean_signal(tmp_path: Path) -> None:
     trainer = Trainer(TrainSettings(run="d", out=str(tmp_path), init="tiny", batch=1,
                                     seconds=1.0, val_size=1, threads=1), progress=False)

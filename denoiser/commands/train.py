@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-speech-bak", type=float, default=None,
                    help="train only on speech whose DNSMOS BAK reaches this (3.5 drops the "
                         "recordings with audible room noise; denoiser/reference_screen.py)")
+    p.add_argument("--pause-share", type=float, default=_DEFAULTS["pause_share"],
+                   help="share of mixes in which the talker pauses for 0.5-2 s, leaving noise "
+                        "alone (default 0)")
     p.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="total optimiser steps")
     p.add_argument("--batch", type=int, default=_DEFAULTS["batch"])
     p.add_argument("--seconds", type=float, default=_DEFAULTS["seconds"], help="mix length")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every, si_sdr_weight=args.si_sdr_weight,
             fixed_batch=args.fixed_batch, lookahead=args.lookahead, size=args.size,
             distill=args.distill, device=args.device,
-            min_speech_bak=args.min_speech_bak)
+            min_speech_bak=args.min_speech_bak, pause_share=args.pause_share)
         trainer = Trainer(settings, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"denoise-sfu train: {exc}", file=sys.stderr)

@@ -28,6 +28,7 @@ import soundfile as sf
 from denoiser.training import augment as aug
 
 SAMPLE_RATE = aug.SAMPLE_RATE
+PAUSE_FADE = SAMPLE_RATE // 100  # 10 ms
 SplitFn = Callable[[Path], str]
 
 
@@ -172,6 +173,13 @@ class MixConfig:
     babble_speakers: tuple[int, int] = (1, 5)  # 1: a competing talker
     p_synthetic_noise: float = 0.2
     fullband_share: float = 0.3  # probability of drawing 48 kHz speech when there is any
+    # A talker's pause: the speech (and so the target) is silent for a span, leaving noise
+    # alone for longer than the short gaps between joined utterances. Calls have pauses of
+    # seconds, in which the normalisations settle on the noise: a model that never sees one
+    # learns to leave a noise floor there. 0 draws nothing (earlier runs' data unchanged).
+    p_pause: float = 0.0
+    pause_seconds: tuple[float, float] = (0.5, 2.0)
+    min_speech_seconds: float = 0.5  # what a pause leaves of the speech, at least
     augment: aug.AugmentConfig = field(default_factory=aug.AugmentConfig)
 
 
@@ -220,6 +228,24 @@ class Mixer:
         x = np.concatenate(pieces)[: self.length]
         return x, first
 
+    def _pause(self, speech: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """`speech` silent over one random span (10 ms fades at its edges, so no click is
+        left in the target) and the span's length in seconds; what remains is at least
+        `min_speech_seconds` long, so the mix still has speech to set its SNR on."""
+        cfg = self.config
+        longest = self.length - round(cfg.min_speech_seconds * SAMPLE_RATE)
+        n = min(round(float(rng.uniform(*cfg.pause_seconds)) * SAMPLE_RATE), longest)
+        if n <= 0:
+            return speech, 0.0
+        start = int(rng.integers(0, self.length - n + 1))
+        fade = min(PAUSE_FADE, n // 2)
+        gain = np.ones(self.length, np.float32)
+        gain[start:start + n] = 0.0
+        ramp = np.linspace(1.0, 0.0, fade, dtype=np.float32)
+        gain[start:start + fade] = ramp
+        gain[start + n - fade:start + n] = ramp[::-1]
+        return speech * gain, n / SAMPLE_RATE
+
     def _noise(self, rng: np.random.Generator, exclude: AudioFile, band_hz: float) -> tuple[
             np.ndarray, list[str]]:
         cfg, n = self.config, self.length
@@ -266,6 +292,12 @@ class Mixer:
         speech, f = self._speech(rng)
         if aug.power(speech) <= 0:
             speech, f = self._speech(rng)
+        if cfg.p_pause and rng.random() < cfg.p_pause:
+            paused, meta["pause_s"] = self._pause(speech, rng)
+            if aug.power(paused) > 0:  # the rest can be a silent gap: then keep the speech
+                speech = paused
+            else:
+                meta["pause_s"] = 0.0
         band_hz = min(f.sample_rate, SAMPLE_RATE) / 2
         meta["speech"] = f.path.name
         if rng.random() < a.p_speech_eq:

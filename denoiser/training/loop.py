@@ -66,6 +66,7 @@ class TrainSettings:
     size: str = "dfn3"  # network size (denoiser.dfn3.config.SIZES); others start from scratch
     distill: float = 0.0  # weight of the loss against the shipped DFN3's output (a teacher)
     min_speech_bak: float | None = None  # train only on speech passing the reference screen
+    pause_share: float = 0.0  # share of mixes whose talker pauses (MixConfig.p_pause)
     device: str = "cpu"
     loss: dict[str, object] = field(default_factory=dict)
 
@@ -85,6 +86,8 @@ class TrainSettings:
             raise ValueError(f"--size {self.size} has no shipped weights: use --init scratch")
         if self.distill < 0:
             raise ValueError("distill must be 0 or more")
+        if not 0.0 <= self.pause_share <= 1.0:
+            raise ValueError("pause_share must be within 0..1")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -95,6 +98,10 @@ class TrainSettings:
             raise ValueError("seconds must be above 0.1")
         if not self.out:
             self.out = str(MODELS_DIR / self.run)
+
+    def mix_config(self) -> mixdata.MixConfig:
+        """How this run's mixes (train and validation alike) are drawn."""
+        return mixdata.MixConfig(seconds=self.seconds, p_pause=self.pause_share)
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> TrainSettings:
@@ -167,10 +174,10 @@ class Trainer:
         data_root = Path(s.data)
         self.mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "train",
                                                 min_speech_bak=s.min_speech_bak),
-                                   mixdata.MixConfig(seconds=s.seconds))
+                                   s.mix_config())
         self.val_mixer = mixdata.Mixer(mixdata.scan(data_root, split_fn, "validation",
                                                     min_speech_bak=s.min_speech_bak),
-                                       mixdata.MixConfig(seconds=s.seconds))
+                                       s.mix_config())
         torch.manual_seed(s.seed)
         random.seed(s.seed)
         self.device = torch.device(s.device)

@@ -31,15 +31,18 @@ from denoiser.training import data as mixdata
 from denoiser.training.export import export_weights
 from denoiser.training.loop import Trainer, TrainSettings
 
+PLAN_DATA_KEYS = ("min_speech_bak", "pause_share")
+
 
 class MixStream(IterableDataset):
     """Endless batches of (noisy, clean) from the train split; each worker has its own seed."""
 
     def __init__(self, data: Path, batch: int, seconds: float, seed: int, hop: int,
-                 min_speech_bak: float | None = None) -> None:
+                 min_speech_bak: float | None = None, pause_share: float = 0.0) -> None:
         super().__init__()
         self.data, self.batch, self.seconds, self.seed, self.hop = data, batch, seconds, seed, hop
         self.min_speech_bak = min_speech_bak
+        self.pause_share = pause_share
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -47,7 +50,7 @@ class MixStream(IterableDataset):
         torch.set_num_threads(1)
         mixer = mixdata.Mixer(mixdata.scan(self.data, None, "train",
                                            min_speech_bak=self.min_speech_bak),
-                              mixdata.MixConfig(seconds=self.seconds))
+                              mixdata.MixConfig(seconds=self.seconds, p_pause=self.pause_share))
         rng = np.random.default_rng([self.seed, 7, worker])
         while True:
             noisy, clean = mixer.batch(rng, self.batch)
@@ -58,8 +61,12 @@ class MixStream(IterableDataset):
 def build_trainers(plan: dict, args: argparse.Namespace) -> list[Trainer]:
     trainers = []
     for run in plan["runs"]:
+        # The data keys are the plan's (one stream of mixes feeds every run): each run's
+        # settings record them, and its validation mixes are drawn the same way.
+        data_keys = {k: plan[k] for k in PLAN_DATA_KEYS if k in plan}
         settings = TrainSettings.from_dict({
-            **run, "batch": plan["batch"], "seconds": plan["seconds"], "data": str(args.data),
+            **run, **data_keys, "batch": plan["batch"], "seconds": plan["seconds"],
+            "data": str(args.data),
             "device": args.device, "seed": args.seed, "threads": args.threads,
             "out": str(args.out / run["run"])})
         trainers.append(Trainer(settings, progress=False))
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     trainers = build_trainers(plan, args)
     hop = trainers[0].hop
     stream = MixStream(args.data, plan["batch"], plan["seconds"], args.seed, hop,
-                       plan.get("min_speech_bak"))
+                       plan.get("min_speech_bak"), plan.get("pause_share", 0.0))
     loader = DataLoader(stream,
                         batch_size=None, num_workers=args.workers,
                         pin_memory=device.type == "cuda",
