@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-size", type=int, default=_DEFAULTS["val_size"])
     p.add_argument("--checkpoint-every", type=int, default=_DEFAULTS["checkpoint_every"])
     p.add_argument("--si-sdr-weight", type=float, default=_DEFAULTS["si_sdr_weight"])
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every checkpoint (checkpoint_step<N>.pt), e.g. to average the last "
+                        "ones: python -m denoiser.training.export --average")
     p.add_argument("--fixed-batch", action="store_true", help="overfit one batch (sanity check)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out/--run from its checkpoint.pt")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every, si_sdr_weight=args.si_sdr_weight,
             fixed_batch=args.fixed_batch, lookahead=args.lookahead, size=args.size,
             distill=args.distill, device=args.device,
-            min_speech_bak=args.min_speech_bak, pause_share=args.pause_share)
+            min_speech_bak=args.min_speech_bak, pause_share=args.pause_share,
+            keep_checkpoints=args.keep_checkpoints)
         trainer = Trainer(settings, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"denoise-sfu train: {exc}", file=sys.stderr)

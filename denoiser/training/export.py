@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,14 +50,50 @@ def ship_weights(run_weights: Path, out: Path, note: str = "") -> Path:
     return out
 
 
+def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
+    """The mean of the weights of several checkpoints of one run (`checkpoint.pt` files, kept
+    with `--keep-checkpoints`), exported like the run's own weights into the folder `out`.
+
+    Averaging the last checkpoints of a small-batch fine-tune smooths the step-to-step wander
+    of its weights (stochastic weight averaging, Izmailov et al. 2018)."""
+    from denoiser.training.loop import TrainSettings, build_model
+
+    if not checkpoints:
+        raise ValueError("no checkpoints to average")
+    states = [torch.load(p, map_location="cpu", weights_only=False) for p in checkpoints]
+    for path, state in zip(checkpoints, states, strict=True):
+        if not isinstance(state, dict) or not {"model", "settings", "step"} <= set(state):
+            raise ValueError(f"{path}: not a training checkpoint (model, settings, step)")
+    runs = {(st["settings"].get("run"), st["settings"].get("init")) for st in states}
+    if len(runs) != 1:
+        raise ValueError(f"checkpoints of different runs: {sorted(map(str, runs))}")
+    settings = TrainSettings.from_dict(states[0]["settings"])
+    model = build_model(settings)
+    mean = {k: (sum(st["model"][k].float() for st in states) / len(states)
+                if v.is_floating_point() else v) for k, v in states[0]["model"].items()}
+    model.load_state_dict(mean)
+    steps = [int(st["step"]) for st in states]
+    return export_weights(model.eval(), out, {**asdict(settings), "averaged_steps": steps})
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     parser = argparse.ArgumentParser(description="ship a training run's weights (float16)")
-    parser.add_argument("run_weights", type=Path, help="a run's dfn3.pt")
+    parser.add_argument("run_weights", type=Path, nargs="+",
+                        help="a run's dfn3.pt, or with --average several of its checkpoints")
     parser.add_argument("out", type=Path, help="e.g. models/dfn3_la1.pt")
+    parser.add_argument("--average", action="store_true",
+                        help="ship the mean of the given checkpoints (--keep-checkpoints)")
     parser.add_argument("--note", default="", help="kept in the file's provenance")
     args = parser.parse_args(argv)
-    print(ship_weights(args.run_weights, args.out, args.note))
+    if not args.average:
+        if len(args.run_weights) != 1:
+            parser.error("several inputs need --average")
+        print(ship_weights(args.run_weights[0], args.out, args.note))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        averaged = average_checkpoints(args.run_weights, Path(tmp))
+        print(ship_weights(averaged, args.out, args.note))
 
 
 if __name__ == "__main__":

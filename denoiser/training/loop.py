@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -67,6 +68,7 @@ class TrainSettings:
     distill: float = 0.0  # weight of the loss against the shipped DFN3's output (a teacher)
     min_speech_bak: float | None = None  # train only on speech passing the reference screen
     pause_share: float = 0.0  # share of mixes whose talker pauses (MixConfig.p_pause)
+    keep_checkpoints: bool = False  # also keep each checkpoint as checkpoint_step<N>.pt
     device: str = "cpu"
     loss: dict[str, object] = field(default_factory=dict)
 
@@ -310,8 +312,11 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         path = self.out / CHECKPOINT
         tmp = path.with_suffix(".tmp")
-        torch.save(self.checkpoint_state(), tmp)
+        state = self.checkpoint_state()
+        torch.save(state, tmp)
         os.replace(tmp, path)
+        if self.settings.keep_checkpoints:  # for averaging (training.export --average)
+            shutil.copyfile(path, self.out / f"checkpoint_step{self.step}.pt")
         return path
 
     def load_checkpoint(self) -> None:
