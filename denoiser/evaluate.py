@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from denoiser.metrics_quality import METRICS, REPORTED, MetricError, all_metrics, dnsmos
+from denoiser.metrics_quality import (
+    METRICS,
+    REPORTED,
+    MetricError,
+    all_metrics,
+    dnsmos,
+    gap_noise_reduction,
+)
 
 SAMPLE_RATE = 48_000
 NOISY, CLEAN = "noisy", "clean"
@@ -38,6 +45,8 @@ DENOISERS: tuple[str, ...] = ("ours", "rnnoise", "dfn3")
 CANDIDATE, BASELINE, TARGET = "ours", "rnnoise", "dfn3"
 
 Process = Callable[[np.ndarray], np.ndarray]
+# The table's columns: the metrics, and the noise reduction where the talker is silent.
+COLUMNS: tuple[str, ...] = (*REPORTED, "gap_nr")
 
 
 class EvalError(RuntimeError):
@@ -144,10 +153,11 @@ def _read(path: Path) -> np.ndarray:
     return audio.mean(axis=1)
 
 
-def _score(clean: np.ndarray | None, out: np.ndarray) -> dict[str, float | None]:
+def _score(clean: np.ndarray | None, noisy: np.ndarray,
+           out: np.ndarray) -> dict[str, float | None]:
     if clean is None:
-        return {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(out)}
-    return dict(all_metrics(clean, out))
+        return {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(out), "gap_nr": None}
+    return {**all_metrics(clean, out), "gap_nr": gap_noise_reduction(clean, noisy, out)}
 
 
 def _evaluate_item(item: Item, keep_audio: bool) -> dict[str, Any]:
@@ -163,13 +173,14 @@ def _evaluate_item(item: Item, keep_audio: bool) -> dict[str, Any]:
         if out.shape != noisy.shape:
             raise EvalError(f"{name} returned {out.shape[0]} samples for {noisy.shape[0]}")
         try:
-            scores[name] = _score(clean, out)
+            scores[name] = _score(clean, noisy, out)
         except MetricError as exc:
             raise EvalError(f"{item.id}/{name}: {exc}") from exc
         if keep_audio:
             audio[name] = out
     if clean is not None:
-        scores[CLEAN] = {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(clean)}
+        scores[CLEAN] = {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(clean),
+                         "gap_nr": None}
         if keep_audio:
             audio[CLEAN] = clean
     return {"id": item.id, "conditions": item.conditions, "scores": scores, "audio": audio}
@@ -237,7 +248,7 @@ def summarise(results: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict
 
     def means(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
         return {s: {m: _mean(r["scores"][s].get(m) for r in rows if s in r["scores"])
-                    for m in REPORTED} for s in order}
+                    for m in COLUMNS} for s in order}
 
     breakdowns: dict[str, dict[str, Any]] = {}
     keys = sorted({k for r in results for k in r["conditions"]})
@@ -300,9 +311,9 @@ def clips_below_noisy_stoi(results: Sequence[dict[str, Any]]) -> dict[str, int]:
 # -- presenting ------------------------------------------------------------------------------
 
 _LABELS = {"pesq": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR", "dnsmos_ovrl": "OVRL",
-           "dnsmos_bak": "BAK"}
+           "dnsmos_bak": "BAK", "gap_nr": "gap NR"}
 _FORMATS = {"pesq": "{:.2f}", "stoi": "{:.3f}", "si_sdr": "{:.1f}", "dnsmos_ovrl": "{:.2f}",
-            "dnsmos_bak": "{:.2f}"}
+            "dnsmos_bak": "{:.2f}", "gap_nr": "{:.1f}"}
 
 
 def _cell(metric: str, value: float | None) -> str:
@@ -310,11 +321,11 @@ def _cell(metric: str, value: float | None) -> str:
 
 
 def format_table(means: dict[str, dict[str, float | None]], title: str) -> str:
-    header = f"{title:<24}" + "".join(f"{_LABELS[m]:>9}" for m in REPORTED)
+    header = f"{title:<24}" + "".join(f"{_LABELS[m]:>9}" for m in COLUMNS)
     lines = [header, "-" * len(header)]
     for system, row in means.items():
         lines.append(f"{system:<24}" + "".join(f"{_cell(m, row.get(m)):>9}"
-                                                for m in REPORTED))
+                                                for m in COLUMNS))
     return "\n".join(lines)
 
 

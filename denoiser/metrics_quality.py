@@ -146,6 +146,40 @@ def dnsmos_ovrl(est: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return dnsmos(est, sample_rate)["dnsmos_ovrl"]
 
 
+def gap_noise_reduction(ref: np.ndarray, noisy: np.ndarray, est: np.ndarray, hop: int = 480,
+                        below_db: float = -50.0, guard_hops: int = 2,
+                        min_hops: int = 10) -> float | None:
+    """Noise reduction (dB) where the talker is silent: the noisy input's energy over the
+    estimate's, summed over the 10 ms hops in which the clean reference is `below_db` under its
+    own mean power, leaving out `guard_hops` hops either side of speech (the STFT window and a
+    denoiser's look-ahead smear speech into those). None when fewer than `min_hops` such hops.
+
+    DNSMOS BAK hardly sees a noise floor left in pauses when speech runs through most of a
+    clip; this measures it directly (`bench e2e` measures the same through the SFU)."""
+    ref, est = _pair(ref, est)
+    noisy = _mono(noisy, "noisy input")
+    if noisy.shape != ref.shape:
+        raise MetricError("noisy input and reference differ in length")
+    n = ref.shape[0] // hop
+    if n == 0:
+        return None
+    def hop_power(x: np.ndarray) -> np.ndarray:
+        return np.square(x[:n * hop]).reshape(n, hop).sum(axis=1)
+    ref_p = hop_power(ref)
+    speech = ref_p >= ref_p.mean() * 10.0 ** (below_db / 10.0)
+    near_speech = speech.copy()
+    for shift in range(1, guard_hops + 1):
+        near_speech[shift:] |= speech[:-shift]
+        near_speech[:-shift] |= speech[shift:]
+    gap = ~near_speech
+    if gap.sum() < min_hops:
+        return None
+    noise_in, left = hop_power(noisy)[gap].sum(), hop_power(est)[gap].sum()
+    if noise_in <= 0:
+        return None
+    return float(10.0 * np.log10(noise_in / max(left, 1e-20)))
+
+
 def all_metrics(ref: np.ndarray, est: np.ndarray,
                 sample_rate: int = SAMPLE_RATE) -> dict[str, float]:
     """Every metric of `REPORTED` for one (reference, estimate) pair."""

@@ -10,6 +10,7 @@ from denoiser.metrics_quality import (
     MetricError,
     all_metrics,
     dnsmos_ovrl,
+    gap_noise_reduction,
     pesq_wb,
     si_sdr,
     stoi,
@@ -83,3 +84,29 @@ def test_clear_errors(pair: tuple[np.ndarray, np.ndarray]) -> None:
         dnsmos_ovrl(clean[:1000])
     with pytest.raises(MetricError, match="PESQ"):
         pesq_wb(clean[:4000], noisy[:4000])
+
+
+def test_gap_noise_reduction_measures_the_pauses_only(
+        pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """Real speech with a 1 s pause cut into it, real noise: an estimate that keeps the speech
+    and a tenth of the noise amplitude measures 20 dB; speech left in or removed elsewhere does
+    not move the figure; no pause, no figure."""
+    clean, noisy = pair
+    noise = noisy - clean
+    paused = clean.copy()
+    paused[48_000:96_000] = 0.0
+    mix = paused + noise
+    assert gap_noise_reduction(paused, mix, paused + 0.1 * noise) == pytest.approx(20.0, abs=1e-6)
+    # Damage to the speech is another metric's business: the gap figure ignores it.
+    assert gap_noise_reduction(paused, mix, 0.5 * paused + 0.1 * noise) == pytest.approx(
+        20.0, abs=1e-6)
+    assert gap_noise_reduction(paused, mix, mix) == pytest.approx(0.0, abs=1e-9)
+    # Noise left inside the pause counts in full; noise left where the talker talks hardly
+    # does (only the recording's own short silences are gaps too).
+    inside = np.zeros_like(noise)
+    inside[48_000:96_000] = noise[48_000:96_000]
+    assert gap_noise_reduction(paused, mix, paused + inside) < 0.1
+    assert gap_noise_reduction(paused, mix, paused + (noise - inside)) > 15.0
+    assert gap_noise_reduction(noisy, noisy, clean) is None  # a reference with no pause
+    with pytest.raises(MetricError):
+        gap_noise_reduction(paused, mix[:-1], paused)
