@@ -20,9 +20,23 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from denoiser.dfn3.config import SIZES, sized_config
 from denoiser.dfn3.model import DFN3
 from denoiser.models import load_dfn3
 from denoiser.paths import MODELS_DIR
+
+
+def untrained(size: str) -> DFN3:
+    """A fresh network of a named size (`SIZES`) at look-ahead 1, in eval mode: what a student
+    of that shape would cost per step (its output is meaningless)."""
+    cfg = sized_config(size, conv_lookahead=1, df_lookahead=1)
+    return DFN3(cfg).eval().requires_grad_(False)
+
+
+def untrained_small() -> DFN3:
+    """`dfn3-s` untrained: `denoise-sfu bench engine --model
+    denoiser.dfn3.bench:untrained_small` gives what a student of that size would carry."""
+    return untrained("dfn3-s")
 
 
 def macs_per_hop(model: DFN3) -> int:
@@ -94,12 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", choices=sorted(SIZES), default="dfn3",
+                        help="dfn3: the original weights; a smaller size: an untrained network of "
+                             "that shape at look-ahead 1 (its cost only)")
     parser.add_argument("--baseline", metavar="TREE",
                         help="a source tree holding another denoiser/ to compare with (CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_dfn3(device=args.device)
-    macs = macs_per_hop(load_dfn3())
+    if args.size == "dfn3":
+        model, macs = load_dfn3(device=args.device), macs_per_hop(load_dfn3())
+    else:
+        model, macs = untrained(args.size).to(args.device), macs_per_hop(untrained(args.size))
     if args.baseline:
         compare(model, load_baseline(args.baseline), args)
         return
@@ -111,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                         "realtime_streams": round(streams, 1)})
         print(f"B={batch:4d}  median {ms:8.2f} ms/step (min {best:7.2f})  {streams:7.1f} "
               f"real-time streams ({args.threads} thread(s), {args.device})", flush=True)
-    print(json.dumps({"model": "dfn3", "macs_per_hop": macs, "threads": args.threads,
+    print(json.dumps({"model": args.size, "macs_per_hop": macs, "threads": args.threads,
                       "load_average_1m": round(os.getloadavg()[0], 2),
                       "device": args.device, "results": results}))
 
