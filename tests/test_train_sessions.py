@@ -55,7 +55,9 @@ def test_default_model_is_the_fine_tuned_20_ms_one(monkeypatch: pytest.MonkeyPat
 
     default = load_default_model()
     assert default.latency_samples == 960 and default.cfg.conv_lookahead == 1
-    assert "H100" in default.provenance.get("shipped", "")
+    # Its lineage: the GPU fine-tune (H100), then the CPU fine-tune with talker pauses.
+    assert "H100" in default.provenance["parent"].get("shipped", "")
+    assert default.provenance["settings"]["pause_share"] == 0.5
     original = load_default_model(weights="dfn3.pt")
     assert original.latency_samples == 1440
     assert any(not torch.equal(a, b) for a, b in zip(default.state_dict().values(),
