@@ -163,8 +163,10 @@ def gap_noise_reduction(ref: np.ndarray, noisy: np.ndarray, est: np.ndarray, hop
     n = ref.shape[0] // hop
     if n == 0:
         return None
+
     def hop_power(x: np.ndarray) -> np.ndarray:
         return np.square(x[:n * hop]).reshape(n, hop).sum(axis=1)
+
     ref_p = hop_power(ref)
     speech = ref_p >= ref_p.mean() * 10.0 ** (below_db / 10.0)
     near_speech = speech.copy()
