@@ -33,7 +33,7 @@ class Delay(StreamingModel):
 def test_dev_noises_only_and_at_one_level() -> None:
     noises = noise_floor.dev_noises(2.0)
     assert len(noises) >= 5
-    for name, x in noises:
+    for _, x in noises:
         assert x.shape[0] == 2 * 48_000
         assert 10 * np.log10(np.mean(x.astype(np.float64) ** 2)) == pytest.approx(-30, abs=0.01)
     dev = {f"{p.parent.name}/{p.name}" for p in noise_floor.corpus_files("noise")
