@@ -17,17 +17,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from denoiser.devset import corpus_files, split_of
+from denoiser.devset import corpus_files, load_48k, split_of
 from denoiser.streaming import StreamingModel
-from denoiser.training.augment import resample
 
 SAMPLE_RATE = 48_000
 LEVEL_RMS = 10 ** (-30 / 20)
 SETTLE_SECONDS = 1.0
 MIN_SECONDS = 2.0
+HOP = 480  # the models' hop: `forward` takes whole hops
 
 
 def dev_noises(seconds: float) -> list[tuple[str, np.ndarray]]:
@@ -36,11 +35,10 @@ def dev_noises(seconds: float) -> list[tuple[str, np.ndarray]]:
     for path in sorted(corpus_files("noise")):
         if split_of(path) != "dev":
             continue
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        x = resample(audio.mean(axis=1), rate)[: round(seconds * SAMPLE_RATE)]
+        x = load_48k(path)[: round(seconds * SAMPLE_RATE)]
         if x.shape[0] < MIN_SECONDS * SAMPLE_RATE or not np.any(x):
             continue
-        x = x[: x.shape[0] // 480 * 480]
+        x = x[: x.shape[0] // HOP * HOP]
         out.append((f"{Path(path).parent.name}/{Path(path).name}",
                     (x * LEVEL_RMS / np.sqrt(np.mean(x**2))).astype(np.float32)))
     return out

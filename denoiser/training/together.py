@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     trainers = build_trainers(plan, args)
     hop = trainers[0].hop
+    data = trainers[0].settings  # the plan's data keys, as every run's settings hold them
     stream = MixStream(args.data, plan["batch"], plan["seconds"], args.seed, hop,
-                       plan.get("min_speech_bak"), plan.get("pause_share", 0.0))
+                       data.min_speech_bak, data.pause_share)
     loader = DataLoader(stream,
                         batch_size=None, num_workers=args.workers,
                         pin_memory=device.type == "cuda",
