@@ -160,6 +160,26 @@ def pin_extmap_ids(sdp: str, ids: dict[str, int]) -> str:
     return "\r\n".join(out)
 
 
+async def create_reoffer(pc: RTCPeerConnection, extmap: dict[str, int],
+                         payload_types: dict[str, int]) -> RTCSessionDescription:
+    """A server re-offer in the client's numbering, in the SDP and inside aiortc.
+
+    aiortc's createOffer gives every transceiver aiortc's own payload types and extension IDs
+    until the answer comes back. A receiver that starts inside that window (its DTLS handshake
+    finishing after the re-offer went out) registers those numbers for good and drops every
+    packet the client sends under its own: seen with Chromium 156, whose Opus at 111 met a
+    receiver listening for 96, and the publisher went unheard for the whole call. So the
+    transceivers negotiated before keep their codecs and extensions across createOffer.
+    """
+    negotiated = {t: (t._codecs, t._headerExtensions) for t in pc.getTransceivers()
+                  if t._codecs}
+    offer = await pc.createOffer()
+    for transceiver, (codecs, extensions) in negotiated.items():
+        transceiver._codecs, transceiver._headerExtensions = codecs, extensions
+    return RTCSessionDescription(
+        sdp=pin_payload_types(pin_extmap_ids(offer.sdp, extmap), payload_types), type="offer")
+
+
 # -- a sender's track that outlives the speakers it carries -----------------------------------
 
 @dataclass(eq=False)
@@ -364,10 +384,8 @@ class Session:
             slot.transceiver.direction = "sendonly"
             changed = True
         if changed:
-            offer = await self.pc.createOffer()
-            await self.pc.setLocalDescription(RTCSessionDescription(
-                sdp=pin_payload_types(pin_extmap_ids(offer.sdp, self.extmap),
-                                      self.payload_types), type="offer"))
+            await self.pc.setLocalDescription(
+                await create_reoffer(self.pc, self.extmap, self.payload_types))
             self.offer_out = True
             await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
         else:

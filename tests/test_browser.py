@@ -99,9 +99,13 @@ async def test_demo_page_end_to_end(sfu_factory, model_engine, make_token, tmp_p
             await asyncio.sleep(6.0)
             heard = bob.received_since("ada", mark)
             pipeline = registry.get("demo").participants["ada"].pipeline
-            assert heard.size > 4 * 48_000, (
-                heard.size, {k: len(v) for k, v in bob.audio.items()}, bob.participants,
-                stream.counters, pipeline.counters.as_dict())
+            if heard.size <= 4 * 48_000:
+                page_state = await page.evaluate(PAGE_STATE)
+                raise AssertionError(
+                    f"bob heard {heard.size} samples of ada; bob's audio "
+                    f"{ {k: len(v) for k, v in bob.audio.items()} }, participants "
+                    f"{bob.participants}, stream {stream.counters}, pipeline "
+                    f"{pipeline.counters.as_dict()}, page {page_state}, console {console}")
             assert np.sqrt(np.mean(heard**2)) > 0.005
             match = best_envelope_correlation(heard, clean)
             other, _ = soundfile.read(sorted(OTHER_SPEECH.glob("*.wav"))[0], dtype="float32")
