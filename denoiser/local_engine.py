@@ -14,7 +14,10 @@ every stream sent a 20 ms codec frame, two hops) run as one call, gather ->
 by default on CPU).
 Only that thread touches the table; the event loop keeps the bookkeeping (slots, queues, resets)
 and hands each tick a snapshot of what it needs. On CPU the state a call returns is held rather
-than scattered while the next call runs the same slots (a steady load), see `_run_cpu`.
+than scattered while the next call runs the same slots (a steady load), see `_run_cpu`, and a
+model that declares itself `traceable` runs as a TorchScript graph per hop count
+(`denoiser.traced_steps`): the worker thread then takes the GIL back a few times per call instead
+of after every tensor operation, which matters as soon as the event loop is busy.
 
 On CUDA the tick uses pinned, preallocated host buffers, optional float16, and one CUDA graph per
 batch bucket (the batch is padded up to the bucket with the scratch slot). The same code runs on
@@ -50,6 +53,7 @@ from torch import Tensor
 
 from denoiser.engine import Engine, EngineError, EngineFull
 from denoiser.streaming import State, StreamingModel
+from denoiser.traced_steps import TracedSteps
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +200,7 @@ class LocalEngine(Engine):
                  initial_slots: int = 8, max_pending_hops: int = 200, half: bool = False,
                  cuda_graphs: bool = True, pad_to_bucket: bool | None = None,
                  buckets: Sequence[int] | None = None, threads: int | None = None,
-                 multi_hop: bool | None = None) -> None:
+                 multi_hop: bool | None = None, trace: bool | None = None) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be >= 1")
         if tick_deadline < 0:
@@ -223,6 +227,11 @@ class LocalEngine(Engine):
         if multi_hop and self.cuda:
             raise ValueError("multi-hop calls run on CPU only (CUDA graphs are one hop per call)")
         self.multi_hop = (not self.cuda) if multi_hop is None else bool(multi_hop)
+        if trace and self.cuda:
+            raise ValueError("traced steps run on CPU only (CUDA replays graphs)")
+        # Traced by default on CPU where the model allows it (`StreamingModel.traceable`).
+        self.trace = (not self.cuda and model.traceable) if trace is None else bool(trace)
+        self.steps: TracedSteps | None = None  # set in the worker thread when `trace`
         self.threads = threads
         self.stats = EngineStats()
 
@@ -525,6 +534,9 @@ class LocalEngine(Engine):
         with torch.inference_mode():
             self._init_row = self.model.initial_state(1, self.device, self.dtype)
             self._ensure_table(self._capacity)
+            if self.trace:
+                self.steps = TracedSteps(self.model, self.device, self.dtype)
+                self.steps.prepare(1, 2 if self.multi_hop else 1)  # a 20 ms frame is 2 hops
             if self.cuda:
                 top = self.buckets[-1]
                 self._io = {
@@ -600,7 +612,7 @@ class LocalEngine(Engine):
                 self._scatter(held[0], held[1])
             idx = torch.tensor(padded, dtype=torch.long)
             state = {name: t.index_select(0, idx) for name, t in self._table.items()}
-        out, new_state = self.model.step_many(x, state)
+        out, new_state = (self.steps or self.model.step_many)(x, state)
         self._held = (padded, new_state)
         return out[:batch].to(torch.float32).numpy().copy()
 

@@ -28,6 +28,11 @@ class StreamingModel(nn.Module, ABC):
     sample_rate: int = 48_000
     hop_size: int = 480
     latency_samples: int = 0
+    # True when `step_many`'s Python control flow depends only on tensor shapes and settings,
+    # never on values: then a graph traced once per hop count is the same function, and the CPU
+    # engine runs it traced (`denoiser.traced_steps`). Leave it False for a model that branches
+    # on data (a check like `if x.abs().max() > 1`), which a trace would freeze.
+    traceable: bool = False
 
     @abstractmethod
     def initial_state(self, batch: int, device: torch.device | str = "cpu",

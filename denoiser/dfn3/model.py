@@ -44,6 +44,8 @@ _Hidden = tuple[Tensor, Tensor, Tensor, Tensor]  # the network's h_enc, h_erb, h
 class DFN3(StreamingModel):
     """DeepFilterNet3, stepping a batch of independent streams one hop at a time."""
 
+    traceable = True  # branches only on shapes (frames per call) and settings
+
     def __init__(self, cfg: DFN3Config | None = None, atten_lim_db: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or DFN3Config()
