@@ -8,6 +8,15 @@ of the same length. A hop takes the raw path when the mode is `off`, when the by
 second), or when the engine fails ("engine_error"). Every change of path is smoothed
 by a short crossfade at the start of the hop, so switching never clicks; every hop is counted.
 
+A late answer is still computed (it carries the stream's state forward), but while it is, the
+stream sends the engine nothing more: those hops go out raw, also counted `late`, and the model
+never sees them (`hops_not_sent`). An engine that falls behind, on a machine short of CPU, thus
+never builds a queue of audio that could only come back late: it answers in time again from
+the first request after it catches up, instead of staying late for as long as a backlog takes
+to drain. The model's input jumps over the hops it missed, and its output carries that join
+for `latency_samples` and a hop more, so those first hops after the gap stay raw too (`late`)
+and the path switches back to the model after the join has passed.
+
 The detector sees each raw hop as it arrives. An output hop carries input from `latency_samples`
 earlier, so by the time it goes out the detector has seen that much more: the hop keeps the
 original if any verdict given from its own input time up to now says so. A bypass thus starts up
@@ -108,6 +117,11 @@ class DenoisedStream:
         self._path: str | None = None
         self._last_out = np.float32(0.0)
         self._background: set[asyncio.Task[np.ndarray]] = set()
+        self._behind: asyncio.Task[np.ndarray] | None = None  # last request left running
+        self.hops_not_sent = 0  # hops the engine never saw because it was behind
+        self._rejoin_hops = lags + 1  # model output hops that span a gap in its input
+        self._rejoin_left = 0  # of those, still to come after the last gap
+        self._gap = False  # hops were not sent since the last request
         self._detector_busy = False  # a job of this stream in the detector thread
         self._detector_idle: asyncio.Future[None] | None = None  # for a call waiting on it
         self._reopen_every = max(1, reopen_every_hops)
@@ -160,6 +174,7 @@ class DenoisedStream:
 
     def _keep_in_background(self, task: asyncio.Task[np.ndarray]) -> None:
         self._background.add(task)
+        self._behind = task
         task.add_done_callback(self._background_done)
 
     def _background_done(self, task: asyncio.Task[np.ndarray]) -> None:
@@ -177,6 +192,15 @@ class DenoisedStream:
                 self._try_open()
             if not self._open:
                 return None, self._refused or "engine_error"
+        if self._behind is not None:
+            if not self._behind.done():
+                self.hops_not_sent += raw.size // self.hop_size
+                self._gap = True
+                return None, "late"
+            self._behind = None
+        if self._gap:
+            self._gap = False
+            self._rejoin_left = self._rejoin_hops
         return asyncio.ensure_future(self.engine.process(self.stream_id, raw)), None
 
     async def _collect(self, task: asyncio.Task[np.ndarray], wait: bool, sent: float
@@ -334,6 +358,9 @@ class DenoisedStream:
                                                              (i + 1) * self.hop_size]
             if reason is None and hop_out is None:
                 reason = missing or "engine_error"
+            if task is not None and self._rejoin_left:
+                self._rejoin_left -= 1  # the model ran this hop, but its output spans the gap
+                reason = reason or "late"
             path = "denoised" if reason is None else "raw"
             self.counters["denoised" if reason is None else reason] += 1
             out = self._switch(path, hop_out, delayed_raw)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -23,6 +24,9 @@ from sfu.metrics import CONTENT_TYPE, EngineCollector, Metrics
 from sfu.rooms import Participant, Pipeline, RoomRegistry
 from sfu.settings import Settings, SettingsError
 from sfu.whip import WhipHandlers
+
+if TYPE_CHECKING:
+    from denoiser.stream import DenoisedStream
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +94,17 @@ def _pipeline_factory(ctx: SfuContext):
     return make
 
 
+def hop_counts(stream: DenoisedStream) -> dict[str, int]:
+    """What `Metrics.sync_hops` takes from a stream: its hop outcomes and `not_sent`."""
+    return {**stream.counters, "not_sent": stream.hops_not_sent}
+
+
 def _release(ctx: SfuContext):
     """After a pipeline stops: free its engine slot and count its last hops."""
     def release(participant: Participant) -> None:
         stream = participant.pipeline.stream
         stream.close()
-        ctx.metrics.sync_hops(participant.stream_id, stream.counters, final=True)
+        ctx.metrics.sync_hops(participant.stream_id, hop_counts(stream), final=True)
     return release
 
 
@@ -103,7 +112,7 @@ def sync_live_hops(ctx: SfuContext) -> None:
     """Bring the hop counters up to date with every live stream (before a scrape)."""
     for room in ctx.registry.rooms():
         for participant in room.participants.values():
-            ctx.metrics.sync_hops(participant.stream_id, participant.pipeline.stream.counters)
+            ctx.metrics.sync_hops(participant.stream_id, hop_counts(participant.pipeline.stream))
 
 
 @web.middleware

@@ -9,6 +9,8 @@ Names (all prefixed `denoise_sfu_`):
   frames_denoised_total                         10 ms hops that went out denoised
   frames_passed_through_total{reason}           hops that went out original: mode_off, late,
                                                 engine_error, dtmf, call_progress, tone, music
+  frames_not_sent_total                         of the late ones, hops never sent to the engine
+                                                (it was still computing an earlier late hop)
   frames_dropped_total{reason}                  input or output frames dropped, by reason
   server_latency_seconds                        histogram, packet in to packet out
   event_loop_lag_seconds                        histogram, how late a timer fires
@@ -65,6 +67,9 @@ class Metrics:
             ["reason"], registry=reg)
         for reason in PASS_THROUGH_REASONS:
             self.frames_passed_through.labels(reason)
+        self.frames_not_sent = Counter(
+            PREFIX + "frames_not_sent", "Late hops never sent to the engine (it was behind)",
+            registry=reg)
         self.frames_dropped = Counter(PREFIX + "frames_dropped", "Frames dropped, by reason",
                                       ["reason"], registry=reg)
         self.server_latency = Histogram(
@@ -82,13 +87,16 @@ class Metrics:
 
     def sync_hops(self, stream_id: str, counters: Mapping[str, int], final: bool = False) -> None:
         """Add what a stream's hop counters (`DenoisedStream.counters`: `denoised` and one
-        count per pass-through reason) gained since the last sync; `final` forgets the stream."""
+        count per pass-through reason; optionally `not_sent`, `DenoisedStream.hops_not_sent`)
+        gained since the last sync; `final` forgets the stream."""
         seen = self._hops_seen.get(stream_id, {})
         for key, value in counters.items():
             delta = value - seen.get(key, 0)
             if delta > 0:
                 if key == "denoised":
                     self.frames_denoised.inc(delta)
+                elif key == "not_sent":
+                    self.frames_not_sent.inc(delta)
                 else:
                     self.frames_passed_through.labels(key).inc(delta)
         if final:

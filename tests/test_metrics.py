@@ -58,8 +58,10 @@ def test_sync_hops_counts_each_hop_once() -> None:
     metrics.sync_hops("s1", {"denoised": 3, "late": 1, "music": 0})
     metrics.sync_hops("s1", {"denoised": 5, "late": 1, "music": 2})
     metrics.sync_hops("s2", {"denoised": 1, "late": 0, "music": 0}, final=True)
-    metrics.sync_hops("s1", {"denoised": 6, "late": 2, "music": 2}, final=True)
+    metrics.sync_hops("s1", {"denoised": 6, "late": 2, "music": 2, "not_sent": 1}, final=True)
     got = samples(metrics.render().decode())
+    assert got[("denoise_sfu_frames_not_sent_total", ())] == 1
+    assert ("denoise_sfu_frames_passed_through_total", (("reason", "not_sent"),)) not in got
     assert got[("denoise_sfu_frames_denoised_total", ())] == 7
     assert got[("denoise_sfu_frames_passed_through_total", (("reason", "late"),))] == 2
     assert got[("denoise_sfu_frames_passed_through_total", (("reason", "music"),))] == 2

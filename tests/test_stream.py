@@ -96,25 +96,61 @@ class SleepyGain(GainModel):
 
 
 async def test_late_hops_pass_through_counted_and_state_stays_in_order() -> None:
+    """Four hops come back after the deadline: they go out raw, counted late, yet still run in
+    order (each finishes before the next hop arrives), so nothing is skipped and the output is
+    exactly the model's again from the next hop."""
     model = SleepyGain(delay=240, gain=0.5)
     x = sine(40, freq=300)
     raw = delayed(x, 240)
+    outs = []
     async with LocalEngine(model, device="cpu", max_streams=1) as engine:
         stream = DenoisedStream(engine, "s", mode="on", deadline=0.03)
-
-        def slow_between(k: int) -> None:
+        for k in range(40):
             model.sleep_s = 0.06 if 10 <= k < 14 else 0.0
-
-        y = await run(stream, x, slow_between)
+            outs.append(await stream.process_hop(x[k * HOP:(k + 1) * HOP]))
+            if model.sleep_s:
+                await asyncio.sleep(0.1)  # the late step finishes before the next hop
         hops_run = engine.stats.hops
-    assert stream.counters["late"] >= 4
-    assert stream.counters["denoised"] + stream.counters["late"] == 40
+    y = np.concatenate(outs)
+    assert stream.counters["late"] == 4 and stream.counters["denoised"] == 36
+    assert stream.hops_not_sent == 0 and hops_run == 40
     s = 10 * HOP
     np.testing.assert_allclose(y[s + 400: s + HOP], raw[s + 400: s + HOP], atol=1e-6)
     assert np.abs(np.diff(y)).max() < 4 * np.abs(np.diff(raw)).max()
-    # The late hops still ran, in order: once back on time the output is exactly the model's.
-    assert hops_run >= 39
-    np.testing.assert_allclose(y[-5 * HOP:], 0.5 * raw[-5 * HOP:], atol=1e-6)
+    np.testing.assert_allclose(y[14 * HOP + 400:], 0.5 * raw[14 * HOP + 400:], atol=1e-6)
+
+
+async def test_a_stalled_engine_gets_no_backlog_and_the_stream_rejoins_cleanly() -> None:
+    """The engine stalls for 300 ms on one hop while hops keep coming in real time. They are not
+    queued behind the stall (they could only come back late): they go out raw, counted late and
+    `hops_not_sent`. When the stall ends the stream is denoised again at once, except for the
+    hops whose output spans the gap in the model's input, and the output never clicks."""
+    latency = 240
+    model = SleepyGain(delay=latency, gain=0.5)
+    x = sine(80, freq=300)
+    raw = delayed(x, latency)
+    paths = []
+    async with LocalEngine(model, device="cpu", max_streams=1) as engine:
+        stream = DenoisedStream(engine, "s", mode="on", deadline=0.03)
+        outs = []
+        for k in range(80):
+            model.sleep_s = 0.3 if k == 10 else 0.0
+            before = stream.counters["denoised"]
+            outs.append(await stream.process_hop(x[k * HOP:(k + 1) * HOP]))
+            paths.append("denoised" if stream.counters["denoised"] > before else "raw")
+            await asyncio.sleep(0.01)  # hops arrive in real time
+        hops_run = engine.stats.hops
+    y = np.concatenate(outs)
+    not_sent = stream.hops_not_sent
+    assert not_sent >= 10  # most of the stall's hops never reached the engine
+    assert hops_run + not_sent == 80
+    assert stream.counters["late"] == 1 + not_sent + stream._rejoin_hops
+    assert stream.counters["denoised"] == 80 - stream.counters["late"]
+    # Raw from the stalled hop through the rejoin, denoised before and after.
+    back = 11 + not_sent + stream._rejoin_hops
+    assert paths == ["denoised"] * 10 + ["raw"] * (back - 10) + ["denoised"] * (80 - back)
+    assert np.abs(np.diff(y)).max() < 4 * np.abs(np.diff(raw)).max()
+    np.testing.assert_allclose(y[(back + 1) * HOP:], 0.5 * raw[(back + 1) * HOP:], atol=1e-6)
 
 
 async def test_engine_failure_passes_through_and_full_engine_is_survivable() -> None:
