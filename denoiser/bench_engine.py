@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -73,6 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multi-hop", action=argparse.BooleanOptionalAction, default=True,
                    help="on CPU, run a tick's frame as one step_many call (default) rather than "
                         "one call per hop")
+    p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=None,
+                   help="on CPU, run the model's step traced (default: where the model allows "
+                        "it) or eager (--no-trace)")
+    p.add_argument("--busy-thread", action="store_true",
+                   help="keep a Python thread busy beside the engine throughout (what a loaded "
+                        "event loop costs it: the GIL)")
     p.add_argument("--probe-seconds", type=float, default=PROBE_SECONDS,
                    help=f"how long each batch size of the search is timed (default "
                         f"{PROBE_SECONDS:g})")
@@ -90,7 +99,8 @@ def _engine(model: Any, args: argparse.Namespace, streams: int) -> LocalEngine:
     return LocalEngine(model, device=args.device, max_streams=max(1, streams),
                        initial_slots=max(1, streams), tick_deadline=args.tick_deadline,
                        half=args.half, cuda_graphs=not args.no_graphs,
-                       multi_hop=args.multi_hop if cpu else None)
+                       multi_hop=args.multi_hop if cpu else None,
+                       trace=args.trace if cpu else None)
 
 
 async def probe(model: Any, args: argparse.Namespace, batch: int) -> tuple[float, float]:
@@ -251,6 +261,28 @@ def anchor_streams_per_core(name: str, seconds: float) -> float | None:
     return round(value, 2)
 
 
+@contextlib.contextmanager
+def busy_python_thread(enabled: bool = True) -> Iterator[None]:
+    """A thread that runs Python bytecode nonstop while the block runs: it holds the GIL as a
+    busy event loop would, so the engine's worker thread must win it back after every release."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=spin, name="busy-python", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     from denoiser.commands.denoise import load_model
 
@@ -266,17 +298,22 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
               f"half={bool(args.half)}, graphs={not args.no_graphs}", file=sys.stderr)
-    best, ticks, forwards = await search(model, args, period_s, limit)
-    load = args.streams if args.streams is not None else max(1, best)
-    print(f"paced run: {load} streams for {args.seconds:g} s", file=sys.stderr)
-    run_stats = await paced(model, args, load)
+    traced = device.type == "cpu" and bool(getattr(model, "traceable", False)
+                                         if args.trace is None else args.trace)
+    print(f"step {'traced' if traced else 'eager'}"
+          f"{', a busy Python thread beside it' if args.busy_thread else ''}", file=sys.stderr)
+    with busy_python_thread(args.busy_thread):
+        best, ticks, forwards = await search(model, args, period_s, limit)
+        load = args.streams if args.streams is not None else max(1, best)
+        print(f"paced run: {load} streams for {args.seconds:g} s", file=sys.stderr)
+        run_stats = await paced(model, args, load)
     capacity = max(b * period_s / t for b, t in ticks.items())
     result: dict[str, Any] = {
         "bench": "engine", "model": type(model).__name__, "device": str(device),
         "unit": "gpu" if device.type == "cuda" else "core", "threads": args.threads,
         "half": bool(args.half), "tick_deadline_ms": args.tick_deadline * 1e3,
         "utilisation": args.utilisation, "frame_hops": args.frame_hops,
-        "multi_hop": multi_hop,
+        "multi_hop": multi_hop, "traced": traced, "busy_thread": bool(args.busy_thread),
         "cuda_graphs": device.type == "cuda" and not args.no_graphs,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "streams_per_core": best,
