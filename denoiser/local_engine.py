@@ -177,16 +177,18 @@ def unbatched_capacity(model: StreamingModel, share: float = 0.6, reps: int = 30
 
     That is the worst case for batching (every hop its own batch-1 step), and the usual one at
     low load, when speakers' packets arrive at unrelated instants. Measured here, now: the
-    median batch-1 step of `model` on the CPU, against `share` of a hop's duration.
+    median batch-1 step of `model` on the CPU (traced where the engine would trace it),
+    against `share` of a hop's duration.
     """
     hop_s = model.hop_size / model.sample_rate
     with torch.inference_mode():
+        step = TracedSteps(model) if model.traceable else model.step_many
         state = model.initial_state(1)
         hop = torch.zeros(1, model.hop_size)
         times = []
         for _ in range(reps + 3):
             start = time.perf_counter()
-            _, state = model.step(hop, state)
+            _, state = step(hop, state)
             times.append(time.perf_counter() - start)
     step_s = float(np.median(times[3:]))
     return max(1, min(limit, int(share * hop_s / step_s)))
