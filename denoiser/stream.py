@@ -9,8 +9,8 @@ second), or when the engine fails ("engine_error"). Every change of path is smoo
 by a short crossfade at the start of the hop, so switching never clicks; every hop is counted.
 
 A late answer is still computed (it carries the stream's state forward), but while it is, the
-stream sends the engine nothing more: those hops go out raw, also counted `late`, and the model
-never sees them (`hops_not_sent`). An engine that falls behind, on a machine short of CPU, thus
+stream sends the engine nothing more: those hops go out raw, counted `late` (unless a bypass
+keeps them raw anyway), and the model never sees them (`hops_not_sent`). An engine that falls behind, on a machine short of CPU, thus
 never builds a queue of audio that could only come back late: it answers in time again from
 the first request after it catches up, instead of staying late for as long as a backlog takes
 to drain. The model's input jumps over the hops it missed, and its output carries that join
