@@ -169,7 +169,8 @@ async def create_reoffer(pc: RTCPeerConnection, extmap: dict[str, int],
     finishing after the re-offer went out) registers those numbers for good and drops every
     packet the client sends under its own: seen with Chromium 156, whose Opus at 111 met a
     receiver listening for 96, and the publisher went unheard for the whole call. So the
-    transceivers negotiated before keep their codecs and extensions across createOffer.
+    transceivers negotiated before keep their codecs and extensions across createOffer
+    (aiortc issue #686 reports the extension-ID half of this renumbering).
     """
     negotiated = {t: (t._codecs, t._headerExtensions) for t in pc.getTransceivers()
                   if t._codecs}
