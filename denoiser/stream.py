@@ -10,12 +10,13 @@ by a short crossfade at the start of the hop, so switching never clicks; every h
 
 A late answer is still computed (it carries the stream's state forward), but while it is, the
 stream sends the engine nothing more: those hops go out raw, counted `late` (unless a bypass
-keeps them raw anyway), and the model never sees them (`hops_not_sent`). An engine that falls behind, on a machine short of CPU, thus
-never builds a queue of audio that could only come back late: it answers in time again from
-the first request after it catches up, instead of staying late for as long as a backlog takes
-to drain. The model's input jumps over the hops it missed, and its output carries that join
-for `latency_samples` and a hop more, so those first hops after the gap stay raw too (`late`)
-and the path switches back to the model after the join has passed.
+keeps them raw anyway), and the model never sees them (`hops_not_sent`). An engine that falls
+behind, on a machine short of CPU, thus never builds a queue of audio that could only come
+back late: it answers in time again from the first request after it catches up, instead of
+staying late for as long as a backlog takes to drain. The model's input jumps over the hops it
+missed, and its output carries that join for `latency_samples` and a hop more, so those first
+hops after the gap stay raw too (`late`) and the path switches back to the model after the
+join has passed.
 
 The detector sees each raw hop as it arrives. An output hop carries input from `latency_samples`
 earlier, so by the time it goes out the detector has seen that much more: the hop keeps the
