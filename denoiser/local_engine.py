@@ -614,7 +614,8 @@ class LocalEngine(Engine):
                 self._scatter(held[0], held[1])
             idx = torch.tensor(padded, dtype=torch.long)
             state = {name: t.index_select(0, idx) for name, t in self._table.items()}
-        out, new_state = (self.steps or self.model.step_many)(x, state)
+        step = self.steps if self.steps is not None else self.model.step_many
+        out, new_state = step(x, state)
         self._held = (padded, new_state)
         return out[:batch].to(torch.float32).numpy().copy()
 

@@ -110,7 +110,9 @@ class TracedSteps:
             traced_out, traced_state = graph(hops, traced_state)
             scale = float(eager_out.abs().max()) + 1e-6
             error = float((traced_out - eager_out).abs().max()) / scale
-            if error > CHECK_TOLERANCE or set(traced_state) != set(eager_state):
+            if set(traced_state) != set(eager_state):
+                return "traced state has other keys than eager"
+            if error > CHECK_TOLERANCE:
                 return f"traced output differs from eager by {error:.2e} of its peak"
             hops = hops.roll(1, dims=1)
         return None

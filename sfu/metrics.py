@@ -9,8 +9,9 @@ Names (all prefixed `denoise_sfu_`):
   frames_denoised_total                         10 ms hops that went out denoised
   frames_passed_through_total{reason}           hops that went out original: mode_off, late,
                                                 engine_error, dtmf, call_progress, tone, music
-  frames_not_sent_total                         of the late ones, hops never sent to the engine
-                                                (it was still computing an earlier late hop)
+  frames_not_sent_total                         hops never sent to the engine while it computed
+                                                an earlier late hop (they went out raw: late, or
+                                                a bypass reason)
   frames_dropped_total{reason}                  input or output frames dropped, by reason
   server_latency_seconds                        histogram, packet in to packet out
   event_loop_lag_seconds                        histogram, how late a timer fires
@@ -68,7 +69,7 @@ class Metrics:
         for reason in PASS_THROUGH_REASONS:
             self.frames_passed_through.labels(reason)
         self.frames_not_sent = Counter(
-            PREFIX + "frames_not_sent", "Late hops never sent to the engine (it was behind)",
+            PREFIX + "frames_not_sent", "Hops never sent to the engine (it was behind)",
             registry=reg)
         self.frames_dropped = Counter(PREFIX + "frames_dropped", "Frames dropped, by reason",
                                       ["reason"], registry=reg)
