@@ -70,9 +70,11 @@ async def build_engine(settings: Settings) -> Engine:
         # beyond this many, streams pass through (counted) until a slot frees.
         max_streams = 256 if settings.device.startswith("cuda") else \
             await asyncio.to_thread(unbatched_capacity, model)
-        log.info("engine capacity", extra={"max_streams": max_streams,
-                                           "measured": settings.max_streams is None})
-    return LocalEngine(model, device=settings.device, max_streams=max_streams)
+    engine = LocalEngine(model, device=settings.device, max_streams=max_streams)
+    log.info("engine capacity", extra={"max_streams": max_streams,
+                                       "measured": settings.max_streams is None,
+                                       "traced": engine.trace})
+    return engine
 
 
 def _pipeline_factory(ctx: SfuContext):
