@@ -122,7 +122,6 @@ class DenoisedStream:
         self.hops_not_sent = 0  # hops the engine never saw because it was behind
         self._rejoin_hops = lags + 1  # model output hops that span a gap in its input
         self._rejoin_left = 0  # of those, still to come after the last gap
-        self._gap = False  # hops were not sent since the last request
         self._detector_busy = False  # a job of this stream in the detector thread
         self._detector_idle: asyncio.Future[None] | None = None  # for a call waiting on it
         self._reopen_every = max(1, reopen_every_hops)
@@ -196,12 +195,9 @@ class DenoisedStream:
         if self._behind is not None:
             if not self._behind.done():
                 self.hops_not_sent += raw.size // self.hop_size
-                self._gap = True
+                self._rejoin_left = self._rejoin_hops  # counted down by the hops sent after
                 return None, "late"
             self._behind = None
-        if self._gap:
-            self._gap = False
-            self._rejoin_left = self._rejoin_hops
         return asyncio.ensure_future(self.engine.process(self.stream_id, raw)), None
 
     async def _collect(self, task: asyncio.Task[np.ndarray], wait: bool, sent: float
