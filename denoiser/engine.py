@@ -9,6 +9,7 @@ is too late (the SFU passes the original audio through and counts it).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,22 @@ class EngineError(RuntimeError):
 
 class EngineFull(EngineError):
     """No free slot for another stream."""
+
+
+def validate_hops(samples: Any, hop_size: int) -> np.ndarray:
+    """`samples` if it is float32 mono audio of a whole number of hops, else EngineError."""
+    if not isinstance(samples, np.ndarray):
+        raise EngineError(f"samples must be a numpy array, got {type(samples).__name__}")
+    if samples.dtype != np.float32:
+        raise EngineError(f"samples must be float32, got {samples.dtype}")
+    if samples.ndim != 1:
+        raise EngineError(f"samples must be 1-D (mono), got shape {samples.shape}")
+    if samples.size == 0 or samples.size % hop_size:
+        raise EngineError(f"samples must be a positive multiple of the hop "
+                          f"({hop_size}), got {samples.size}")
+    if not np.isfinite(samples).all():
+        raise EngineError("samples contain NaN or infinite values")
+    return samples
 
 
 class Engine(ABC):

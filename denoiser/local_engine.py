@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from denoiser.engine import Engine, EngineError, EngineFull
+from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
 from denoiser.streaming import State, StreamingModel
 from denoiser.traced_steps import TracedSteps
 
@@ -345,20 +345,6 @@ class LocalEngine(Engine):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _validate(self, samples: Any) -> np.ndarray:
-        if not isinstance(samples, np.ndarray):
-            raise EngineError(f"samples must be a numpy array, got {type(samples).__name__}")
-        if samples.dtype != np.float32:
-            raise EngineError(f"samples must be float32, got {samples.dtype}")
-        if samples.ndim != 1:
-            raise EngineError(f"samples must be 1-D (mono), got shape {samples.shape}")
-        if samples.size == 0 or samples.size % self.hop_size:
-            raise EngineError(f"samples must be a positive multiple of the hop "
-                              f"({self.hop_size}), got {samples.size}")
-        if not np.isfinite(samples).all():
-            raise EngineError("samples contain NaN or infinite values")
-        return samples
-
     async def process(self, stream_id: str, samples: np.ndarray) -> np.ndarray:
         if self._closed:
             raise EngineError("engine closed")
@@ -368,7 +354,7 @@ class LocalEngine(Engine):
         if stream is None:
             raise EngineError(f"unknown stream {stream_id!r}")
         try:
-            samples = self._validate(samples)
+            samples = validate_hops(samples, self.hop_size)
         except EngineError:
             self.stats.errors["bad_input"] += 1
             raise
