@@ -19,6 +19,10 @@ Names (all prefixed `denoise_sfu_`):
   engine_batch_size                             histogram of streams per tick
   engine_tick_seconds, engine_forward_seconds   count/sum, plus p50/p99 gauges (`quantile`)
   engine_errors_total{reason}, engine_streams
+  worker_connected, worker_streams,             with `--engine workers`, per worker (label
+  worker_connects_total, worker_hops_sent_total  `worker`, its address): the node's view
+  worker_round_trip_recent_seconds{quantile}     (denoiser.engine_metrics)
+  worker_errors_total{reason}
   http_requests_total{route,method,status}      signalling requests
   peer_failures_total{reason}                   peers dropped: failed, timeout
 """
@@ -27,27 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-    SummaryMetricFamily,
-)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.utils import floatToGoString
 
-PREFIX = "denoise_sfu_"
+from denoiser.engine_metrics import PREFIX
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PASS_THROUGH_REASONS = ("mode_off", "late", "engine_error", "dtmf", "call_progress", "tone",
                         "music")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                    0.2, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -117,55 +113,3 @@ class Metrics:
                 start = loop.time()
                 await asyncio.sleep(interval)
                 self.event_loop_lag.observe(max(0.0, loop.time() - start - interval))
-
-
-class EngineCollector:
-    """Exports an engine's own statistics (`LocalEngine.stats`) when Prometheus scrapes.
-
-    The engine keeps exact counts per batch size and timing series in milliseconds; they are
-    read here instead of being observed twice. Engines without `stats` export nothing.
-    """
-
-    def __init__(self, get_engine: Callable[[], object | None]) -> None:
-        self._get_engine = get_engine
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        engine = self._get_engine()
-        stats = getattr(engine, "stats", None)
-        if stats is None:
-            return
-        yield CounterMetricFamily(PREFIX + "engine_ticks", "Engine ticks (batched forwards)",
-                                  value=stats.ticks)
-        yield CounterMetricFamily(PREFIX + "engine_hops", "Hops denoised by the engine",
-                                  value=stats.hops)
-        sizes = dict(stats.batch_sizes)
-        cumulative = [(floatToGoString(b), sum(n for size, n in sizes.items() if size <= b))
-                      for b in BATCH_BUCKETS]
-        cumulative.append(("+Inf", sum(sizes.values())))
-        batch = HistogramMetricFamily(PREFIX + "engine_batch_size", "Streams in one engine tick")
-        batch.add_metric([], cumulative, sum_value=sum(s * n for s, n in sizes.items()))
-        yield batch
-        for name, series, text in (
-                ("engine_tick_seconds", stats.tick_ms, "First hop of a tick to results"),
-                ("engine_forward_seconds", stats.forward_ms, "Batched forward of one tick")):
-            summary = SummaryMetricFamily(PREFIX + name, text)
-            summary.add_metric([], count_value=series.count, sum_value=series.total / 1000.0)
-            yield summary
-            gauge = GaugeMetricFamily(PREFIX + name.replace("_seconds", "_recent_seconds"),
-                                      f"{text}: percentile of recent ticks", labels=["quantile"])
-            for q in (50, 99):
-                value = series.percentile(q) if series.count else 0.0
-                gauge.add_metric([str(q / 100)], value / 1000.0)
-            yield gauge
-        errors = CounterMetricFamily(PREFIX + "engine_errors", "Engine errors by reason",
-                                     labels=["reason"])
-        for reason, n in sorted(stats.errors.items()):
-            errors.add_metric([reason], n)
-        yield errors
-        live = getattr(engine, "live_streams", None)
-        if live is not None:
-            yield GaugeMetricFamily(PREFIX + "engine_streams", "Streams open on the engine",
-                                    value=live)

@@ -1,0 +1,360 @@
+"""`RemoteEngine`: the SFU node's side of the worker, behind the same `Engine` interface.
+
+The node keeps one connection to the worker. `process` calls made in the same turn of the
+event loop go out together as one TICK message (every stream whose hops are ready at that
+moment), and each request resolves from the worker's RESULT for that TICK. A stream's first
+entry carries OPEN, so the worker starts it with fresh state; `open_stream` itself only checks
+the slots the worker declared and sends nothing.
+
+When the connection is lost, every request in flight fails with `EngineError` (the SFU passes
+those hops through and counts them), and the engine reconnects in the background with backoff.
+The worker dropped this node's streams with the connection, so every stream starts afresh on
+the new one. A worker that comes back with another audio format or latency is refused: the
+streams were built for the first one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
+from denoiser.local_engine import Series
+from denoiser.worker import protocol as wire
+from denoiser.worker.protocol import Flags, MessageType, ProtocolError, Status, TickEntry
+
+log = logging.getLogger(__name__)
+
+
+def parse_address(address: str, default_port: int = 7100, *, listen: bool = False
+                  ) -> tuple[str, int]:
+    """`HOST:PORT` (or `HOST`, `[v6]:PORT`) -> (host, port); port 0 only to `listen`."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or "]" in port:
+        host, port = address.strip(), str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not (0 if listen else 1) <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+@dataclass
+class RemoteStats:
+    """The node's view of its worker: round trips and what went wrong."""
+
+    connects: int = 0
+    ticks_sent: int = 0
+    hops_sent: int = 0
+    round_trip_ms: Series = field(default_factory=Series)  # TICK sent -> its RESULT
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Sent:
+    started: float
+    requests: dict[str, asyncio.Future[np.ndarray]]
+
+
+class RemoteEngine(Engine):
+    """An engine that runs on a worker (`denoise-sfu worker`) at `address`."""
+
+    def __init__(self, address: str, node: str | None = None, *, connect_timeout: float = 5.0,
+                 max_backoff: float = 5.0) -> None:
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.node = node or socket.gethostname()
+        self.connect_timeout = connect_timeout
+        self.max_backoff = max_backoff
+        self.stats = RemoteStats()
+        self.welcome: wire.Welcome | None = None
+        self._streams: dict[str, bool] = {}  # stream id -> needs OPEN (fresh on the worker)
+        self._outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]] = []
+        self._flush_scheduled = False
+        self._sent: dict[int, _Sent] = {}
+        self._seq = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- what the SFU reads before streams exist ---------------------------------------------
+
+    def _format(self) -> wire.Welcome:
+        if self.welcome is None:
+            raise EngineError("the worker has not been reached yet")
+        return self.welcome
+
+    @property
+    def sample_rate(self) -> int:  # type: ignore[override]
+        return self._format().sample_rate
+
+    @property
+    def hop_size(self) -> int:  # type: ignore[override]
+        return self._format().hop_size
+
+    @property
+    def latency_samples(self) -> int:  # type: ignore[override]
+        return self._format().latency_samples
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    @property
+    def live_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def free_slots(self) -> int:
+        """The worker's slots this node has not taken (other nodes may hold some of them)."""
+        return self._format().max_streams - len(self._streams) if self.welcome else 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect once (EngineError if the worker cannot be reached in `connect_timeout`)."""
+        if self._writer is not None:
+            return
+        try:
+            await self._connect()
+        except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
+            raise EngineError(f"cannot reach the worker at {self.address}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._reconnect_task, self._reader_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._lost("engine closed")
+        self._streams.clear()
+
+    async def _connect(self) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.connect_timeout)
+        try:
+            writer.write(wire.encode_hello(self.node))
+            kind, payload = await asyncio.wait_for(wire.read_message(reader),
+                                                   self.connect_timeout)
+            if kind is MessageType.ERROR:
+                raise ProtocolError(f"the worker refused: {wire.decode_error(payload)}")
+            if kind is not MessageType.WELCOME:
+                raise ProtocolError(f"expected WELCOME, got {kind.name}")
+            welcome = wire.decode_welcome(payload)
+            self._check_format(welcome)
+        except BaseException:
+            writer.close()
+            raise
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.welcome = welcome
+        self._writer = writer
+        for stream_id in self._streams:
+            self._streams[stream_id] = True  # the worker has no state for them
+        self.stats.connects += 1
+        self._reader_task = asyncio.create_task(self._read(reader), name="worker-reader")
+        log.info("connected to worker", extra={"worker": self.address,
+                                               "worker_slots": welcome.max_streams,
+                                               "worker_model": welcome.description})
+
+    def _check_format(self, welcome: wire.Welcome) -> None:
+        first = self.welcome
+        if first is None:
+            return
+        now = (welcome.sample_rate, welcome.hop_size, welcome.latency_samples)
+        before = (first.sample_rate, first.hop_size, first.latency_samples)
+        if now != before:
+            raise ProtocolError(f"the worker now runs (rate, hop, latency) {now}, not {before}; "
+                                "its streams were set up for the first")
+
+    def reconnect_in_background(self) -> None:
+        """Keep trying to connect (with backoff) until it works or the engine is closed."""
+        if self._closed or self._writer is not None:
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.create_task(self._reconnect(),
+                                                       name="worker-reconnect")
+
+    async def _reconnect(self) -> None:
+        backoff = 0.1
+        while not self._closed:
+            await asyncio.sleep(backoff)
+            try:
+                await self._connect()
+                return
+            except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
+                self.stats.errors["connect"] += 1
+                log.warning("worker unreachable; retrying",
+                            extra={"worker": self.address, "error": str(exc),
+                                   "retry_s": min(2 * backoff, self.max_backoff)})
+                backoff = min(2 * backoff, self.max_backoff)
+
+    def _lost(self, reason: str) -> None:
+        """Fail everything in flight; the worker has dropped this node's streams."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        error = EngineError(reason)
+        for sent in self._sent.values():
+            for future in sent.requests.values():
+                if not future.done():
+                    future.set_exception(error)
+        self._sent.clear()
+        for _, future in self._outgoing:
+            if future is not None and not future.done():
+                future.set_exception(error)
+        self._outgoing.clear()
+        for stream_id in self._streams:
+            self._streams[stream_id] = True
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        reason = "worker connection lost"
+        try:
+            while True:
+                kind, payload = await wire.read_message(reader)
+                if kind is MessageType.RESULT:
+                    self._on_result(*wire.decode_result(payload))
+                elif kind is MessageType.ERROR:
+                    reason = f"the worker closed the connection: {wire.decode_error(payload)}"
+                    break
+                else:
+                    raise ProtocolError(f"unexpected {kind.name} from the worker")
+        except asyncio.CancelledError:
+            raise
+        except ProtocolError as exc:
+            self.stats.errors["protocol"] += 1
+            reason = f"bad message from the worker: {exc}"
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        log.warning("worker connection lost", extra={"worker": self.address, "why": reason})
+        self.stats.errors["disconnect"] += 1
+        self._lost(reason)
+        self.reconnect_in_background()
+
+    def _on_result(self, seq: int, entries: list[wire.ResultEntry]) -> None:
+        sent = self._sent.pop(seq, None)
+        if sent is None:
+            raise ProtocolError(f"RESULT for unknown seq {seq}")
+        self.stats.round_trip_ms.add((time.perf_counter() - sent.started) * 1e3)
+        for entry in entries:
+            future = sent.requests.pop(entry.stream_id, None)
+            if future is None:
+                raise ProtocolError(f"RESULT names stream {entry.stream_id!r}, not in TICK {seq}")
+            if future.done():
+                continue
+            if entry.status is Status.OK:
+                future.set_result(entry.samples)
+                continue
+            self.stats.errors[entry.status.name.lower()] += 1
+            if entry.stream_id in self._streams and entry.status in (Status.FULL,
+                                                                    Status.UNKNOWN):
+                self._streams[entry.stream_id] = True  # ask for a slot again next time
+            if entry.status is Status.FULL:
+                future.set_exception(EngineFull(f"worker full: {entry.reason}"))
+            elif entry.status is Status.UNKNOWN:
+                future.set_exception(EngineError(f"unknown stream on the worker: "
+                                                 f"{entry.reason}"))
+            else:
+                future.set_exception(EngineError(f"worker: {entry.reason}"))
+        for future in sent.requests.values():
+            if not future.done():
+                future.set_exception(EngineError("the worker's RESULT left this stream out"))
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def open_stream(self, stream_id: str) -> None:
+        if self._closed:
+            raise EngineError("engine closed")
+        if stream_id in self._streams:
+            raise EngineError(f"stream {stream_id!r} is already open")
+        if not stream_id or len(stream_id.encode()) > wire.MAX_ID_BYTES:
+            raise EngineError(f"stream id must be 1-{wire.MAX_ID_BYTES} bytes")
+        slots = self._format().max_streams
+        if len(self._streams) >= slots:
+            raise EngineFull(f"all {slots} stream slots of the worker are in use")
+        self._streams[stream_id] = True
+
+    def close_stream(self, stream_id: str) -> None:
+        fresh = self._streams.pop(stream_id, None)
+        if fresh is None or fresh or self._writer is None:
+            return  # never opened on the worker (or the worker already dropped it)
+        self._queue(TickEntry(stream_id, Flags.CLOSE, np.zeros(0, np.float32)), None)
+
+    async def process(self, stream_id: str, samples: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise EngineError("engine closed")
+        fresh = self._streams.get(stream_id)
+        if fresh is None:
+            raise EngineError(f"unknown stream {stream_id!r}")
+        samples = validate_hops(samples, self._format().hop_size)
+        if self._writer is None:
+            self.stats.errors["not_connected"] += 1
+            raise EngineError(f"not connected to the worker at {self.address}")
+        if any(entry.stream_id == stream_id and future is not None
+               for entry, future in self._outgoing):
+            # One entry per stream per TICK: the RESULT answers by stream id.
+            self._flush()
+        self._streams[stream_id] = False
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue(TickEntry(stream_id, Flags.OPEN if fresh else Flags.NONE, samples), future)
+        return await future
+
+    def _queue(self, entry: TickEntry, future: asyncio.Future[np.ndarray] | None) -> None:
+        self._outgoing.append((entry, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send everything queued in this turn of the event loop as one TICK."""
+        self._flush_scheduled = False
+        if not self._outgoing:
+            return
+        outgoing, self._outgoing = self._outgoing, []
+        if self._writer is None:
+            for _, future in outgoing:
+                if future is not None and not future.done():
+                    future.set_exception(EngineError("worker connection lost"))
+            return
+        for chunk in _chunks(outgoing):
+            self._send(chunk)
+
+    def _send(self, outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]]
+              ) -> None:
+        assert self._writer is not None
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        entries = [entry for entry, _ in outgoing]
+        requests = {entry.stream_id: future for entry, future in outgoing if future is not None}
+        message = wire.encode_tick(self._seq, entries)
+        if requests:
+            self._sent[self._seq] = _Sent(time.perf_counter(), requests)
+        self._writer.write(message)
+        self.stats.ticks_sent += 1
+        self.stats.hops_sent += sum(e.samples.size for e in entries) // self._format().hop_size
+
+
+def _chunks(outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]],
+            max_bytes: int = wire.MAX_PAYLOAD // 2
+            ) -> list[list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]]]:
+    """Split one turn's entries into TICKs within the protocol's bounds (usually one)."""
+    chunks: list[list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]]] = [[]]
+    size = 0
+    for item in outgoing:
+        entry_bytes = 4 * item[0].samples.size + wire.MAX_ID_BYTES + 8
+        if chunks[-1] and (len(chunks[-1]) >= wire.MAX_ENTRIES or size + entry_bytes > max_bytes):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += entry_bytes
+    return chunks

@@ -1,0 +1,202 @@
+"""The worker service: one `LocalEngine` served to every SFU node that connects.
+
+Each node holds one TCP connection. Its streams are opened in the shared engine under the
+connection's own prefix, so two nodes may use the same stream ids and never meet; all of them
+share the engine's ticks, so the hops of every node that arrive together run as one batch.
+When a connection ends, for any reason, its streams are closed and their slots freed.
+
+A node that breaks the protocol gets an ERROR message saying why, and its connection (only
+its own) is closed. A bad entry that is well formed (samples that are not a whole number of
+hops, NaN, an unknown stream) is answered in its RESULT entry; the rest of the TICK runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from denoiser.engine import EngineError, EngineFull
+from denoiser.local_engine import LocalEngine
+from denoiser.worker import protocol as wire
+from denoiser.worker.protocol import Flags, MessageType, ProtocolError, ResultEntry, Status
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 5.0
+
+
+@dataclass
+class WorkerStats:
+    """What the worker has served, for `/metrics` and the tests."""
+
+    connections: int = 0
+    connections_open: int = 0
+    ticks: int = 0  # TICK messages
+    entries: Counter[str] = field(default_factory=Counter)  # RESULT statuses by name
+    protocol_errors: int = 0
+
+
+class _Connection:
+    """One node's connection and the streams it opened."""
+
+    def __init__(self, number: int, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.prefix = f"c{number}/"
+        self.peer = peer
+        self.writer = writer
+        self.node = ""
+        self.streams: set[str] = set()
+        self.pending: set[asyncio.Task[None]] = set()
+
+
+class WorkerServer:
+    """Serve `engine` on `host:port` (port 0 picks a free one; see `port` after `start`)."""
+
+    def __init__(self, engine: LocalEngine, host: str = "127.0.0.1", port: int = 7100,
+                 description: str = "") -> None:
+        self.engine = engine
+        self.host = host
+        self.requested_port = port
+        self.description = description
+        self.stats = WorkerStats()
+        self._numbers = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the worker is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.requested_port)
+
+    async def close(self) -> None:
+        """Stop listening and hang up on every node (they pass through until they reconnect)."""
+        if self._server is not None:
+            self._server.close()
+            for conn in list(self._connections):
+                conn.writer.close()
+            await self._server.wait_closed()
+
+    def welcome(self) -> wire.Welcome:
+        engine = self.engine
+        return wire.Welcome(engine.sample_rate, engine.hop_size, engine.latency_samples,
+                            engine.max_streams, self.description)
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str(writer.get_extra_info("peername"))
+        conn = _Connection(next(self._numbers), peer, writer)
+        self._connections.add(conn)
+        self.stats.connections += 1
+        self.stats.connections_open += 1
+        try:
+            kind, payload = await asyncio.wait_for(wire.read_message(reader), HELLO_TIMEOUT)
+            if kind is not MessageType.HELLO:
+                raise ProtocolError(f"expected HELLO first, got {kind.name}")
+            conn.node = wire.decode_hello(payload)
+            writer.write(wire.encode_welcome(self.welcome()))
+            log.info("node connected", extra={"node": conn.node, "peer": peer})
+            while True:
+                kind, payload = await wire.read_message(reader)
+                if kind is not MessageType.TICK:
+                    raise ProtocolError(f"a node may only send TICK after HELLO, got {kind.name}")
+                self._on_tick(conn, writer, *wire.decode_tick(payload))
+                await writer.drain()
+        except ProtocolError as exc:
+            self.stats.protocol_errors += 1
+            log.warning("node broke the protocol; closing its connection",
+                        extra={"node": conn.node, "peer": peer, "error": str(exc)})
+            with contextlib.suppress(ConnectionError):
+                writer.write(wire.encode_error(str(exc)))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass  # the node went away (or never said HELLO)
+        finally:
+            self._drop(conn)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            log.info("node disconnected", extra={"node": conn.node, "peer": peer})
+
+    def _drop(self, conn: _Connection) -> None:
+        for task in conn.pending:
+            task.cancel()
+        for stream in conn.streams:
+            self.engine.close_stream(conn.prefix + stream)
+        conn.streams.clear()
+        self._connections.discard(conn)
+        self.stats.connections_open -= 1
+
+    def _on_tick(self, conn: _Connection, writer: asyncio.StreamWriter, seq: int,
+                 entries: list[wire.TickEntry]) -> None:
+        """Start every entry in order (the engine queues them now); answer once all are done."""
+        self.stats.ticks += 1
+        outcomes: list[tuple[str, asyncio.Future[np.ndarray] | ResultEntry]] = []
+        for entry in entries:
+            key = conn.prefix + entry.stream_id
+            if entry.flags & Flags.OPEN:
+                refused = self._open(conn, entry.stream_id, key)
+                if refused is not None:
+                    outcomes.append((entry.stream_id, refused))
+                    continue
+            if entry.samples.size:
+                if entry.stream_id not in conn.streams:
+                    outcomes.append((entry.stream_id, ResultEntry(
+                        entry.stream_id, Status.UNKNOWN, reason="unknown stream: send OPEN")))
+                else:
+                    outcomes.append((entry.stream_id, asyncio.ensure_future(
+                        self.engine.process(key, entry.samples))))
+            if entry.flags & Flags.CLOSE:
+                conn.streams.discard(entry.stream_id)
+                self.engine.close_stream(key)
+        if outcomes:
+            task = asyncio.create_task(self._answer(writer, seq, outcomes))
+            conn.pending.add(task)
+            task.add_done_callback(conn.pending.discard)
+
+    def _open(self, conn: _Connection, stream_id: str, key: str) -> ResultEntry | None:
+        if stream_id in conn.streams:
+            self.engine.close_stream(key)  # OPEN on a live stream starts it afresh
+            conn.streams.discard(stream_id)
+        try:
+            self.engine.open_stream(key)
+        except EngineFull as exc:
+            return ResultEntry(stream_id, Status.FULL, reason=str(exc))
+        except EngineError as exc:
+            return ResultEntry(stream_id, Status.ERROR, reason=str(exc))
+        conn.streams.add(stream_id)
+        return None
+
+    async def _answer(self, writer: asyncio.StreamWriter, seq: int,
+                      outcomes: list[tuple[str, asyncio.Future[np.ndarray] | ResultEntry]]
+                      ) -> None:
+        waiting = [o for _, o in outcomes if isinstance(o, asyncio.Future)]
+        try:
+            if waiting:
+                await asyncio.wait(waiting)
+        except asyncio.CancelledError:
+            for future in waiting:
+                future.cancel()
+            raise
+        results = []
+        for stream_id, outcome in outcomes:
+            if isinstance(outcome, ResultEntry):
+                results.append(outcome)
+            elif outcome.exception() is not None:
+                results.append(ResultEntry(stream_id, Status.ERROR,
+                                           reason=str(outcome.exception())))
+            else:
+                results.append(ResultEntry(stream_id, Status.OK, samples=outcome.result()))
+        for result in results:
+            self.stats.entries[result.status.name.lower()] += 1
+        if not writer.is_closing():
+            writer.write(wire.encode_result(seq, results))
