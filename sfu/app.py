@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from denoiser.engine import Engine
+from denoiser.engine_metrics import EngineCollector
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
-from sfu.metrics import CONTENT_TYPE, EngineCollector, Metrics
+from sfu.metrics import CONTENT_TYPE, Metrics
 from sfu.rooms import Participant, Pipeline, RoomRegistry
 from sfu.settings import Settings, SettingsError
 from sfu.whip import WhipHandlers
@@ -52,13 +53,20 @@ def check_supported(settings: Settings) -> None:
     if settings.redis:
         raise SettingsError("--redis (placement across SFU nodes) is not available yet; "
                             "run a single node without it")
-    if settings.engine != "local":
-        raise SettingsError("--engine workers (the shared worker service) is not available "
-                            "yet; use --engine local")
+    if settings.engine == "workers" and not settings.workers:
+        raise SettingsError("--engine workers needs the address of at least one worker: "
+                            "--worker HOST:PORT (a `denoise-sfu worker`)")
+    if settings.engine == "local" and settings.workers:
+        raise SettingsError("--worker is only used with --engine workers")
 
 
 async def build_engine(settings: Settings) -> Engine:
-    """The in-process engine with the shipped model (loading runs off the event loop)."""
+    """The engine the settings ask for: the workers named (`WorkerPool`), or the in-process
+    engine with the shipped model (loading runs off the event loop)."""
+    if settings.engine == "workers":
+        from denoiser.worker.pool import WorkerPool
+
+        return WorkerPool(settings.workers)
     from denoiser.local_engine import LocalEngine, unbatched_capacity
     from denoiser.models import load_default_model
 
@@ -161,8 +169,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
 
     async def on_startup(app: web.Application) -> None:
         if ctx.engine is None:
-            ctx.engine = await build_engine(settings)
-            await ctx.engine.start()
+            engine = await build_engine(settings)
+            await engine.start()  # EngineError (e.g. no worker reachable) stops the start
+            ctx.engine = engine
         background.append(asyncio.create_task(metrics.monitor_event_loop()))
         log.info("sfu started", extra={"engine": type(ctx.engine).__name__})
 
@@ -193,6 +202,10 @@ async def healthz(request: web.Request) -> web.Response:
             "rooms": ctx.registry.room_count, "participants": ctx.registry.participant_count,
             "subscribers": ctx.registry.subscription_count,
             "uptime_s": round(time.time() - ctx.started_at, 3)}
+    workers = getattr(ctx.engine, "workers", None)
+    if workers:  # the SFU stays up without them (audio passes through); say which answer
+        body["workers"] = {w.address: "connected" if w.connected else "unreachable"
+                           for w in workers}
     return web.json_response(body, status=200 if engine_ok else 503)
 
 

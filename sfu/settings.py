@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from denoiser.paths import WEB_DIR
+from denoiser.worker.client import parse_address
 
 ENV_PREFIX = "DENOISE_SFU_"
 ENGINES = ("local", "workers")
 MODES = ("auto", "on", "off")
+LIST_OPTIONS = ("ice_servers", "workers")  # repeatable flags, comma-separated variables
 
 
 class SettingsError(ValueError):
@@ -36,6 +38,7 @@ class Settings:
     secret: str = ""
     redis: str | None = None
     engine: str = "local"
+    workers: tuple[str, ...] = ()  # HOST:PORT of `denoise-sfu worker`s, with engine=workers
     device: str = "cpu"
     model_lookahead: int | None = None  # hops; None keeps the model's own (default model: 1)
     model_weights: str | None = None  # a checkpoint (path, or a name in models/); None: default
@@ -58,6 +61,11 @@ class Settings:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise SettingsError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        for address in self.workers:
+            try:
+                parse_address(address)
+            except ValueError as err:
+                raise SettingsError(f"worker address: {err}") from None
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range")
         if self.max_sdp_bytes < 1024:
@@ -96,6 +104,9 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--secret", "secret", str, "HMAC secret for room tokens (random if unset)"),
     ("--redis", "redis", str, "Redis URL for placement across nodes"),
     ("--engine", "engine", str, "where denoising runs: local (in-process) or workers"),
+    ("--worker", "workers", str, "HOST:PORT of a `denoise-sfu worker` for --engine workers "
+     "(repeatable: streams go to the one with the most free slots; comma-separated in the "
+     "environment)"),
     ("--device", "device", str, "device of the local engine: cpu or cuda"),
     ("--model-lookahead", "model_lookahead", int, "model look-ahead in 10 ms hops: 0, 1 or 2 "
      "(default: the model's own; the default model is trained at 1, 20 ms of algorithmic "
@@ -141,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, dest, conv, help_text in _OPTIONS:
         kwargs: dict[str, Any] = {"dest": dest, "default": None,
                                   "help": f"{help_text} [{env_name(flag)}]"}
-        if dest == "ice_servers":
+        if dest in LIST_OPTIONS:
             kwargs["action"] = "append"
         elif conv == "bool":
             kwargs["type"] = parse_bool
@@ -161,13 +172,13 @@ def from_sources(args: argparse.Namespace | None = None,
     for flag, dest, conv, _ in _OPTIONS:
         given = getattr(args, dest, None) if args is not None else None
         if given is not None:
-            values[dest] = tuple(given) if dest == "ice_servers" else given
+            values[dest] = tuple(given) if dest in LIST_OPTIONS else given
             continue
         raw = env.get(env_name(flag))
         if raw is None or raw == "":
             continue
         try:
-            if dest == "ice_servers":
+            if dest in LIST_OPTIONS:
                 values[dest] = tuple(u.strip() for u in raw.split(",") if u.strip())
             elif conv == "bool":
                 values[dest] = parse_bool(raw)

@@ -106,8 +106,19 @@ def test_settings_flags_override_environment_over_defaults() -> None:
 def test_serve_refuses_what_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "--redis", "redis://localhost:6379"]) == 2
     assert "not available yet" in capsys.readouterr().err
-    assert cli.main(["serve", "--engine", "workers"]) == 2
+    assert cli.main(["worker", "--redis", "redis://localhost:6379"]) == 2
     assert "not available yet" in capsys.readouterr().err
+
+
+def test_serve_checks_its_worker_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--engine", "workers"]) == 2
+    assert "--worker HOST:PORT" in capsys.readouterr().err
+    assert cli.main(["serve", "--worker", "127.0.0.1:7100"]) == 2
+    assert "only used with --engine workers" in capsys.readouterr().err
+    assert cli.main(["serve", "--engine", "workers", "--worker", "nohost:port"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+    env = {"DENOISE_SFU_ENGINE": "workers", "DENOISE_SFU_WORKER": "a:7100, b:7101"}
+    assert from_sources(None, env).workers == ("a:7100", "b:7101")
 
 
 def test_demo_tokens_default_to_on_only_for_a_generated_secret() -> None:

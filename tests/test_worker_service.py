@@ -1,0 +1,143 @@
+"""`denoise-sfu worker` as its own process with the shipped model, and an SFU whose engine is
+that worker (`--engine workers`): a real aiortc peer publishes noisy speech over WHIP, a WHEP
+subscriber hears it denoised, and both processes' `/metrics` count the hops."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from conftest import SfuFactory
+from e2e_audio import assert_denoised, assert_untouched, noisy_test_clip, report
+
+from denoiser.local_engine import LocalEngine
+from denoiser.models import load_default_model
+from denoiser.worker.client import RemoteEngine
+from denoiser.worker.pool import WorkerPool
+from sfu.bench_e2e import run_clip
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} not in:\n{text}"
+    return float(found.group(1))
+
+
+@dataclass
+class WorkerProcess:
+    address: str
+    metrics_url: str
+    proc: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def worker_process() -> Iterator[WorkerProcess]:
+    metrics_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_SFU_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sfu.cli", "worker", "--listen", "127.0.0.1:0", "--device", "cpu",
+         "--max-streams", "4", "--metrics", f"127.0.0.1:{metrics_port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the worker's one line: where it listens
+        assert line, proc.communicate(timeout=10)
+        ready = json.loads(line)
+        assert ready["worker"] == "listening" and ready["traced"] is True
+        yield WorkerProcess(f"127.0.0.1:{ready['port']}",
+                            f"http://127.0.0.1:{metrics_port}/metrics", proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert '"msg": "node connected"' in err and '"msg": "node disconnected"' in err
+
+
+async def test_the_worker_process_denoises_as_the_engine_in_this_process(
+        worker_process: WorkerProcess) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(48_000) / 48_000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.3) + 0.05 * rng.standard_normal(t.size))
+    x = x.astype(np.float32)
+    local = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=1)
+    remote = RemoteEngine(worker_process.address, node="test")
+    await local.start()
+    await remote.start()
+    try:
+        assert remote.latency_samples == local.latency_samples
+        local.open_stream("s")
+        remote.open_stream("s")
+        ours, theirs = [], []
+        for i in range(0, x.size, 960):
+            ours.append(await local.process("s", x[i:i + 960]))
+            theirs.append(await remote.process("s", x[i:i + 960]))
+        ours_all, theirs_all = np.concatenate(ours), np.concatenate(theirs)
+        assert np.abs(ours_all).max() > 0.05
+        np.testing.assert_allclose(theirs_all, ours_all, atol=1e-4 * np.abs(ours_all).max())
+    finally:
+        await remote.close()
+        await local.close()
+    text = scrape(worker_process.metrics_url)
+    assert metric(text, "denoise_sfu_engine_hops_total") >= 100
+    assert metric(text, 'denoise_sfu_worker_entries_total{status="ok"}') >= 50
+
+
+async def test_an_sfu_denoises_through_the_worker_process(sfu_factory: SfuFactory,
+                                                          worker_process: WorkerProcess) -> None:
+    pool = WorkerPool([worker_process.address], node="sfu-under-test")
+    await pool.start()
+    try:
+        clip = noisy_test_clip(snr_db=5.0, lead_s=1.5)
+        sfu = await sfu_factory(pool)
+        off = await run_clip(sfu, clip, "off", room="worker-off")
+        print(report(off))
+        assert_untouched(off)
+        on = await run_clip(sfu, clip, "on", room="worker-on")
+        print(report(on))
+        assert_denoised(on, off)
+        async with sfu.session.get(sfu.url("/metrics")) as resp:
+            node = await resp.text()
+        label = f'{{worker="{worker_process.address}"}}'
+        assert metric(node, "denoise_sfu_worker_connected" + label) == 1
+        assert metric(node, "denoise_sfu_worker_hops_sent_total" + label) >= on.hops["denoised"]
+        async with sfu.session.get(sfu.url("/healthz")) as resp:
+            assert (await resp.json())["workers"] == {worker_process.address: "connected"}
+    finally:
+        await pool.close()
+    worker = scrape(worker_process.metrics_url)
+    assert metric(worker, "denoise_sfu_engine_hops_total") >= on.hops["denoised"]
+
+
+def test_serve_stops_with_a_clear_error_when_no_worker_answers() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_SFU_")}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sfu.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+         "--engine", "workers", "--worker", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "no worker could be reached" in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 30
