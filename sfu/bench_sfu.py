@@ -20,12 +20,16 @@ import multiprocessing as mp
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+from denoiser.engine import Engine
+from denoiser.worker.spawn import SpawnedWorker, cpu_seconds, spawn_worker
 from sfu.media.pipeline import DEFAULT_LATENCY_BUDGET, PipelineCounters
 
 BUDGET_P99_S = 0.040
@@ -185,8 +189,9 @@ async def _answer(offer: str, pid: int, engine, metrics, side: ServerSide,
     return pc.localDescription.sdp
 
 
-async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine,
-                        seed: int) -> dict[str, Any]:
+async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine: Engine,
+                        seed: int, worker_cpu: Callable[[], float] | None = None
+                        ) -> dict[str, Any]:
     from sfu.metrics import Metrics
 
     metrics = Metrics()
@@ -230,9 +235,11 @@ async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine,
         for pipeline in side.pipelines.values():
             pipeline.latencies.clear()
         cpu0, wall0 = time.process_time(), time.monotonic()
+        worker0 = worker_cpu() if worker_cpu else 0.0
         await asyncio.sleep(args.seconds)
         cpu = time.process_time() - cpu0
         wall = time.monotonic() - wall0
+        worker = worker_cpu() - worker0 if worker_cpu else None
         latencies = np.array([x for p in side.pipelines.values() for x in p.latencies])
         for link in links:
             link.send("stop")
@@ -247,15 +254,24 @@ async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine,
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-    return _summarise(scenario, side, latencies, cpu, wall, client_stats)
+    result = _summarise(scenario, side, latencies, cpu, wall, client_stats)
+    if worker is not None:  # the engine's CPU, spent in the worker process
+        n = max(result["participants"], 1)
+        result["worker_cpu_total_pct"] = round(100 * worker / wall, 1)
+        result["worker_cpu_per_participant_pct"] = round(100 * worker / wall / n, 2)
+    return result
+
+
+def _denoised_share(result: dict[str, Any]) -> float:
+    hops = result["stream_hops"]
+    return round(hops.get("denoised", 0) / max(1, sum(hops.values())), 4)
 
 
 def _carried(result: dict[str, Any]) -> bool:
     """Within the latency budget AND actually denoising (late hops pass through raw)."""
-    hops = result["stream_hops"]
-    denoised_share = hops.get("denoised", 0) / max(1, sum(hops.values()))
     p99 = result["latency_ms_p99"]
-    return p99 is not None and p99 <= 1000 * BUDGET_P99_S and denoised_share >= MIN_DENOISED_SHARE
+    return p99 is not None and p99 <= 1000 * BUDGET_P99_S and \
+        _denoised_share(result) >= MIN_DENOISED_SHARE
 
 
 def _summarise(scenario: Scenario, side: ServerSide, latencies: np.ndarray, cpu: float,
@@ -311,7 +327,7 @@ def _accounting_ok(r: dict[str, Any]) -> bool:
                 r["rtp"]["received"] == 0))
 
 
-async def _bench(args: argparse.Namespace) -> int:
+async def _local_engine(args: argparse.Namespace) -> Engine:
     import torch
 
     from denoiser.local_engine import LocalEngine, unbatched_capacity
@@ -324,38 +340,73 @@ async def _bench(args: argparse.Namespace) -> int:
                                        unbatched_capacity(model))
     print(f"engine admits {max_streams} streams; more pass through as engine_full",
           file=sys.stderr)
-    engine = LocalEngine(model, device=args.device, max_streams=max_streams,
-                         tick_deadline=args.tick_deadline)
-    await engine.start()
-    latency_model_ms = 1000 * engine.latency_samples / engine.sample_rate
-    results = []
+    return LocalEngine(model, device=args.device, max_streams=max_streams,
+                       tick_deadline=args.tick_deadline)
+
+
+def _spawn_worker(args: argparse.Namespace) -> SpawnedWorker:
+    """A `denoise-sfu worker` child with this bench's engine settings."""
+    flags = ["--device", args.device, "--threads", str(args.threads), "--log-format", "text"]
+    if args.max_streams:
+        flags += ["--max-streams", str(args.max_streams)]
+    worker = spawn_worker(flags)
+    print(f"worker process {worker.proc.pid} at {worker.address}: {worker.ready}",
+          file=sys.stderr)
+    return worker
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    from denoiser.worker.pool import WorkerPool
+
+    spawned = _spawn_worker(args) if args.engine == "worker-process" else None
+    engine: Engine
+    if spawned is not None:
+        engine = WorkerPool([spawned.address], node="bench")
+    elif args.worker:
+        engine = WorkerPool(args.worker, node="bench")
+    else:
+        engine = await _local_engine(args)
+    worker_cpu = None if spawned is None else partial(cpu_seconds, spawned.proc.pid)
     try:
-        plan = [Scenario(f"calls_1to1_x{args.calls}", [2] * args.calls)]
-        if args.room_size:
-            plan.append(Scenario(f"room_of_{args.room_size}", [args.room_size]))
-        if args.loss > 0:
-            plan.append(Scenario(f"calls_1to1_x{args.calls}_loss{args.loss:g}",
-                                 [2] * args.calls, args.loss))
-        for i, scenario in enumerate(plan):
-            results.append(await _run_scenario(scenario, args, engine, seed=100 * i))
-            _print_result(results[-1])
-        max_ok = 0
-        n = args.ramp_start
-        while args.ramp_max and n <= args.ramp_max:
-            r = await _run_scenario(Scenario(f"ramp_{n}", [2] * (n // 2)), args, engine,
-                                    seed=1000 + n)
-            _print_result(r)
-            results.append(r)
-            if not _carried(r):
-                break
-            max_ok = n
-            n += args.ramp_step
+        await engine.start()
+        return await _run_plan(args, engine, worker_cpu)
     finally:
         await engine.close()
+        if spawned is not None:
+            spawned.stop()
+
+
+async def _run_plan(args: argparse.Namespace, engine: Engine,
+                    worker_cpu: Callable[[], float] | None) -> int:
+    latency_model_ms = 1000 * engine.latency_samples / engine.sample_rate
+    results = []
+    plan = [Scenario(f"calls_1to1_x{args.calls}", [2] * args.calls)]
+    if args.room_size:
+        plan.append(Scenario(f"room_of_{args.room_size}", [args.room_size]))
+    if args.loss > 0:
+        plan.append(Scenario(f"calls_1to1_x{args.calls}_loss{args.loss:g}",
+                             [2] * args.calls, args.loss))
+    for i, scenario in enumerate(plan):
+        results.append(await _run_scenario(scenario, args, engine, seed=100 * i,
+                                           worker_cpu=worker_cpu))
+        _print_result(results[-1])
+    max_ok = 0
+    n = args.ramp_start
+    while args.ramp_max and n <= args.ramp_max:
+        r = await _run_scenario(Scenario(f"ramp_{n}", [2] * (n // 2)), args, engine,
+                                seed=1000 + n, worker_cpu=worker_cpu)
+        _print_result(r)
+        results.append(r)
+        if not _carried(r):
+            break
+        max_ok = n
+        n += args.ramp_step
     base = results[0]
     summary = {
         "bench": "sfu",
         "device": args.device,
+        "engine": args.engine if not args.worker else "workers",
+        "worker_cpu_per_participant_pct": base.get("worker_cpu_per_participant_pct"),
         "receive_path": args.receive_path,
         "server_cpu_per_participant_pct": base["server_cpu_per_participant_pct"],
         "latency_ms_p50": base["latency_ms_p50"],
@@ -379,8 +430,9 @@ async def _bench(args: argparse.Namespace) -> int:
         "subscriber_drops": sum(r["pipeline"]["subscriber_drops"] for r in results),
         "accounting_ok": all(_accounting_ok(r) for r in results),
         "scenarios": [{k: r[k] for k in ("scenario", "participants", "latency_ms_p50",
-                                         "latency_ms_p99", "server_cpu_per_participant_pct")}
-                      for r in results],
+                                         "latency_ms_p99", "server_cpu_per_participant_pct",
+                                         "worker_cpu_per_participant_pct") if k in r}
+                      | {"denoised_share": _denoised_share(r)} for r in results],
     }
     print(json.dumps(summary))
     return 0
@@ -391,7 +443,9 @@ def _print_result(r: dict[str, Any]) -> None:
     print(f"{r['scenario']:>24}: {r['participants']:3d} participants  "
           f"added latency p50 {r['latency_ms_p50']} ms p99 {r['latency_ms_p99']} ms  "
           f"server CPU {r['server_cpu_per_participant_pct']}%/participant "
-          f"({r['server_cpu_total_pct']}% total)", file=sys.stderr)
+          f"({r['server_cpu_total_pct']}% total)"
+          + (f", worker CPU {r['worker_cpu_total_pct']}% total"
+             if "worker_cpu_total_pct" in r else ""), file=sys.stderr)
     print(f"{'':>26}frames in {p['frames_in']} (late {p['frames_late']}, bad {p['frames_bad']})"
           f" -> hops in {p['hops_in']} + concealed {p['hops_concealed']} -> hops out "
           f"{p['hops_out']} {r['stream_hops']} -> packets out {p['packets_out']}, "
@@ -423,6 +477,12 @@ def register_bench_sfu(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--receive-path", default="immediate",
                         help="immediate (ours) or aiortc (stock jitter buffer, for comparison)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--engine", choices=("local", "worker-process"), default="local",
+                        help="local: the engine in this process (as `serve`); worker-process: "
+                             "a `denoise-sfu worker` child on this machine (its CPU is "
+                             "reported apart)")
+    parser.add_argument("--worker", action="append", metavar="HOST:PORT",
+                        help="use running workers instead (repeatable)")
     parser.add_argument("--mode", choices=("auto", "on", "off"), default="auto",
                         help="publishers' denoise mode (auto: with the tone/music detector)")
     parser.add_argument("--max-streams", type=int, default=None,

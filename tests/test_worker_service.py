@@ -24,6 +24,7 @@ from denoiser.local_engine import LocalEngine
 from denoiser.models import load_default_model
 from denoiser.worker.client import RemoteEngine
 from denoiser.worker.pool import WorkerPool
+from denoiser.worker.spawn import spawn_worker
 from sfu.bench_e2e import run_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -50,29 +51,20 @@ def metric(text: str, name: str) -> float:
 class WorkerProcess:
     address: str
     metrics_url: str
-    proc: subprocess.Popen[str]
 
 
 @pytest.fixture(scope="module")
 def worker_process() -> Iterator[WorkerProcess]:
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_SFU_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sfu.cli", "worker", "--listen", "127.0.0.1:0", "--device", "cpu",
-         "--max-streams", "4", "--metrics", f"127.0.0.1:{metrics_port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    worker = spawn_worker(["--device", "cpu", "--max-streams", "4",
+                           "--metrics", f"127.0.0.1:{metrics_port}"], env=env)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the worker's one line: where it listens
-        assert line, proc.communicate(timeout=10)
-        ready = json.loads(line)
-        assert ready["worker"] == "listening" and ready["traced"] is True
-        yield WorkerProcess(f"127.0.0.1:{ready['port']}",
-                            f"http://127.0.0.1:{metrics_port}/metrics", proc)
+        assert worker.ready["traced"] is True and worker.ready["max_streams"] == 4
+        yield WorkerProcess(worker.address, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+        err = worker.stop()
+    assert worker.proc.returncode == 0, err
     assert '"msg": "node connected"' in err and '"msg": "node disconnected"' in err
 
 
@@ -141,3 +133,17 @@ def test_serve_stops_with_a_clear_error_when_no_worker_answers() -> None:
     assert proc.returncode == 1, proc.stderr
     assert "no worker could be reached" in proc.stderr, proc.stderr
     assert time.monotonic() - started < 30
+
+
+def test_bench_worker_ends_with_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from sfu.cli import main
+
+    assert main(["bench", "worker", "--streams", "2", "--seconds", "0.5", "--busy", "no"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["bench"] == "worker" and result["streams"] == 2
+    assert [(r["engine"], r["busy_loop"]) for r in result["runs"]] == [
+        ("local", False), ("worker", False)]
+    for run in result["runs"]:
+        assert run["requests"] >= 2 * 0.5 * 50 * 0.9 and run["requests_failed"] == 0, run
+        assert 0 < run["wait_p50_ms"] <= run["wait_p99_ms"]
+    assert result["runs"][1]["worker_cpu_pct"] > 0  # the engine's work happened over there

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="a checkpoint (path, or a name in models/) [DENOISE_SFU_MODEL_WEIGHTS]")
     p.add_argument("--model-lookahead", type=int, default=_env("model_lookahead"),
                    choices=(0, 1, 2), help="look-ahead in hops [DENOISE_SFU_MODEL_LOOKAHEAD]")
+    p.add_argument("--threads", type=int, default=_env("threads"),
+                   help="torch threads of the engine (default: torch's, one per core) "
+                        "[DENOISE_SFU_THREADS]")
     p.add_argument("--metrics", default=_env("metrics"), metavar="HOST:PORT",
                    help="serve /metrics and /healthz over HTTP here [DENOISE_SFU_METRICS]")
     p.add_argument("--log-format", default=_env("log_format", "json"), choices=("json", "text"),
@@ -62,6 +65,10 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from denoiser.worker.server import WorkerServer
 
     device = resolve_device(args.device)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(int(args.threads))  # before the capacity is measured
     model = await asyncio.to_thread(load_default_model, device, args.model_lookahead,
                                     args.model_weights)
     max_streams = args.max_streams
@@ -69,7 +76,8 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
         max_streams = 256 if device.type == "cuda" else \
             await asyncio.to_thread(unbatched_capacity, model)
     host, port = parse_address(args.listen, listen=True)
-    engine = LocalEngine(model, device=device, max_streams=int(max_streams))
+    engine = LocalEngine(model, device=device, max_streams=int(max_streams),
+                         threads=None if args.threads is None else int(args.threads))
     server = WorkerServer(engine, host, port,
                           description=f"{args.model_weights or 'default'} on {device}")
     metrics_runner = None
@@ -129,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             parse_address(args.metrics, listen=True)
         if args.max_streams is not None and int(args.max_streams) < 1:
             raise ValueError("--max-streams must be at least 1")
+        if args.threads is not None and int(args.threads) < 1:
+            raise ValueError("--threads must be at least 1")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,8 @@
-"""`denoise-sfu bench engine | sfu`: benchmarks that print figures and end with ONE JSON line.
+"""`denoise-sfu bench engine | worker | sfu | e2e`: benchmarks that print figures and end with
+ONE JSON line.
 
-`bench engine` lives in `denoiser.bench_engine`; `bench sfu` in `sfu.bench_sfu`.
+`bench engine` lives in `denoiser.bench_engine`, `bench worker` in `denoiser.worker.bench`;
+`bench sfu` in `sfu.bench_sfu`, `bench e2e` in `sfu.bench_e2e`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("bench", help="benchmarks (engine, sfu); end with one JSON line")
-    which = parser.add_subparsers(dest="bench", required=True, metavar="{engine,sfu,e2e}")
+    parser = subparsers.add_parser("bench", help="benchmarks (engine, worker, sfu, e2e); end "
+                                   "with one JSON line")
+    which = parser.add_subparsers(dest="bench", required=True,
+                                  metavar="{engine,worker,sfu,e2e}")
     from denoiser.bench_engine import register_bench_engine
+    from denoiser.worker.bench import register_bench_worker
 
     register_bench_engine(which)
+    register_bench_worker(which)
     # The SFU benches need the media stack (PyAV, aiortc); `bench engine` runs without it (a
     # bare GPU box, a training machine).
     try:

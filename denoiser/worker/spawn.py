@@ -1,0 +1,56 @@
+"""Start `denoise-sfu worker` as a child process on this machine (for benchmarks and tests).
+
+The worker prints one JSON line on stdout when it listens; `spawn_worker` waits for it and
+returns the process and its address. `cpu_seconds` reads a process's CPU time from /proc, so
+a benchmark can count the worker's CPU beside its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class SpawnedWorker:
+    proc: subprocess.Popen[str]
+    address: str
+    ready: dict[str, object]
+
+    def stop(self, timeout: float = 30.0) -> str:
+        """SIGTERM, wait, and return what it logged on stderr."""
+        self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err or ""
+
+
+def spawn_worker(flags: Sequence[str] = (), env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1") -> SpawnedWorker:
+    """`denoise-sfu worker --listen HOST:0 FLAGS...`, once it listens (RuntimeError if it
+    exits first)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sfu.cli", "worker", "--listen", f"{host}:0", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ) if env is None else env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=30)
+        raise RuntimeError(f"the worker exited ({proc.returncode}) before listening:\n{err}")
+    ready = json.loads(line)
+    return SpawnedWorker(proc, f"{host}:{ready['port']}", ready)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
