@@ -222,7 +222,8 @@ class DenoisedStream:
             if isinstance(exc, EngineError) and "unknown stream" in str(exc):
                 self._open = False  # e.g. a worker that restarted: open again soon
             log.debug("stream %s: engine error %s", self.stream_id, exc)
-            return None, "engine_error"
+            # A worker shared with other nodes can be full although this node saw a free slot.
+            return None, "engine_full" if isinstance(exc, EngineFull) else "engine_error"
         return task.result(), None
 
     # -- the audio path --------------------------------------------------------------------

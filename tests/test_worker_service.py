@@ -4,6 +4,7 @@ subscriber hears it denoised, and both processes' `/metrics` count the hops."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -18,14 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from conftest import SfuFactory
-from e2e_audio import assert_denoised, assert_untouched, noisy_test_clip, report
+from e2e_audio import (
+    assert_denoised,
+    assert_heard_whole_clip,
+    assert_untouched,
+    noisy_test_clip,
+    report,
+)
 
 from denoiser.local_engine import LocalEngine
 from denoiser.models import load_default_model
 from denoiser.worker.client import RemoteEngine
 from denoiser.worker.pool import WorkerPool
 from denoiser.worker.spawn import spawn_worker
-from sfu.bench_e2e import run_clip
+from sfu.bench_e2e import hop_counters, run_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -147,3 +154,39 @@ def test_bench_worker_ends_with_one_json_line(capsys: pytest.CaptureFixture[str]
         assert run["requests"] >= 2 * 0.5 * 50 * 0.9 and run["requests_failed"] == 0, run
         assert 0 < run["wait_p50_ms"] <= run["wait_p99_ms"]
     assert result["runs"][1]["worker_cpu_pct"] > 0  # the engine's work happened over there
+
+
+async def test_a_call_outlives_its_worker_crashing_and_coming_back(
+        sfu_factory: SfuFactory) -> None:
+    """The worker is killed (SIGKILL) in the middle of a call and started again on its port:
+    the listener hears the whole clip, the hops in between go out raw (counted engine_error),
+    and denoising resumes on the new worker with fresh state."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_SFU_")}
+    flags = ["--device", "cpu", "--max-streams", "4"]
+    first = spawn_worker(flags, env=env)
+    port = int(first.address.rsplit(":", 1)[1])
+    pool = WorkerPool([first.address], node="sfu-under-test", max_backoff=0.5)
+    await pool.start()
+    second = None
+    try:
+        sfu = await sfu_factory(pool)
+        clip = noisy_test_clip(snr_db=5.0, lead_s=4.0)
+        call = asyncio.create_task(run_clip(sfu, clip, "on", room="crash"))
+        await asyncio.sleep(3.0)
+        before_crash = await hop_counters(sfu)
+        first.proc.kill()
+        first.proc.wait()
+        second = await asyncio.to_thread(spawn_worker, flags, env, "127.0.0.1", port)
+        result = await call
+        print(report(result))
+    finally:
+        await pool.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert_heard_whole_clip(result)
+    assert result.hops["engine_error"] > 0, report(result)  # raw while no worker answered
+    assert result.hops["denoised"] > before_crash["denoised"] + 100, report(result)  # resumed
+    assert sum(result.hops.values()) == result.hops["denoised"] + result.hops["engine_error"] \
+        + result.hops.get("late", 0), report(result)
+    assert pool.workers[0].stats.connects == 2

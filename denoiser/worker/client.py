@@ -66,7 +66,7 @@ class RemoteEngine(Engine):
     """An engine that runs on a worker (`denoise-sfu worker`) at `address`."""
 
     def __init__(self, address: str, node: str | None = None, *, connect_timeout: float = 5.0,
-                 max_backoff: float = 5.0) -> None:
+                 max_backoff: float = 2.0) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
         self.node = node or socket.gethostname()

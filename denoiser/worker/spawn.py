@@ -34,11 +34,11 @@ class SpawnedWorker:
 
 
 def spawn_worker(flags: Sequence[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1") -> SpawnedWorker:
-    """`denoise-sfu worker --listen HOST:0 FLAGS...`, once it listens (RuntimeError if it
-    exits first)."""
+                 host: str = "127.0.0.1", port: int = 0) -> SpawnedWorker:
+    """`denoise-sfu worker --listen HOST:PORT FLAGS...` (port 0: a free one), once it listens
+    (RuntimeError if it exits first)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sfu.cli", "worker", "--listen", f"{host}:0", *flags],
+        [sys.executable, "-m", "sfu.cli", "worker", "--listen", f"{host}:{port}", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ) if env is None else env)
     assert proc.stdout is not None
