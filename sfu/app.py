@@ -66,7 +66,7 @@ async def build_engine(settings: Settings) -> Engine:
     if settings.engine == "workers":
         from denoiser.worker.pool import WorkerPool
 
-        return WorkerPool(settings.workers)
+        return WorkerPool(settings.workers, secret=settings.secret)
     from denoiser.local_engine import LocalEngine, unbatched_capacity
     from denoiser.models import load_default_model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ from test_engine_models import HOP, TinyConvGRU
 from denoiser.engine import EngineError, EngineFull
 from denoiser.local_engine import LocalEngine
 from denoiser.worker import protocol as wire
+from denoiser.worker.auth import Unauthorized, check_hello_token, hello_token
 from denoiser.worker.client import RemoteEngine
 from denoiser.worker.pool import WorkerPool
 from denoiser.worker.server import WorkerServer
@@ -56,13 +58,15 @@ Worker = Callable[..., Awaitable[WorkerServer]]
 
 @pytest.fixture
 async def worker(model: TinyConvGRU) -> AsyncIterator[Worker]:
-    """`await worker(max_streams=8, port=0)`: a started worker; all closed at teardown."""
+    """`await worker(max_streams=8, port=0, secret=None)`: a started worker; all closed at
+    teardown."""
     started: list[tuple[WorkerServer, LocalEngine]] = []
 
-    async def start(max_streams: int = 8, port: int = 0) -> WorkerServer:
+    async def start(max_streams: int = 8, port: int = 0, secret: str | None = None
+                    ) -> WorkerServer:
         engine = LocalEngine(model, device="cpu", max_streams=max_streams, tick_deadline=0.003)
         await engine.start()
-        server = WorkerServer(engine, "127.0.0.1", port, description="tiny")
+        server = WorkerServer(engine, "127.0.0.1", port, description="tiny", secret=secret)
         await server.start()
         started.append((server, engine))
         return server
@@ -297,3 +301,42 @@ async def test_a_pool_needs_one_worker_at_start() -> None:
     with pytest.raises(EngineError, match="no worker could be reached"):
         await pool.start()
     await pool.close()
+
+
+async def test_a_worker_with_a_secret_serves_only_nodes_that_know_it(worker: Worker,
+                                                                     model) -> None:
+    server = await worker(secret="s3cret")
+    address = f"127.0.0.1:{server.port}"
+    for secret, why in ((None, "needs a token"), ("wrong", "not this worker's")):
+        stranger = RemoteEngine(address, node="stranger", secret=secret)
+        with pytest.raises(EngineError, match=why):
+            await stranger.start()
+        await stranger.close()
+    stale = hello_token("s3cret", "late", now=time.time() - 3600)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(wire.encode_hello("late", stale))
+    kind, payload = await wire.read_message(reader)
+    assert kind is wire.MessageType.ERROR and "clock" in wire.decode_error(payload)
+    writer.close()
+    assert server.stats.unauthorized == 3 and server.engine.live_streams == 0
+    member = RemoteEngine(address, node="member", secret="s3cret")
+    await member.start()
+    try:
+        member.open_stream("a")
+        x = audio(18, 4)
+        np.testing.assert_allclose(await feed(member, "a", x), offline(model, x), atol=1e-5)
+    finally:
+        await member.close()
+
+
+def test_hello_tokens() -> None:
+    token = hello_token("k", "node", now=1000)
+    check_hello_token("k", "node", token, now=1030)
+    for secret, node, tok, now, why in (
+            ("k", "other", token, 1000, "bad token"),  # bound to the node's name
+            ("x", "node", token, 1000, "bad token"),
+            ("k", "node", token, 1100, "clock"),
+            ("k", "node", "", 1000, "needs a token"),
+            ("k", "node", "abc", 1000, "malformed")):
+        with pytest.raises(Unauthorized, match=why):
+            check_hello_token(secret, node, tok, now=now)

@@ -35,6 +35,7 @@ from denoiser.worker.spawn import spawn_worker
 from sfu.bench_e2e import hop_counters, run_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+SECRET = "worker-test-secret"
 
 
 def free_port() -> int:
@@ -64,10 +65,11 @@ class WorkerProcess:
 def worker_process() -> Iterator[WorkerProcess]:
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_SFU_")}
-    worker = spawn_worker(["--device", "cpu", "--max-streams", "4",
+    worker = spawn_worker(["--device", "cpu", "--max-streams", "4", "--secret", SECRET,
                            "--metrics", f"127.0.0.1:{metrics_port}"], env=env)
     try:
         assert worker.ready["traced"] is True and worker.ready["max_streams"] == 4
+        assert worker.ready["secret"] is True
         yield WorkerProcess(worker.address, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         err = worker.stop()
@@ -82,7 +84,7 @@ async def test_the_worker_process_denoises_as_the_engine_in_this_process(
     x = (0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.3) + 0.05 * rng.standard_normal(t.size))
     x = x.astype(np.float32)
     local = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=1)
-    remote = RemoteEngine(worker_process.address, node="test")
+    remote = RemoteEngine(worker_process.address, node="test", secret=SECRET)
     await local.start()
     await remote.start()
     try:
@@ -106,7 +108,7 @@ async def test_the_worker_process_denoises_as_the_engine_in_this_process(
 
 async def test_an_sfu_denoises_through_the_worker_process(sfu_factory: SfuFactory,
                                                           worker_process: WorkerProcess) -> None:
-    pool = WorkerPool([worker_process.address], node="sfu-under-test")
+    pool = WorkerPool([worker_process.address], node="sfu-under-test", secret=SECRET)
     await pool.start()
     try:
         clip = noisy_test_clip(snr_db=5.0, lead_s=1.5)

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="a checkpoint (path, or a name in models/) [DENOISE_SFU_MODEL_WEIGHTS]")
     p.add_argument("--model-lookahead", type=int, default=_env("model_lookahead"),
                    choices=(0, 1, 2), help="look-ahead in hops [DENOISE_SFU_MODEL_LOOKAHEAD]")
+    p.add_argument("--secret", default=_env("secret"),
+                   help="only nodes started with this secret (serve's --secret) may connect; "
+                        "without it any node may [DENOISE_SFU_SECRET]")
     p.add_argument("--threads", type=int, default=_env("threads"),
                    help="torch threads of the engine (default: torch's, one per core) "
                         "[DENOISE_SFU_THREADS]")
@@ -79,7 +82,10 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     engine = LocalEngine(model, device=device, max_streams=int(max_streams),
                          threads=None if args.threads is None else int(args.threads))
     server = WorkerServer(engine, host, port,
-                          description=f"{args.model_weights or 'default'} on {device}")
+                          description=f"{args.model_weights or 'default'} on {device}",
+                          secret=args.secret)
+    if not args.secret:
+        log.warning("no --secret: any node that reaches this address may use the worker")
     metrics_runner = None
     await engine.start()
     try:
@@ -89,7 +95,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
         # One line on stdout that scripts (and the tests) read to find the port.
         print(json.dumps({"worker": "listening", "host": host, "port": server.port,
                           "max_streams": engine.max_streams, "device": str(device),
-                          "traced": engine.trace}), flush=True)
+                          "traced": engine.trace, "secret": bool(args.secret)}), flush=True)
         await stop.wait()
     finally:
         await server.close()

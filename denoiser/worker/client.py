@@ -28,6 +28,7 @@ import numpy as np
 from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
 from denoiser.local_engine import Series
 from denoiser.worker import protocol as wire
+from denoiser.worker.auth import hello_token
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, Status, TickEntry
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ class RemoteEngine(Engine):
     """An engine that runs on a worker (`denoise-sfu worker`) at `address`."""
 
     def __init__(self, address: str, node: str | None = None, *, connect_timeout: float = 5.0,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, secret: str | None = None) -> None:
         self.address = address
+        self.secret = secret or None
         self.host, self.port = parse_address(address)
         self.node = node or socket.gethostname()
         self.connect_timeout = connect_timeout
@@ -143,7 +145,8 @@ class RemoteEngine(Engine):
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.connect_timeout)
         try:
-            writer.write(wire.encode_hello(self.node))
+            token = hello_token(self.secret, self.node) if self.secret else ""
+            writer.write(wire.encode_hello(self.node, token))
             kind, payload = await asyncio.wait_for(wire.read_message(reader),
                                                    self.connect_timeout)
             if kind is MessageType.ERROR:

@@ -17,6 +17,7 @@ class WorkerCollector:
     worker_ticks_total             TICK messages received
     worker_entries_total{status}   stream entries answered: ok, full, unknown, error
     worker_protocol_errors_total   connections closed for breaking the protocol
+    worker_unauthorized_total      of those, HELLOs without a valid token
     """
 
     def __init__(self, server: WorkerServer) -> None:
@@ -41,3 +42,5 @@ class WorkerCollector:
         yield CounterMetricFamily(PREFIX + "worker_protocol_errors",
                                   "Connections closed for breaking the protocol",
                                   value=stats.protocol_errors)
+        yield CounterMetricFamily(PREFIX + "worker_unauthorized",
+                                  "HELLOs refused for their token", value=stats.unauthorized)

@@ -26,11 +26,12 @@ class WorkerPool(Engine):
     """The workers at `addresses`, behind one `Engine`."""
 
     def __init__(self, addresses: Sequence[str], node: str | None = None, *,
-                 connect_timeout: float = 5.0, max_backoff: float = 2.0) -> None:
+                 connect_timeout: float = 5.0, max_backoff: float = 2.0,
+                 secret: str | None = None) -> None:
         if not addresses:
             raise ValueError("a worker pool needs at least one worker address")
         self.workers = [RemoteEngine(a, node, connect_timeout=connect_timeout,
-                                     max_backoff=max_backoff)
+                                     max_backoff=max_backoff, secret=secret)
                         for a in dict.fromkeys(addresses)]
         self._placed: dict[str, RemoteEngine] = {}
         self._format: wire.Welcome | None = None

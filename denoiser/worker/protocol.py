@@ -4,7 +4,7 @@ Every message is a 10-byte header, `<4sBBI` (magic `DNSW`, protocol version, mes
 payload length), then the payload. All integers and samples are little-endian; samples are
 float32 at 48 kHz. Strings are UTF-8 with a length prefix.
 
-    HELLO    node -> worker   node name
+    HELLO    node -> worker   node name, token (empty, or `denoiser.worker.auth.hello_token`)
     WELCOME  worker -> node   sample rate, hop, latency (samples), stream slots, description
     TICK     node -> worker   seq, then per stream: id, flags (OPEN: fresh state; CLOSE), samples
     RESULT   worker -> node   seq, then per stream that sent samples: id, status, samples or reason
@@ -125,8 +125,9 @@ def _samples(samples: np.ndarray) -> bytes:
     return _U32.pack(data.size) + data.tobytes()
 
 
-def encode_hello(node: str) -> bytes:
-    return _message(MessageType.HELLO, _text(node, MAX_TEXT_BYTES, _U16))
+def encode_hello(node: str, token: str = "") -> bytes:
+    return _message(MessageType.HELLO, _text(node, MAX_TEXT_BYTES, _U16)
+                    + _text(token, MAX_TEXT_BYTES, _U16))
 
 
 def encode_welcome(welcome: Welcome) -> bytes:
@@ -224,11 +225,13 @@ class _Reader:
             raise ProtocolError(f"{len(self.data) - self.offset} unexpected bytes at the end")
 
 
-def decode_hello(payload: bytes) -> str:
+def decode_hello(payload: bytes) -> tuple[str, str]:
+    """(node name, token)."""
     reader = _Reader(payload)
     node = reader.text(_U16)
+    token = reader.text(_U16)
     reader.finish()
-    return node
+    return node, token
 
 
 def decode_welcome(payload: bytes) -> Welcome:

@@ -24,6 +24,7 @@ import numpy as np
 from denoiser.engine import EngineError, EngineFull
 from denoiser.local_engine import LocalEngine
 from denoiser.worker import protocol as wire
+from denoiser.worker.auth import Unauthorized, check_hello_token
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, ResultEntry, Status
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class WorkerStats:
     ticks: int = 0  # TICK messages
     entries: Counter[str] = field(default_factory=Counter)  # RESULT statuses by name
     protocol_errors: int = 0
+    unauthorized: int = 0  # HELLOs refused for their token (also counted in protocol_errors)
 
 
 class _Connection:
@@ -58,8 +60,9 @@ class WorkerServer:
     """Serve `engine` on `host:port` (port 0 picks a free one; see `port` after `start`)."""
 
     def __init__(self, engine: LocalEngine, host: str = "127.0.0.1", port: int = 7100,
-                 description: str = "") -> None:
+                 description: str = "", secret: str | None = None) -> None:
         self.engine = engine
+        self.secret = secret or None  # None: any node may connect (a private network)
         self.host = host
         self.requested_port = port
         self.description = description
@@ -102,7 +105,13 @@ class WorkerServer:
             kind, payload = await asyncio.wait_for(wire.read_message(reader), HELLO_TIMEOUT)
             if kind is not MessageType.HELLO:
                 raise ProtocolError(f"expected HELLO first, got {kind.name}")
-            conn.node = wire.decode_hello(payload)
+            conn.node, token = wire.decode_hello(payload)
+            if self.secret is not None:
+                try:
+                    check_hello_token(self.secret, conn.node, token)
+                except Unauthorized as exc:
+                    self.stats.unauthorized += 1
+                    raise ProtocolError(f"unauthorized: {exc}") from None
             writer.write(wire.encode_welcome(self.welcome()))
             log.info("node connected", extra={"node": conn.node, "peer": peer})
             while True:
