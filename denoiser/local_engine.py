@@ -346,6 +346,12 @@ class LocalEngine(Engine):
     # -- requests --------------------------------------------------------------------------
 
     async def process(self, stream_id: str, samples: np.ndarray) -> np.ndarray:
+        return await self.submit(stream_id, samples)
+
+    def submit(self, stream_id: str, samples: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """`process` without the coroutine: queue the hops now (EngineError at once if they
+        cannot be) and return the future of their output. The worker service queues a whole
+        TICK of entries this way, in order, with no task per entry."""
         if self._closed:
             raise EngineError("engine closed")
         if not self._started or self._wake is None:
@@ -375,7 +381,7 @@ class LocalEngine(Engine):
             # Wake the loop only to start a tick's deadline or to close a full tick.
             if self._ready == 1 or self._ready >= len(self._streams):
                 self._wake.set()
-        return await request.future
+        return request.future
 
     # -- the tick loop (event loop side) ---------------------------------------------------
 

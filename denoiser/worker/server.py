@@ -53,7 +53,6 @@ class _Connection:
         self.writer = writer
         self.node = ""
         self.streams: set[str] = set()
-        self.pending: set[asyncio.Task[None]] = set()
 
 
 class WorkerServer:
@@ -137,9 +136,7 @@ class WorkerServer:
             log.info("node disconnected", extra={"node": conn.node, "peer": peer})
 
     def _drop(self, conn: _Connection) -> None:
-        for task in conn.pending:
-            task.cancel()
-        for stream in conn.streams:
+        for stream in conn.streams:  # fails what they still have queued
             self.engine.close_stream(conn.prefix + stream)
         conn.streams.clear()
         self._connections.discard(conn)
@@ -147,7 +144,7 @@ class WorkerServer:
 
     def _on_tick(self, conn: _Connection, writer: asyncio.StreamWriter, seq: int,
                  entries: list[wire.TickEntry]) -> None:
-        """Start every entry in order (the engine queues them now); answer once all are done."""
+        """Queue every entry in the engine now, in order; answer once all of them are done."""
         self.stats.ticks += 1
         outcomes: list[tuple[str, asyncio.Future[np.ndarray] | ResultEntry]] = []
         for entry in entries:
@@ -158,19 +155,22 @@ class WorkerServer:
                     outcomes.append((entry.stream_id, refused))
                     continue
             if entry.samples.size:
-                if entry.stream_id not in conn.streams:
-                    outcomes.append((entry.stream_id, ResultEntry(
-                        entry.stream_id, Status.UNKNOWN, reason="unknown stream: send OPEN")))
-                else:
-                    outcomes.append((entry.stream_id, asyncio.ensure_future(
-                        self.engine.process(key, entry.samples))))
+                outcomes.append((entry.stream_id, self._submit(conn, entry, key)))
             if entry.flags & Flags.CLOSE:
                 conn.streams.discard(entry.stream_id)
                 self.engine.close_stream(key)
         if outcomes:
-            task = asyncio.create_task(self._answer(writer, seq, outcomes))
-            conn.pending.add(task)
-            task.add_done_callback(conn.pending.discard)
+            _Reply(self, conn, writer, seq, outcomes)
+
+    def _submit(self, conn: _Connection, entry: wire.TickEntry, key: str
+                ) -> asyncio.Future[np.ndarray] | ResultEntry:
+        if entry.stream_id not in conn.streams:
+            return ResultEntry(entry.stream_id, Status.UNKNOWN,
+                               reason="unknown stream: send OPEN")
+        try:
+            return self.engine.submit(key, entry.samples)
+        except EngineError as exc:
+            return ResultEntry(entry.stream_id, Status.ERROR, reason=str(exc))
 
     def _open(self, conn: _Connection, stream_id: str, key: str) -> ResultEntry | None:
         if stream_id in conn.streams:
@@ -185,27 +185,42 @@ class WorkerServer:
         conn.streams.add(stream_id)
         return None
 
-    async def _answer(self, writer: asyncio.StreamWriter, seq: int,
-                      outcomes: list[tuple[str, asyncio.Future[np.ndarray] | ResultEntry]]
-                      ) -> None:
-        waiting = [o for _, o in outcomes if isinstance(o, asyncio.Future)]
-        try:
-            if waiting:
-                await asyncio.wait(waiting)
-        except asyncio.CancelledError:
-            for future in waiting:
-                future.cancel()
-            raise
+
+class _Reply:
+    """The RESULT of one TICK: written when the last of its engine futures is done (a done
+    callback each, no task), or never if the connection is gone by then."""
+
+    def __init__(self, server: WorkerServer, conn: _Connection, writer: asyncio.StreamWriter,
+                 seq: int, outcomes: list[tuple[str, asyncio.Future[np.ndarray] | ResultEntry]]
+                 ) -> None:
+        self.server = server
+        self.writer = writer
+        self.seq = seq
+        self.outcomes = outcomes
+        futures = [o for _, o in outcomes if isinstance(o, asyncio.Future)]
+        self.waiting = len(futures)
+        if not futures:
+            self._send()
+        for future in futures:
+            future.add_done_callback(self._done)
+
+    def _done(self, _: asyncio.Future[np.ndarray]) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self._send()
+
+    def _send(self) -> None:
         results = []
-        for stream_id, outcome in outcomes:
+        for stream_id, outcome in self.outcomes:
             if isinstance(outcome, ResultEntry):
                 results.append(outcome)
-            elif outcome.exception() is not None:
-                results.append(ResultEntry(stream_id, Status.ERROR,
-                                           reason=str(outcome.exception())))
+            elif outcome.cancelled() or outcome.exception() is not None:
+                reason = "cancelled" if outcome.cancelled() else str(outcome.exception())
+                results.append(ResultEntry(stream_id, Status.ERROR, reason=reason))
             else:
                 results.append(ResultEntry(stream_id, Status.OK, samples=outcome.result()))
+        entries = self.server.stats.entries
         for result in results:
-            self.stats.entries[result.status.name.lower()] += 1
-        if not writer.is_closing():
-            writer.write(wire.encode_result(seq, results))
+            entries[result.status.name.lower()] += 1
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode_result(self.seq, results))
