@@ -7,13 +7,17 @@ a benchmark can count the worker's CPU beside its own.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -40,7 +44,7 @@ def spawn_worker(flags: Sequence[str] = (), env: dict[str, str] | None = None,
     proc = subprocess.Popen(
         [sys.executable, "-m", "sfu.cli", "worker", "--listen", f"{host}:{port}", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ) if env is None else env)
+        env=dict(os.environ) if env is None else env, preexec_fn=_die_with_parent)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -48,6 +52,14 @@ def spawn_worker(flags: Sequence[str] = (), env: dict[str, str] | None = None,
         raise RuntimeError(f"the worker exited ({proc.returncode}) before listening:\n{err}")
     ready = json.loads(line)
     return SpawnedWorker(proc, f"{host}:{ready['port']}", ready)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies (a benchmark
+    killed mid-run must not leave a worker behind). Linux means the parent *thread*: spawn
+    from a thread that outlives the worker (the main thread, or an executor's)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cpu_seconds(pid: int) -> float:
