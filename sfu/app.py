@@ -53,20 +53,34 @@ def check_supported(settings: Settings) -> None:
     if settings.redis:
         raise SettingsError("--redis (placement across SFU nodes) is not available yet; "
                             "run a single node without it")
-    if settings.engine == "workers" and not settings.workers:
-        raise SettingsError("--engine workers needs the address of at least one worker: "
-                            "--worker HOST:PORT (a `denoise-sfu worker`)")
     if settings.engine == "local" and settings.workers:
         raise SettingsError("--worker is only used with --engine workers")
 
 
+def child_worker_flags(settings: Settings) -> list[str]:
+    """`denoise-sfu worker` flags for the worker `serve --engine workers` starts itself."""
+    flags = ["--device", settings.device, "--log-format", settings.log_format]
+    if settings.max_streams is not None:
+        flags += ["--max-streams", str(settings.max_streams)]
+    if settings.model_weights is not None:
+        flags += ["--model-weights", settings.model_weights]
+    if settings.model_lookahead is not None:
+        flags += ["--model-lookahead", str(settings.model_lookahead)]
+    return flags
+
+
 async def build_engine(settings: Settings) -> Engine:
-    """The engine the settings ask for: the workers named (`WorkerPool`), or the in-process
-    engine with the shipped model (loading runs off the event loop)."""
-    if settings.engine == "workers":
+    """The engine the settings ask for: the workers named (`WorkerPool`), a worker process of
+    our own when none is named (`ChildWorkerPool`), or the in-process engine with the shipped
+    model (loading runs off the event loop)."""
+    if settings.engine == "workers" and settings.workers:
         from denoiser.worker.pool import WorkerPool
 
         return WorkerPool(settings.workers, secret=settings.secret)
+    if settings.engine == "workers":  # none named: one of our own, on this machine
+        from denoiser.worker.pool import ChildWorkerPool
+
+        return ChildWorkerPool(child_worker_flags(settings), secret=settings.secret)
     from denoiser.local_engine import LocalEngine, unbatched_capacity
     from denoiser.models import load_default_model
 

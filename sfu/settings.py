@@ -106,7 +106,7 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--engine", "engine", str, "where denoising runs: local (in-process) or workers"),
     ("--worker", "workers", str, "HOST:PORT of a `denoise-sfu worker` for --engine workers "
      "(repeatable: streams go to the one with the most free slots; comma-separated in the "
-     "environment)"),
+     "environment). None named: serve starts one on this machine itself"),
     ("--device", "device", str, "device of the local engine: cpu or cuda"),
     ("--model-lookahead", "model_lookahead", int, "model look-ahead in 10 ms hops: 0, 1 or 2 "
      "(default: the model's own; the default model is trained at 1, 20 ms of algorithmic "

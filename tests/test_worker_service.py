@@ -192,3 +192,35 @@ async def test_a_call_outlives_its_worker_crashing_and_coming_back(
     assert sum(result.hops.values()) == result.hops["denoised"] + result.hops["engine_error"] \
         + result.hops.get("late", 0), report(result)
     assert pool.workers[0].stats.connects == 2
+
+
+def test_serve_starts_its_own_worker_when_none_is_named(host_ip: str) -> None:
+    """`serve --engine workers` alone: the SFU starts `denoise-sfu worker` as its child,
+    connects to it, and stops it when it stops."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_SFU_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sfu.cli", "serve", "--host", host_ip, "--port", str(port),
+         "--engine", "workers", "--max-streams", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                health = json.loads(scrape(f"http://{host_ip}:{port}/healthz"))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.3)
+        assert health["engine"] == "ChildWorkerPool"
+        ((address, state),) = health["workers"].items()
+        assert state == "connected" and address.startswith("127.0.0.1:")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert '"msg": "started a worker process"' in err and '"msg": "node connected"' in err
+    worker_host, worker_port = address.rsplit(":", 1)
+    with pytest.raises(OSError):  # the child is gone with its parent
+        socket.create_connection((worker_host, int(worker_port)), timeout=2).close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from denoiser.engine import Engine, EngineError, EngineFull
 from denoiser.worker import protocol as wire
 from denoiser.worker.client import RemoteEngine
+from denoiser.worker.spawn import SpawnedWorker, spawn_worker
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +30,20 @@ class WorkerPool(Engine):
     def __init__(self, addresses: Sequence[str], node: str | None = None, *,
                  connect_timeout: float = 5.0, max_backoff: float = 2.0,
                  secret: str | None = None) -> None:
-        if not addresses:
-            raise ValueError("a worker pool needs at least one worker address")
-        self.workers = [RemoteEngine(a, node, connect_timeout=connect_timeout,
-                                     max_backoff=max_backoff, secret=secret)
-                        for a in dict.fromkeys(addresses)]
+        self.node = node
+        self._options = {"connect_timeout": connect_timeout, "max_backoff": max_backoff,
+                         "secret": secret}
+        self.workers: list[RemoteEngine] = []
+        for address in dict.fromkeys(addresses):
+            self.add_worker(address)
         self._placed: dict[str, RemoteEngine] = {}
         self._format: wire.Welcome | None = None
+
+    def add_worker(self, address: str) -> RemoteEngine:
+        """Add a worker before `start` (its address known only then, say)."""
+        worker = RemoteEngine(address, self.node, **self._options)  # type: ignore[arg-type]
+        self.workers.append(worker)
+        return worker
 
     def _welcome(self) -> wire.Welcome:
         if self._format is None:
@@ -60,6 +69,8 @@ class WorkerPool(Engine):
     async def start(self) -> None:
         """Connect to every worker; EngineError unless at least one answers. The others keep
         being tried in the background, and must then match the first one's format."""
+        if not self.workers:
+            raise EngineError("a worker pool needs at least one worker address")
         results = await asyncio.gather(*(w.start() for w in self.workers), return_exceptions=True)
         reached = [w for w, r in zip(self.workers, results, strict=True) if r is None]
         if not reached:
@@ -115,3 +126,37 @@ def _same_format(a: wire.Welcome | None, b: wire.Welcome | None) -> bool:
     return a is not None and b is not None and \
         (a.sample_rate, a.hop_size, a.latency_samples) == \
         (b.sample_rate, b.hop_size, b.latency_samples)
+
+
+class ChildWorkerPool(WorkerPool):
+    """A pool of one `denoise-sfu worker` that this process starts on loopback at `start` and
+    stops at `close`: the engine in a process (and a GIL) of its own on a single machine.
+
+    The child gets `flags` and, through its environment, the secret; its logs go to this
+    process's stderr; Linux stops it if this process dies (`spawn_worker`). `start` blocks
+    while the child loads the model: call it from the main thread, at start-up."""
+
+    def __init__(self, flags: Sequence[str], node: str | None = None,
+                 secret: str | None = None) -> None:
+        super().__init__([], node, secret=secret)
+        self.flags = list(flags)
+        self.secret = secret
+        self.child: SpawnedWorker | None = None
+
+    async def start(self) -> None:
+        env = dict(os.environ)
+        if self.secret:
+            env["DENOISE_SFU_SECRET"] = self.secret
+        try:
+            self.child = spawn_worker(self.flags, env=env, stderr=None)
+        except RuntimeError as exc:
+            raise EngineError(str(exc)) from exc
+        log.info("started a worker process", extra={"pid": self.child.proc.pid,
+                                                    "worker": self.child.address})
+        self.add_worker(self.child.address)
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        if self.child is not None:
+            await asyncio.to_thread(self.child.stop)

@@ -27,7 +27,7 @@ class SpawnedWorker:
     ready: dict[str, object]
 
     def stop(self, timeout: float = 30.0) -> str:
-        """SIGTERM, wait, and return what it logged on stderr."""
+        """SIGTERM, wait, and return what it logged on stderr (if it was kept)."""
         self.proc.terminate()
         try:
             _, err = self.proc.communicate(timeout=timeout)
@@ -38,12 +38,14 @@ class SpawnedWorker:
 
 
 def spawn_worker(flags: Sequence[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> SpawnedWorker:
+                 host: str = "127.0.0.1", port: int = 0,
+                 stderr: int | None = subprocess.PIPE) -> SpawnedWorker:
     """`denoise-sfu worker --listen HOST:PORT FLAGS...` (port 0: a free one), once it listens
-    (RuntimeError if it exits first)."""
+    (RuntimeError if it exits first). Its logs are kept for `stop()` (`stderr=PIPE`, for
+    short runs: nobody reads the pipe before then) or go to this process's stderr (None)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sfu.cli", "worker", "--listen", f"{host}:{port}", *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=stderr, text=True,
         env=dict(os.environ) if env is None else env, preexec_fn=_die_with_parent)
     assert proc.stdout is not None
     line = proc.stdout.readline()
