@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_engine_models import HOP, TinyConvGRU
+from test_engine_models import HOP, TinyConvGRU, audio, feed, offline
 
 from denoiser.engine import EngineError, EngineFull
 from denoiser.local_engine import LocalEngine, default_buckets
@@ -16,21 +16,6 @@ from denoiser.local_engine import LocalEngine, default_buckets
 torch.set_num_threads(1)
 
 
-def audio(seed: int, hops: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(hops * HOP) * 0.1).astype(np.float32)
-
-
-def offline(model: TinyConvGRU, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)[None])[0].numpy()
-
-
-async def feed(engine: LocalEngine, sid: str, x: np.ndarray, chunk_hops: int = 1) -> np.ndarray:
-    outs = []
-    for i in range(0, x.size, chunk_hops * HOP):
-        outs.append(await engine.process(sid, x[i:i + chunk_hops * HOP]))
-    return np.concatenate(outs)
 
 
 @pytest.fixture

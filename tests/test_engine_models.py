@@ -13,9 +13,30 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from denoiser.engine import Engine
 from denoiser.streaming import State, StreamingModel
 
 HOP = 480
+
+
+def audio(seed: int, hops: int) -> np.ndarray:
+    """`hops` hops of reproducible noise at speech level."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(hops * HOP) * 0.1).astype(np.float32)
+
+
+async def feed(engine: Engine, sid: str, x: np.ndarray, chunk_hops: int = 1) -> np.ndarray:
+    """Send `x` through `engine` as stream `sid`, `chunk_hops` hops per request, in order."""
+    outs = []
+    for i in range(0, x.size, chunk_hops * HOP):
+        outs.append(await engine.process(sid, x[i:i + chunk_hops * HOP]))
+    return np.concatenate(outs)
+
+
+def offline(model: StreamingModel, x: np.ndarray) -> np.ndarray:
+    """What `model` outputs for the whole of `x`, run offline (the reference for engines)."""
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)[None])[0].numpy()
 
 
 class _Delayed(StreamingModel):

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 import torch
-from test_engine_models import HOP, TinyConvGRU
+from test_engine_models import HOP, TinyConvGRU, audio, offline
+from test_engine_models import feed as feed_hops
 
-from denoiser.engine import EngineError, EngineFull
+from denoiser.engine import Engine, EngineError, EngineFull
 from denoiser.local_engine import LocalEngine
 from denoiser.worker import protocol as wire
 from denoiser.worker.auth import Unauthorized, check_hello_token, hello_token
@@ -30,22 +31,11 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.timeout(60)
 
 
-def audio(seed: int, hops: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(hops * HOP) * 0.1).astype(np.float32)
 
 
-def offline(model: TinyConvGRU, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)[None])[0].numpy()
-
-
-async def feed(engine: RemoteEngine | WorkerPool, sid: str, x: np.ndarray, chunk_hops: int = 2
-               ) -> np.ndarray:
-    outs = []
-    for i in range(0, x.size, chunk_hops * HOP):
-        outs.append(await engine.process(sid, x[i:i + chunk_hops * HOP]))
-    return np.concatenate(outs)
+def feed(engine: Engine, sid: str, x: np.ndarray) -> Awaitable[np.ndarray]:
+    """Two hops per request: a 20 ms frame, as the SFU sends."""
+    return feed_hops(engine, sid, x, chunk_hops=2)
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 
+from denoiser.lifecycle import run_until_signalled
 from denoiser.logs import log_to_stderr
 
 log = logging.getLogger("denoiser.worker")
@@ -149,18 +148,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     log_to_stderr(args.log_format)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await serve_worker(args, stop)
-
-    try:
-        asyncio.run(main())
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_until_signalled(lambda stop: serve_worker(args, stop))

@@ -220,6 +220,13 @@ class _Reader:
         raw = self.take(count * _SAMPLE.itemsize)
         return np.frombuffer(raw, dtype=_SAMPLE).astype(np.float32)  # a copy we own
 
+    def seq_and_count(self) -> tuple[int, int]:
+        """The head of a TICK or RESULT: its seq and how many entries follow (bounded)."""
+        seq, count = self.unpack(_SEQ_COUNT)
+        if count > MAX_ENTRIES:
+            raise ProtocolError(f"{count} entries exceed {MAX_ENTRIES}")
+        return seq, count
+
     def finish(self) -> None:
         if self.offset != len(self.data):
             raise ProtocolError(f"{len(self.data) - self.offset} unexpected bytes at the end")
@@ -246,9 +253,7 @@ def decode_welcome(payload: bytes) -> Welcome:
 
 def decode_tick(payload: bytes) -> tuple[int, list[TickEntry]]:
     reader = _Reader(payload)
-    seq, count = reader.unpack(_SEQ_COUNT)
-    if count > MAX_ENTRIES:
-        raise ProtocolError(f"{count} entries exceed {MAX_ENTRIES}")
+    seq, count = reader.seq_and_count()
     entries = []
     for _ in range(count):
         stream_id = reader.stream_id()
@@ -267,9 +272,7 @@ def decode_tick(payload: bytes) -> tuple[int, list[TickEntry]]:
 
 def decode_result(payload: bytes) -> tuple[int, list[ResultEntry]]:
     reader = _Reader(payload)
-    seq, count = reader.unpack(_SEQ_COUNT)
-    if count > MAX_ENTRIES:
-        raise ProtocolError(f"{count} entries exceed {MAX_ENTRIES}")
+    seq, count = reader.seq_and_count()
     entries = []
     for _ in range(count):
         stream_id = reader.stream_id()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 
 from aiohttp import web
 
-from denoiser.engine import EngineError
+from denoiser.lifecycle import run_until_signalled
 from denoiser.logs import log_to_stderr
 from sfu import settings as settings_mod
 from sfu.auth import issue_token
@@ -77,20 +76,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     configure_logging(settings)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    try:
-        asyncio.run(main())
-    except EngineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_until_signalled(lambda stop: serve(settings, stop))
