@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from denoiser.paths import WEB_DIR
-from denoiser.worker.client import parse_address
+from denoiser.worker.address import parse_address
 
 ENV_PREFIX = "DENOISE_SFU_"
 ENGINES = ("local", "workers")

@@ -63,7 +63,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """Load the model, start the engine and the server; run until `stop` is set."""
     from denoiser.local_engine import LocalEngine, resolve_device, unbatched_capacity
     from denoiser.models import load_default_model
-    from denoiser.worker.client import parse_address
+    from denoiser.worker.address import parse_address
     from denoiser.worker.server import WorkerServer
 
     device = resolve_device(args.device)
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
               "with `serve --engine workers --worker HOST:PORT`", file=sys.stderr)
         return 2
     try:
-        from denoiser.worker.client import parse_address
+        from denoiser.worker.address import parse_address
 
         parse_address(args.listen, listen=True)
         if args.metrics:

@@ -28,22 +28,11 @@ import numpy as np
 from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
 from denoiser.local_engine import Series
 from denoiser.worker import protocol as wire
+from denoiser.worker.address import parse_address
 from denoiser.worker.auth import hello_token
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, Status, TickEntry
 
 log = logging.getLogger(__name__)
-
-
-def parse_address(address: str, default_port: int = 7100, *, listen: bool = False
-                  ) -> tuple[str, int]:
-    """`HOST:PORT` (or `HOST`, `[v6]:PORT`) -> (host, port); port 0 only to `listen`."""
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or "]" in port:
-        host, port = address.strip(), str(default_port)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not (0 if listen else 1) <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host, int(port)
 
 
 @dataclass
