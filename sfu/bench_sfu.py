@@ -349,7 +349,7 @@ def _spawn_worker(args: argparse.Namespace) -> SpawnedWorker:
     flags = ["--device", args.device, "--threads", str(args.threads), "--log-format", "text"]
     if args.max_streams:
         flags += ["--max-streams", str(args.max_streams)]
-    worker = spawn_worker(flags)
+    worker = spawn_worker(flags, stderr=None)  # its logs here: a long run must not fill a pipe
     print(f"worker process {worker.proc.pid} at {worker.address}: {worker.ready}",
           file=sys.stderr)
     return worker

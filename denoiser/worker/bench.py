@@ -138,7 +138,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     worker = spawn_worker(["--device", "cpu", "--threads", str(args.threads),
-                           "--max-streams", str(args.streams), "--log-format", "text"])
+                           "--max-streams", str(args.streams), "--log-format", "text"],
+                          stderr=None)  # its logs here: nobody reads a pipe during the run
     print(f"worker process {worker.proc.pid} at {worker.address}", file=sys.stderr)
     local = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=args.streams)
     remote = RemoteEngine(worker.address, node="bench")

@@ -67,6 +67,7 @@ class RemoteEngine(Engine):
         self.welcome: wire.Welcome | None = None
         self._streams: dict[str, bool] = {}  # stream id -> needs OPEN (fresh on the worker)
         self._outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]] = []
+        self._outgoing_requests: set[str] = set()  # streams with a request in `_outgoing`
         self._flush_scheduled = False
         self._sent: dict[int, _Sent] = {}
         self._seq = 0
@@ -207,6 +208,7 @@ class RemoteEngine(Engine):
             if future is not None and not future.done():
                 future.set_exception(error)
         self._outgoing.clear()
+        self._outgoing_requests.clear()
         for stream_id in self._streams:
             self._streams[stream_id] = True
 
@@ -293,8 +295,7 @@ class RemoteEngine(Engine):
         if self._writer is None:
             self.stats.errors["not_connected"] += 1
             raise EngineError(f"not connected to the worker at {self.address}")
-        if any(entry.stream_id == stream_id and future is not None
-               for entry, future in self._outgoing):
+        if stream_id in self._outgoing_requests:
             # One entry per stream per TICK: the RESULT answers by stream id.
             self._flush()
         self._streams[stream_id] = False
@@ -304,6 +305,8 @@ class RemoteEngine(Engine):
 
     def _queue(self, entry: TickEntry, future: asyncio.Future[np.ndarray] | None) -> None:
         self._outgoing.append((entry, future))
+        if future is not None:
+            self._outgoing_requests.add(entry.stream_id)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -314,6 +317,7 @@ class RemoteEngine(Engine):
         if not self._outgoing:
             return
         outgoing, self._outgoing = self._outgoing, []
+        self._outgoing_requests.clear()
         if self._writer is None:
             for _, future in outgoing:
                 if future is not None and not future.done():
