@@ -22,7 +22,8 @@ from browser.wsclient import ToneTrack, WsPeer
 from denoiser.paths import SHARED_DATA_DIR
 from sfu.ws import WS_HUB
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
+# Its noise (restaurant) and control speech come from the training corpus.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.corpus, pytest.mark.timeout(180)]
 
 SCREENSHOT = Path("/tmp/denoise-sfu-demo.png")
 OTHER_SPEECH = SHARED_DATA_DIR / "clean" / "freesound_48k"

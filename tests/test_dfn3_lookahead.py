@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.sample_audio import noisy_example
 
 from denoiser.dfn3 import DFN3, DFN3Config
 from denoiser.dfn3.features import (
@@ -18,7 +19,6 @@ from denoiser.dfn3.features import (
     stft_synthesis,
     unit_norm_features,
 )
-from denoiser.dfn3.reference import noisy_example
 from denoiser.dfn3.retarget import retarget_df_lookahead
 from denoiser.models import load_dfn3
 from denoiser.training.export import export_weights

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.sample_audio import noisy_example
 
 from denoiser.dfn3 import DFN3
-from denoiser.dfn3.reference import LibDF, noisy_example
+from denoiser.dfn3.reference import LibDF
 from denoiser.models import load_default_model, load_dfn3
 
 torch.set_num_threads(1)

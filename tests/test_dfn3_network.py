@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.sample_audio import noisy_example
 
 from denoiser.dfn3 import DFN3
 from denoiser.dfn3.convert import convert
 from denoiser.dfn3.features import erb_features, stft_analysis, unit_norm_features
 from denoiser.dfn3.layers import depthwise_freq, depthwise_freq_transposed
-from denoiser.dfn3.reference import OnnxDFN3, noisy_example
+from denoiser.dfn3.reference import OnnxDFN3
 from denoiser.models import load_dfn3
 
 torch.set_num_threads(1)

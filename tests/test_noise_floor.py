@@ -11,10 +11,9 @@ import torch
 from denoiser import noise_floor
 from denoiser.devset import split_of
 from denoiser.models import load_default_model
-from denoiser.paths import SHARED_DATA_DIR
 from denoiser.streaming import State, StreamingModel
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+pytestmark = pytest.mark.corpus
 
 
 class Delay(StreamingModel):

@@ -9,9 +9,9 @@ import asyncio
 import numpy as np
 import pytest
 import torch
+from support.sample_audio import noisy_example
 from test_engine_models import HOP, GainModel, TinyConvGRU
 
-from denoiser.dfn3.reference import noisy_example
 from denoiser.local_engine import LocalEngine
 from denoiser.models import load_default_model
 from denoiser.traced_steps import TracedSteps

@@ -1,0 +1,1 @@
+"""WebRTC signalling: peer connections, SDP, WHIP/WHEP and the WebSocket room protocol."""
