@@ -1,1 +1,1 @@
-"""WebRTC signalling: peer connections, SDP, WHIP/WHEP and the WebSocket room protocol."""
+"""Signalling: peer connections, SDP surgery, WHIP/WHEP and the WebSocket room protocol."""

@@ -13,14 +13,14 @@ import pytest
 from aioice import stun
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
-from conftest import RunningSfu, SfuFactory
 from multidict import CIMultiDict
-from support.dtls import force_setup, peer_with_certificate
 
 from denoiser.engine import Engine
 from sfu.signalling.dtls import use_interop_certificate
 from sfu.signalling.ledger import Issued, SessionLedger
 from sfu.signalling.links import ice_server_links
+from support.dtls import force_setup, peer_with_certificate
+from support.sfu import RunningSfu, SfuFactory
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,1 +1,1 @@
-"""Shared test doubles and helpers."""
+"""What several test modules share: known-answer models, audio, peers and servers."""
