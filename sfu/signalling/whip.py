@@ -20,6 +20,7 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
 from denoiser.engine import EngineError, EngineFull
+from denoiser.stream.modes import MODES
 from sfu.auth import Claims, authenticate, authorize
 from sfu.errors import (
     BadRequest,
@@ -41,7 +42,6 @@ from sfu.rooms import (
     UnknownRoom,
     new_session_id,
 )
-from sfu.settings import MODES
 from sfu.signalling.peer import answer, apply_offer, create_peer_connection
 
 if TYPE_CHECKING:
