@@ -13,16 +13,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiortc import MediaStreamTrack
 
 from denoiser.engine import Engine
 from denoiser.engine.prometheus import EngineCollector
 from sfu.context import CONTEXT, SfuContext
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
 from sfu.metrics import CONTENT_TYPE, Metrics
-from sfu.rooms import Participant, Pipeline, RoomRegistry
+from sfu.rooms import Participant, Pipeline, PipelineFactory, RoomRegistry
 from sfu.settings import Settings, SettingsError
 from sfu.signalling import ws
 from sfu.signalling.whip import WhipHandlers
@@ -87,8 +90,8 @@ async def build_engine(settings: Settings) -> Engine:
     return engine
 
 
-def _pipeline_factory(ctx: SfuContext):
-    def make(track, stream_id: str, mode: str) -> Pipeline:
+def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
+    def make(track: MediaStreamTrack, stream_id: str, mode: str) -> Pipeline:
         from denoiser.bypass import BypassDetector
         from denoiser.stream import DenoisedStream
         from sfu.media.pipeline import SpeakerPipeline
@@ -111,7 +114,7 @@ def hop_counts(stream: DenoisedStream) -> dict[str, int]:
     return {**stream.counters, "not_sent": stream.hops_not_sent}
 
 
-def _release(ctx: SfuContext):
+def _release(ctx: SfuContext) -> Callable[[Participant], None]:
     """After a pipeline stops: free its engine slot and count its last hops."""
     def release(participant: Participant) -> None:
         stream = participant.pipeline.stream
@@ -128,7 +131,7 @@ def sync_live_hops(ctx: SfuContext) -> None:
 
 
 @web.middleware
-async def _count_requests(request: web.Request, handler) -> web.StreamResponse:
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         response = await handler(request)

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
 
-from sfu.settings import MODES
+from denoiser.stream.modes import MODES
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from sfu.signalling.links import ice_server_links
 
 ENV_PREFIX = "DENOISE_SFU_"
 ENGINES = ("local", "workers")
-MODES = ("auto", "on", "off")
 LIST_OPTIONS = ("ice_servers", "workers")  # repeatable flags, comma-separated variables
 
 

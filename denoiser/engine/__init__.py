@@ -22,6 +22,11 @@ class EngineFull(EngineError):
     """No free slot for another stream."""
 
 
+class UnknownStream(EngineError):
+    """The engine holds no such stream (never opened, closed, or lost with a worker that
+    restarted): a caller opens it again."""
+
+
 def validate_hops(samples: Any, hop_size: int) -> np.ndarray:
     """`samples` if it is float32 mono audio of a whole number of hops, else EngineError."""
     if not isinstance(samples, np.ndarray):

@@ -40,16 +40,15 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
+from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream, validate_hops
 from denoiser.engine.capacity import default_buckets, resolve_device
+from denoiser.engine.pending import Pending, Request, StreamQueue
 from denoiser.engine.runner import DeviceRunner
 from denoiser.engine.stats import EngineStats
 from denoiser.model.streaming import StreamingModel
@@ -58,45 +57,6 @@ from denoiser.model.traced import TracedSteps
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS_PER_TICK = 6  # hops of one stream run in one tick: a 60 ms codec frame
-
-
-@dataclass
-class _Request:
-    """One `process` call: one future for all its hops (not one per hop and a gather: the
-    event loop's share of a tick grows with every future it resolves)."""
-
-    future: asyncio.Future[np.ndarray]
-    outs: list[np.ndarray | None]
-    remaining: int
-
-    def answer(self, index: int, out: np.ndarray) -> None:
-        """Hop `index` of the request came back; the last one resolves the future."""
-        if self.future.done():  # failed already, or a cancelled caller (its state still moved)
-            return
-        self.outs[index] = out
-        self.remaining -= 1
-        if not self.remaining:
-            outs = self.outs
-            self.future.set_result(outs[0] if len(outs) == 1  # type: ignore[arg-type]
-                                   else np.concatenate(outs))  # type: ignore[arg-type]
-
-    def fail(self, exc: Exception) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-@dataclass
-class _Pending:
-    hop: np.ndarray
-    request: _Request
-    index: int  # which hop of the request
-    arrived: float
-
-
-@dataclass
-class _Stream:
-    slot: int
-    queue: deque[_Pending] = field(default_factory=deque)
 
 
 class LocalEngine(Engine):
@@ -143,7 +103,7 @@ class LocalEngine(Engine):
         # Event-loop bookkeeping.
         self._capacity = min(max(1, initial_slots), self.max_streams)
         self._free: list[int] = list(range(1, self._capacity + 1))
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, StreamQueue] = {}
         self._resets: set[int] = set()
         self._ready = 0  # live streams with at least one hop waiting
         self._closing: list[int] = []
@@ -236,7 +196,7 @@ class LocalEngine(Engine):
             self._capacity = new_capacity
         slot = heapq.heappop(self._free)
         self._resets.add(slot)
-        self._streams[stream_id] = _Stream(slot=slot)
+        self._streams[stream_id] = StreamQueue(slot=slot)
 
     def close_stream(self, stream_id: str) -> None:
         stream = self._streams.pop(stream_id, None)
@@ -252,7 +212,7 @@ class LocalEngine(Engine):
         else:
             heapq.heappush(self._free, stream.slot)
 
-    def _fail_queue(self, stream: _Stream, reason: str) -> None:
+    def _fail_queue(self, stream: StreamQueue, reason: str) -> None:
         while stream.queue:
             stream.queue.popleft().request.fail(EngineError(reason))
 
@@ -271,7 +231,7 @@ class LocalEngine(Engine):
             raise EngineError("engine not started")
         stream = self._streams.get(stream_id)
         if stream is None:
-            raise EngineError(f"unknown stream {stream_id!r}")
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         try:
             samples = validate_hops(samples, self.hop_size)
         except EngineError:
@@ -284,11 +244,11 @@ class LocalEngine(Engine):
                               f"limit {self.max_pending_hops}")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        request = _Request(loop.create_future(), [None] * hops, hops)
+        request = Request(loop.create_future(), [None] * hops, hops)
         was_idle = not stream.queue
         owned = samples.reshape(hops, self.hop_size).copy()  # the caller may reuse its buffer
         for i in range(hops):
-            stream.queue.append(_Pending(owned[i], request, i, now))
+            stream.queue.append(Pending(owned[i], request, i, now))
         if was_idle:
             self._ready += 1
             # Wake the loop only to start a tick's deadline or to close a full tick.
@@ -332,7 +292,7 @@ class LocalEngine(Engine):
         # in this tick, in back-to-back rounds of one hop per stream each: one trip to the
         # worker thread and no second wait for the tick to fill. Consecutive rounds over the
         # same slots become one call of T hops.
-        rounds: list[list[tuple[str, int, _Pending]]] = []
+        rounds: list[list[tuple[str, int, Pending]]] = []
         while len(rounds) < MAX_ROUNDS_PER_TICK:
             batch = [(sid, s.slot, s.queue.popleft())
                      for sid, s in self._streams.items() if s.queue]
@@ -380,11 +340,11 @@ class LocalEngine(Engine):
         self.stats.forward_ms.add(forward_ms)
         self.stats.tick_ms.add((now - first) * 1e3)
 
-    def _group_rounds(self, rounds: list[list[tuple[str, int, _Pending]]]
-                      ) -> list[tuple[list[int], list[list[tuple[str, int, _Pending]]]]]:
+    def _group_rounds(self, rounds: list[list[tuple[str, int, Pending]]]
+                      ) -> list[tuple[list[int], list[list[tuple[str, int, Pending]]]]]:
         """(slots, rounds) per model call: consecutive rounds over the same slots (in the same
         order: rounds list the streams in one fixed order) share a call when `multi_hop`."""
-        calls: list[tuple[list[int], list[list[tuple[str, int, _Pending]]]]] = []
+        calls: list[tuple[list[int], list[list[tuple[str, int, Pending]]]]] = []
         for batch in rounds:
             slots = [slot for _, slot, _ in batch]
             if self.multi_hop and calls and calls[-1][0] == slots:
@@ -394,7 +354,7 @@ class LocalEngine(Engine):
         return calls
 
     @staticmethod
-    def _stack_hops(group: list[list[tuple[str, int, _Pending]]]) -> np.ndarray:
+    def _stack_hops(group: list[list[tuple[str, int, Pending]]]) -> np.ndarray:
         """The hops of T rounds over the same streams as [B, T*hop] (each row one stream's
         hops in order)."""
         if len(group) == 1:
@@ -402,7 +362,7 @@ class LocalEngine(Engine):
         per_round = np.stack([np.stack([p.hop for _, _, p in batch]) for batch in group], axis=1)
         return per_round.reshape(per_round.shape[0], -1)
 
-    def _answer(self, batch: list[tuple[str, int, _Pending]], out: np.ndarray) -> None:
+    def _answer(self, batch: list[tuple[str, int, Pending]], out: np.ndarray) -> None:
         finite = np.isfinite(out).all(axis=1)
         for row, (sid, slot, pending) in enumerate(batch):
             if not finite[row]:

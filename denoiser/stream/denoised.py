@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from denoiser.engine import Engine, EngineError, EngineFull
+from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream
 from denoiser.stream.crossfade import crossfade_curves
 from denoiser.stream.detection import Detector, detector_executor
 from denoiser.stream.modes import MODES, PASS_REASONS
@@ -179,7 +179,7 @@ class DenoisedStream:
             return None, "late"
         exc = task.exception()
         if exc is not None:
-            if isinstance(exc, EngineError) and "unknown stream" in str(exc):
+            if isinstance(exc, UnknownStream):
                 self._open = False  # e.g. a worker that restarted: open again soon
             log.debug("stream %s: engine error %s", self.stream_id, exc)
             # A worker shared with other nodes can be full although this node saw a free slot.

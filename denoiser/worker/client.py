@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
+from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream, validate_hops
 from denoiser.engine.stats import Series
 from denoiser.worker import protocol as wire
 from denoiser.worker.address import parse_address
@@ -257,7 +257,7 @@ class RemoteEngine(Engine):
             if entry.status is Status.FULL:
                 future.set_exception(EngineFull(f"worker full: {entry.reason}"))
             elif entry.status is Status.UNKNOWN:
-                future.set_exception(EngineError(f"unknown stream on the worker: "
+                future.set_exception(UnknownStream(f"unknown stream on the worker: "
                                                  f"{entry.reason}"))
             else:
                 future.set_exception(EngineError(f"worker: {entry.reason}"))
@@ -290,7 +290,7 @@ class RemoteEngine(Engine):
             raise EngineError("engine closed")
         fresh = self._streams.get(stream_id)
         if fresh is None:
-            raise EngineError(f"unknown stream {stream_id!r}")
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         samples = validate_hops(samples, self._format().hop_size)
         if self._writer is None:
             self.stats.errors["not_connected"] += 1

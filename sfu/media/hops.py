@@ -90,7 +90,7 @@ class FrameConverter:
         self._resampler: av.AudioResampler | None = None  # made on the first frame needing it
         self.resampled_frames = 0
 
-    def convert(self, frame) -> np.ndarray:  # frame: av.AudioFrame
+    def convert(self, frame: av.AudioFrame) -> np.ndarray:
         fmt = frame.format.name
         channels = len(frame.layout.channels)
         if frame.sample_rate == self.sample_rate and fmt in ("s16", "s16p", "flt", "fltp"):

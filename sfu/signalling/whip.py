@@ -26,6 +26,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from multidict import CIMultiDict
 
 from denoiser.engine import EngineError, EngineFull
+from denoiser.stream.modes import MODES
 from sfu.auth import Claims, authenticate, authorize
 from sfu.errors import (
     BadRequest,
@@ -47,7 +48,6 @@ from sfu.rooms import (
     UnknownRoom,
     new_session_id,
 )
-from sfu.settings import MODES
 from sfu.signalling.ledger import Issued, SessionLedger
 from sfu.signalling.links import ice_server_links
 from sfu.signalling.peer import answer, apply_offer, create_peer_connection

@@ -182,6 +182,19 @@ async def test_a_refused_stream_gets_a_slot_when_one_frees() -> None:
     assert second.counters["engine_full"] == 4 and second.counters["denoised"] == 9
 
 
+async def test_a_stream_the_engine_lost_opens_again() -> None:
+    """An engine that no longer knows the stream (a worker that restarted) answers
+    `UnknownStream`: the stream counts `engine_error`, opens again and is denoised."""
+    async with LocalEngine(GainModel(gain=0.5), device="cpu", max_streams=2) as engine:
+        stream = DenoisedStream(engine, "a", mode="on", deadline=None, reopen_every_hops=2)
+        await run(stream, sine(3))
+        engine.close_stream("a")  # as a restarted worker would: the slot is gone
+        await run(stream, sine(6))
+    # the refused hop, then one hop waiting to ask again; without the reopen every hop fails
+    assert stream.counters["engine_error"] == 2
+    assert stream.counters["denoised"] == 3 + 4
+
+
 class LoudnessDetector:
     """A minimal real detector: asks to keep the original for loud hops ("tone")."""
 

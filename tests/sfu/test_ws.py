@@ -15,7 +15,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from sfu.bench.harness import ToneTrack
+from sfu.bench.harness import ToneTrack, wait_for
 from sfu.signalling.ws import MAX_MESSAGE_BYTES, WS_HUB
 from support.browser.wsclient import WsPeer, tone_power
 
@@ -43,6 +43,23 @@ def level(x: np.ndarray) -> float:
     return float(np.median(np.sqrt(np.mean(blocks**2, axis=1)))) if blocks.size else 0.0
 
 
+async def until_heard(pairs: list[tuple[WsPeer, str]], seconds: float = 0.25) -> None:
+    """Wait until each (listener, speaker) pair has `seconds` of audible audio flowing
+    (the receive paths are filled), instead of sleeping a fixed time."""
+    recent = int(seconds * 48_000)
+    await wait_for(lambda: all(rms(p.received(o)[-recent:]) > 0.02
+                               and p.received(o).size >= recent for p, o in pairs),
+                   "every listener to hear its speakers", timeout=30)
+
+
+async def after_switch(p: WsPeer, identity: str, seconds: float = 0.5) -> None:
+    """Wait until `seconds` more audio of `identity` arrived at `p`: what was in flight before
+    a switch has gone by."""
+    mark = p.mark()
+    await wait_for(lambda: p.received_since(identity, mark).size >= int(seconds * 48_000),
+                   f"{seconds} s more of {identity}", timeout=30)
+
+
 async def listen_for(seconds: float, *peers: WsPeer) -> list[dict[str, int]]:
     marks = [p.mark() for p in peers]
     await asyncio.sleep(seconds)
@@ -61,7 +78,7 @@ async def test_room_of_three_hears_the_others_never_itself(sfu_factory, gain_eng
             others = everyone - {p.identity}
             await p.wait_participants(lambda ps, o=others: set(ps) == everyone and all(
                 ps[i]["mid"] is not None and ps[i]["publishing"] for i in o))
-        await asyncio.sleep(1.5)  # let the jitter buffers fill
+        await until_heard([(p, o) for p in (a, b, c) for o in everyone - {p.identity}])
         marks = await listen_for(2.0, a, b, c)
         for p, mark in zip((a, b, c), marks, strict=True):
             for other in everyone - {p.identity}:
@@ -91,7 +108,7 @@ async def test_room_of_three_hears_the_others_never_itself(sfu_factory, gain_eng
         # amplitude as cy). cy's raw track must match it; cy's denoised track is half of it
         # whenever the engine kept up (late hops pass through at full level by design).
         stream = sfu.ctx.registry.get("r1").participants["cy"].pipeline.stream
-        await asyncio.sleep(1.0)
+        await after_switch(b, "ada")
         before = dict(stream.counters)
         marks = await listen_for(1.5, b)
         denoised = level(b.received_since("cy", marks[0]))
@@ -99,7 +116,7 @@ async def test_room_of_three_hears_the_others_never_itself(sfu_factory, gain_eng
         hops = {k: stream.counters[k] - before[k] for k in before}
         await b.send({"type": "listen", "identity": "cy", "raw": True})
         await b.wait_message(lambda m: m["type"] == "listening" and m["raw"])
-        await asyncio.sleep(1.0)
+        await after_switch(b, "cy")
         marks = await listen_for(1.5, b)
         raw = level(b.received_since("cy", marks[0]))
         assert raw == pytest.approx(full, rel=0.15), (raw, full)
@@ -110,7 +127,7 @@ async def test_room_of_three_hears_the_others_never_itself(sfu_factory, gain_eng
         session = hub.rooms["r1"]["bob"]
         slot = next(s for s in session.slots if s.target == "cy")
         assert slot.track.source is slot.subscription.track and slot.raw_track is None
-        await asyncio.sleep(1.0)
+        await after_switch(b, "cy")
         marks = await listen_for(1.0, b)
         assert level(b.received_since("cy", marks[0])) > 0.02
 
@@ -125,7 +142,7 @@ async def test_room_of_three_hears_the_others_never_itself(sfu_factory, gain_eng
         try:
             await a.wait_participants(lambda ps: "dee" in ps and ps["dee"]["mid"] is not None)
             assert len(hub.rooms["r1"]["ada"].slots) == slots_before
-            await asyncio.sleep(1.5)
+            await until_heard([(a, "dee")])
             marks = await listen_for(1.5, a)
             got = a.received_since("dee", marks[0])
             assert rms(got) > 0.02 and tone_power(got, TONES["dee"]) > 0.5
@@ -148,7 +165,7 @@ async def test_two_rooms_never_hear_each_other(sfu_factory, gain_engine, make_to
     try:
         await a.wait_participants(lambda ps: "bob" in ps and ps["bob"]["mid"] is not None)
         await d.wait_participants(lambda ps: "eve" in ps and ps["eve"]["mid"] is not None)
-        await asyncio.sleep(1.5)
+        await until_heard([(a, "bob"), (b, "ada"), (d, "eve"), (e, "dee")])
         marks = await listen_for(2.0, a, b, d, e)
         pairs = {a: ("bob", {"dee", "eve"}), b: ("ada", {"dee", "eve"}),
                  d: ("eve", {"ada", "bob"}), e: ("dee", {"ada", "bob"})}

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from sfu.settings import MODES
+from denoiser.stream.modes import MODES
 
 log = logging.getLogger(__name__)
 
