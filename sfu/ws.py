@@ -439,6 +439,9 @@ class WsHub:
         self.demo_tokens: bool = bool(getattr(settings, "demo_tokens", False))
         self.rooms: dict[str, dict[str, Session]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Placement (sfu.placement.gate): called with (session, room) on join; it raises
+        # ProtocolError to send the client to the room's owner, or to say "try later".
+        self.place: Callable[[Session, str], Any] | None = None
         registry.add_listener(self._on_room_event)
 
     def spawn(self, coro: Any) -> None:
@@ -484,6 +487,8 @@ class WsHub:
                                 4403)
         with contextlib.suppress(HttpError):
             authorize(claims, claims.room, "subscribe")
+        if self.place is not None:
+            await self.place(session, claims.room)
         session.room, session.identity = claims.room, claims.identity
         session.grants, session.mode = claims.grants, message.get("mode", "auto")
         room = self.rooms.setdefault(claims.room, {})
@@ -542,6 +547,10 @@ class _RateLimiter:
 
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[WS_HUB]
+    if "room" in request.query:  # a client that names its room is sent to its owner first
+        from sfu.placement.gate import ws_pre_upgrade
+
+        await ws_pre_upgrade(request, request.query["room"])
     ws = web.WebSocketResponse(max_msg_size=HARD_MAX_MESSAGE_BYTES, heartbeat=20.0)
     await ws.prepare(request)
     session = Session(hub, ws)
@@ -623,6 +632,9 @@ def setup(app: web.Application) -> WsHub:
 
     ctx = app[CONTEXT]
     hub = WsHub(ctx.registry, ctx.settings)
+    from sfu.placement.gate import ws_placer
+
+    hub.place = ws_placer(ctx)
     app[WS_HUB] = hub
     app.router.add_get("/ws", ws_handler)
     app.router.add_post("/demo/token", demo_token_handler)
