@@ -111,6 +111,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     registration = None
     drainer = Drainer(server, stop, float(args.drain_deadline))
     await engine.start()
+    await warm_up(engine)
     try:
         await server.start()
         if args.redis:
@@ -143,6 +144,24 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await engine.close()
+
+
+async def warm_up(engine: object, requests: int = 6) -> None:
+    """Run a few requests of 1 and 2 hops through the engine before taking any stream.
+
+    The first calls of a traced graph are slow (TorchScript profiles and optimises it on its
+    first runs: about a second on CPU); a worker that takes over the streams of a lost one
+    must answer the first of them within the hop deadline, not after that second."""
+    import numpy as np
+
+    hop = int(engine.hop_size)  # type: ignore[attr-defined]
+    noise = np.random.default_rng(0).standard_normal(2 * hop).astype(np.float32) * 0.01
+    engine.open_stream("warm-up")  # type: ignore[attr-defined]
+    try:
+        for i in range(requests):
+            await engine.process("warm-up", noise[: hop * (1 + i % 2)])  # type: ignore[attr-defined]
+    finally:
+        engine.close_stream("warm-up")  # type: ignore[attr-defined]
 
 
 def advertised_address(host: str, port: int) -> str:

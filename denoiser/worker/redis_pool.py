@@ -8,18 +8,22 @@ most free slots (its reported capacity minus its reported load, minus what this 
 on it since that report, and never more than this node's own count allows).
 
 A stream moves at its next request when its worker is no longer usable (the connection
-dropped, the lease lapsed, it drains): the request goes, with OPEN, to another worker,
-prefixed with the stream's last `warm_hops` of input so the new worker's model state is warm
-and its output carries on. Only requests already in flight on a lost connection fail (the SFU
-passes those hops through, counted). Every decision is counted in `placements`.
+dropped, the lease lapsed, it drains): that request goes, with OPEN, to another worker and
+only warms the fresh model state there (the caller gets EngineError at once, so that frame
+passes through, counted); the next request is denoised there. Requests already in flight on
+a lost connection fail the same way. So a stream whose worker dies passes through for about
+one frame and is denoised again from the next. (Sending the old audio again to warm the new
+state would queue several requests at once, which the worker runs as one step of an untraced
+hop count: a second of delay.) Every decision is counted in `placements`.
 """
+
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections import Counter, deque
+from collections import Counter
 
 import numpy as np
 
@@ -28,6 +32,7 @@ from denoiser.worker.client import RemoteEngine
 from denoiser.worker.pool import WorkerPool
 from denoiser.worker.registry import (
     KEY_PREFIX,
+    LEASE_S,
     REDIS_ERRORS,
     WorkerInfo,
     connect_redis,
@@ -41,20 +46,21 @@ class RedisWorkerPool(WorkerPool):
     """Workers registered in Redis at `redis_url`, behind one `Engine`."""
 
     def __init__(self, redis_url: str, node: str | None = None, *, secret: str | None = None,
-                 prefix: str = KEY_PREFIX, poll_s: float = 0.5, wait_s: float = 60.0,
-                 warm_hops: int = 8) -> None:
+                 prefix: str = KEY_PREFIX, poll_s: float = 0.5, wait_s: float = 60.0
+                 ) -> None:
         super().__init__([], node, secret=secret)
         self.redis = connect_redis(redis_url)
         self.prefix = prefix
         self.poll_s = poll_s
         self.wait_s = wait_s
-        self.warm_hops = warm_hops
         self.placements: Counter[str] = Counter()  # placed, moved, no_free_slot, no_worker
         self.redis_errors = 0
         self.info: dict[str, WorkerInfo] = {}  # address -> as last read from Redis
         self._placed_since_read: Counter[str] = Counter()  # address -> streams placed
-        self._history: dict[str, deque[np.ndarray]] = {}
+        self._warming: dict[str, asyncio.Future[np.ndarray]] = {}  # a moved stream's first
         self._task: asyncio.Task[None] | None = None
+        self._read_failed = False
+        self._back_at = -float("inf")  # when Redis answered again after failing
 
     # -- finding workers ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,6 +101,7 @@ class RedisWorkerPool(WorkerPool):
                 await self.refresh()
             except REDIS_ERRORS as exc:
                 # Keep the workers we know: their connections say whether they are alive.
+                self._read_failed = True
                 self.redis_errors += 1
                 if self.redis_errors == 1 or self.redis_errors % 60 == 0:
                     log.warning("cannot read workers from Redis; keeping the known ones",
@@ -103,6 +110,9 @@ class RedisWorkerPool(WorkerPool):
     async def refresh(self) -> None:
         """Read the live workers once; connect the new ones, drop the gone ones."""
         live = {info.address: info for info in await read_workers(self.redis, self.prefix)}
+        now = asyncio.get_running_loop().time()
+        if self._read_failed:
+            self._read_failed, self._back_at = False, now
         self.info = live
         self._placed_since_read.clear()
         known = {w.address: w for w in self.workers}
@@ -114,6 +124,8 @@ class RedisWorkerPool(WorkerPool):
                 worker.reconnect_in_background()
         for address in known.keys() - live.keys():
             worker = known[address]
+            if worker.connected and now - self._back_at < LEASE_S:
+                continue  # Redis just came back (maybe empty): give it a lease to register
             self.workers.remove(worker)
             log.warning("worker lease gone; moving its streams",
                         extra={"worker": address, "streams": worker.live_streams})
@@ -149,11 +161,10 @@ class RedisWorkerPool(WorkerPool):
         best.open_stream(stream_id)
         self._placed[stream_id] = best
         self._placed_since_read[best.address] += 1
-        self._history[stream_id] = deque()
         self.placements["placed"] += 1
 
     def close_stream(self, stream_id: str) -> None:
-        self._history.pop(stream_id, None)
+        self._warming.pop(stream_id, None)
         super().close_stream(stream_id)
 
     async def close(self) -> None:
@@ -162,19 +173,20 @@ class RedisWorkerPool(WorkerPool):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await super().close()
-        self._history.clear()
+        self._warming.clear()
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.aclose()
 
     async def process(self, stream_id: str, samples: np.ndarray) -> np.ndarray:
+        warming = self._warming.pop(stream_id, None)
+        if warming is not None and not warming.done():
+            await asyncio.wait({warming})  # one request of a stream at a time on a worker
         worker = self._placed.get(stream_id)
         if worker is None:
             raise EngineError(f"unknown stream {stream_id!r}")
-        history = self._history.setdefault(stream_id, deque())
         if self.usable(worker):
-            self._remember(history, samples)
             return await worker.process(stream_id, samples)
-        # Its worker is gone or draining: this request goes to another one, warmed up.
+        # Its worker is gone or draining: this request warms the stream up on another one.
         target = self._choose(exclude=worker)
         worker.close_stream(stream_id)
         target.open_stream(stream_id)
@@ -182,17 +194,14 @@ class RedisWorkerPool(WorkerPool):
         self._placed_since_read[target.address] += 1
         self.placements["moved"] += 1
         log.info("stream moved", extra={"stream": stream_id, "from": worker.address,
-                                        "to": target.address, "warm_hops": len(history)})
-        warm = np.concatenate([*history, samples]) if history else samples
-        self._remember(history, samples)
-        out = await target.process(stream_id, warm)
-        return out[-samples.size:]
+                                        "to": target.address})
+        task = asyncio.ensure_future(target.process(stream_id, samples))
+        task.add_done_callback(_retrieve)
+        self._warming[stream_id] = task
+        raise EngineError(f"stream {stream_id!r} moved from {worker.address} to "
+                          f"{target.address}; this frame warms it up there")
 
-    def _remember(self, history: deque[np.ndarray], samples: np.ndarray) -> None:
-        if self.warm_hops <= 0 or not isinstance(samples, np.ndarray):
-            return
-        history.append(samples)
-        limit = self.warm_hops * self.hop_size
-        total = sum(h.size for h in history)
-        while history and total - history[0].size >= limit:
-            total -= history.popleft().size
+
+def _retrieve(task: asyncio.Future[np.ndarray]) -> None:
+    if not task.cancelled():
+        task.exception()  # a warm-up that failed has nobody to tell

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -32,12 +32,14 @@ LEASE_S = 3.0
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
-def connect_redis(url: str, timeout: float = 0.5) -> Redis:
-    """A client that fails fast (no retries, `timeout` per socket operation): a caller that
-    cannot reach Redis learns it at once and decides what to do (answer 503, keep serving)."""
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                          retry=Retry(NoBackoff(), 0), decode_responses=True,
-                          health_check_interval=0)
+def connect_redis(url: str, timeout: float = 0.5, max_connections: int = 32) -> Redis:
+    """A client that fails fast (no retries, `timeout` per socket operation, and at most
+    `timeout` waiting for one of `max_connections`): a caller that cannot reach Redis learns
+    it at once and decides what to do (answer 503, keep serving)."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=timeout, decode_responses=True, health_check_interval=0)
+    return Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 @dataclass(frozen=True)
