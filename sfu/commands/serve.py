@@ -49,7 +49,8 @@ def demo_link(settings: Settings, room: str = "demo", identity: str = "guest") -
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
-    from sfu.app import CONTEXT, create_app
+    from sfu.app import create_app
+    from sfu.context import CONTEXT
 
     app = create_app(settings)
     ctx = app[CONTEXT]

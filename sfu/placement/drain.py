@@ -13,7 +13,7 @@ from aiohttp import web
 from sfu.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
-    from sfu.app import SfuContext
+    from sfu.context import SfuContext
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Drainer:
 
 async def drain_handler(request: web.Request) -> web.Response:
     """POST /admin/drain (Authorization: Bearer <admin token>) -> 202 {"status": "draining"}."""
-    from sfu.app import CONTEXT
+    from sfu.context import CONTEXT
 
     ctx = request.app[CONTEXT]
     token = ctx.settings.admin_token

@@ -16,7 +16,7 @@ from sfu.placement import Owner, PlacementUnavailable
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from sfu.app import SfuContext
+    from sfu.context import SfuContext
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def ws_url(http_url: str) -> str:
 
 def hosted(ctx: SfuContext, app: web.Application) -> tuple[list[str], int]:
     """Rooms with a session on this node (registry or room socket), and the session count."""
-    from sfu.ws import WS_HUB
+    from sfu.signalling.ws.hub import WS_HUB
 
     names = {room.name for room in ctx.registry.rooms()}
     sessions = ctx.registry.participant_count + ctx.registry.subscription_count
@@ -68,7 +68,7 @@ def hosted(ctx: SfuContext, app: web.Application) -> tuple[list[str], int]:
 
 async def stop_serving(ctx: SfuContext, app: web.Application, room: str) -> None:
     """Close every session of `room` here (another node holds it under a newer epoch)."""
-    from sfu.ws import WS_HUB
+    from sfu.signalling.ws.hub import WS_HUB
 
     hub = app.get(WS_HUB)
     closed = 0
@@ -89,7 +89,7 @@ async def ws_pre_upgrade(request: web.Request, room: str) -> None:
     """`GET /ws?room=R` on a node that does not own R: 307 to the owner's `/ws` before the
     upgrade (for clients that follow redirects; a browser's WebSocket does not, and gets the
     `redirect` message at `join` instead)."""
-    from sfu.app import CONTEXT
+    from sfu.context import CONTEXT
 
     await place_join(request.app[CONTEXT], room, request.path_qs, create=False)
 
@@ -97,7 +97,7 @@ async def ws_pre_upgrade(request: web.Request, room: str) -> None:
 def ws_placer(ctx: SfuContext):  # type: ignore[no-untyped-def]
     """The room socket's join check: a `redirect` message to the owner (then close 4307), or
     an error with `retry_after` (close 4503) when placement is unavailable."""
-    from sfu.ws import ProtocolError
+    from sfu.signalling.ws.messages import MessageRefused as ProtocolError
 
     async def place(session, room: str) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from denoiser.engine_metrics import PREFIX
+from denoiser.engine.prometheus import PREFIX
 
 
 class PlacementCollector:

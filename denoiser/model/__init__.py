@@ -1,0 +1,1 @@
+"""Streaming models: the contract, the shipped weights and their loaders, traced steps (runtime)."""
