@@ -292,6 +292,51 @@ async def test_a_redis_outage_leaves_calls_running_and_answers_joins_503_until_i
             await hang_up(session, call)
 
 
+async def test_a_draining_worker_hands_its_streams_over_and_exits(
+        cluster: Cluster, session: aiohttp.ClientSession) -> None:
+    room = "worker-drain"
+    arrivals = Arrivals()
+    speaker = await publish(session, cluster.nodes[0].url, room, "speaker", SECRET,
+                            LoopTrack(noisy_tones(seed=9)))
+    node = speaker.base
+    calls = [speaker]
+    try:
+        calls.append(await listen(session, node, room, "listener", "speaker", SECRET,
+                                  arrivals))
+        await asyncio.wait_for(arrivals.arrived.wait(), 15)
+        await asyncio.sleep(0.5)
+        before = await ascrape(session, node)
+        victim = worker_of_stream(before, cluster)
+        async with session.post(str(victim.info["metrics"]) + "/admin/drain",
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            assert resp.status == 202
+        began = time.monotonic()
+
+        async def moved() -> bool:
+            samples = await ascrape(session, node)
+            return value(samples, "denoise_sfu_placement_streams_total", decision="moved") > \
+                value(before, "denoise_sfu_placement_streams_total", decision="moved")
+
+        await wait_for(moved, "the stream to move off the draining worker", timeout=5)
+        await asyncio.to_thread(victim.proc.wait, 10)
+        assert victim.proc.returncode == 0, victim.logs()
+        assert '"msg": "drained"' in victim.logs()
+        await asyncio.sleep(0.5)
+        after = await ascrape(session, node)
+        assert value(after, "denoise_sfu_frames_denoised_total") > value(
+            before, "denoise_sfu_frames_denoised_total") + 20
+        passed = value(after, "denoise_sfu_frames_passed_through_total",
+                       reason="engine_error") - value(
+            before, "denoise_sfu_frames_passed_through_total", reason="engine_error")
+        gap = arrivals.max_gap(began, time.monotonic())
+        print(f"worker drain: listener gap {gap * 1e3:.0f} ms, engine_error hops {passed}")
+        assert gap <= 0.100 and passed <= 4  # one frame warms the other worker up
+    finally:
+        await arrivals.stop()
+        for call in calls:
+            await hang_up(session, call)
+
+
 async def test_a_paused_node_loses_its_room_and_cannot_take_it_back(
         cluster: Cluster, session: aiohttp.ClientSession) -> None:
     room = "paused"
