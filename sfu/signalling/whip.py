@@ -12,7 +12,8 @@ and one `Link: <url>; rel="ice-server"` per configured STUN/TURN server. docs/wh
 checks all of it against RFC 9725 and the WHEP draft, point by point.
 
 Checks run cheapest first and before any peer connection exists: 401 token, 403 room/grant/
-identity, 400 mode, 404 room/participant, 415 content type, 413 size, then 400 SDP.
+identity, 400 mode, then placement (307 to the node that owns the room, 503 + Retry-After when
+placement is unavailable), 404 room/participant, 415 content type, 413 size, then 400 SDP.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sfu.errors import (
 )
 from sfu.media.receiver import install_for_track
 from sfu.media.switch import SwitchTrack
+from sfu.placement.gate import place_join
 from sfu.rooms import (
     OwnVoice,
     Participant,
@@ -151,6 +153,7 @@ class WhipHandlers:
         mode = request.query.get("mode", "auto")
         if mode not in MODES:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}", "bad_mode")
+        await place_join(ctx, room, request.path_qs, create=True)  # 307 / 503 if not here
         sdp = await read_sdp(request, ctx.settings.max_sdp_bytes)
         pc = create_peer_connection(ctx.settings)
         tracks: list = []
@@ -198,6 +201,7 @@ class WhipHandlers:
         authorize(claims, room, "subscribe")
         if target == claims.identity:
             raise Forbidden("a listener never receives their own voice", "own_voice")
+        await place_join(ctx, room, request.path_qs, create=False)  # 307 / 503 if not here
         self._require_participant(room, target)
         sdp = await read_sdp(request, ctx.settings.max_sdp_bytes)
         self._require_participant(room, target)  # it may have left while the body arrived
