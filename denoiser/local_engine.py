@@ -41,6 +41,7 @@ import heapq
 import logging
 import math
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ import torch
 from torch import Tensor
 
 from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
+from denoiser.engine_blocks import Block, BlockCall, answer_call, merge_blocks
 from denoiser.streaming import State, StreamingModel
 from denoiser.traced_steps import TracedSteps
 
@@ -171,6 +173,16 @@ class _Stream:
     queue: deque[_Pending] = field(default_factory=deque)
 
 
+def _as_tensor(hops: np.ndarray) -> Tensor:
+    """The hops as a tensor without a copy, also when they are a read-only view of a worker
+    message (the model only reads its input; torch warns about such arrays)."""
+    if hops.flags.writeable:
+        return torch.from_numpy(hops)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(hops)
+
+
 def unbatched_capacity(model: StreamingModel, share: float = 0.6, reps: int = 30,
                        limit: int = 256) -> int:
     """Streams one engine thread keeps in real time when their hops never share a tick.
@@ -241,9 +253,12 @@ class LocalEngine(Engine):
         self._capacity = min(max(1, initial_slots), self.max_streams)
         self._free: list[int] = list(range(1, self._capacity + 1))
         self._streams: dict[str, _Stream] = {}
+        self._waiting: dict[str, _Stream] = {}  # live streams with at least one hop queued
+        self._blocks: list[Block] = []  # `submit_block` arrays waiting for the next tick
+        self._block_rows = 0
         self._resets: set[int] = set()
-        self._ready = 0  # live streams with at least one hop waiting
         self._closing: list[int] = []
+        self._deferred_free: list[int] = []  # closed while a waiting block may name them
         self._in_flight = False
         self._started = False
         self._closed = False
@@ -260,7 +275,7 @@ class LocalEngine(Engine):
         self._io: dict[str, Tensor] = {}
         # CPU: the state the last call returned, not yet scattered into the table, and the
         # padded slot list it belongs to (see `_run_cpu`).
-        self._held: tuple[list[int], State] | None = None
+        self._held: tuple[np.ndarray, State] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -287,7 +302,12 @@ class LocalEngine(Engine):
         for stream in self._streams.values():
             self._fail_queue(stream, "engine closed")
         self._streams.clear()
-        self._ready = 0
+        self._waiting.clear()
+        for block in self._blocks:
+            if not block.future.done():
+                block.future.set_exception(EngineError("engine closed"))
+        self._blocks.clear()
+        self._block_rows = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -303,6 +323,18 @@ class LocalEngine(Engine):
     @property
     def live_streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def _ready(self) -> int:
+        """Live streams with hops waiting (block rows counted as one stream each)."""
+        return len(self._waiting) + self._block_rows
+
+    def slot_of(self, stream_id: str) -> int:
+        """The table slot of an open stream (what `submit_block` takes)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise EngineError(f"unknown stream {stream_id!r}")
+        return stream.slot
 
     @property
     def capacity(self) -> int:
@@ -329,13 +361,14 @@ class LocalEngine(Engine):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
-        if stream.queue:
-            self._ready -= 1
+        self._waiting.pop(stream_id, None)
         self._fail_queue(stream, f"stream {stream_id!r} closed")
         if self._wake is not None and self._ready and self._ready >= len(self._streams):
             self._wake.set()  # the others no longer wait for this one
         if self._in_flight:
             self._closing.append(stream.slot)  # the running tick may still scatter into it
+        elif self._blocks:
+            self._deferred_free.append(stream.slot)  # a waiting block may still name it
         else:
             heapq.heappush(self._free, stream.slot)
 
@@ -377,11 +410,49 @@ class LocalEngine(Engine):
         for i in range(hops):
             stream.queue.append(_Pending(owned[i], request, i, now))
         if was_idle:
-            self._ready += 1
+            self._waiting[stream_id] = stream
             # Wake the loop only to start a tick's deadline or to close a full tick.
             if self._ready == 1 or self._ready >= len(self._streams):
                 self._wake.set()
         return request.future
+
+    def submit_block(self, slots: np.ndarray, hops: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """The bulk path (the worker's): the hops [B, T*hop] of B open streams at `slots`
+        (`slot_of`; distinct), answered by one future of [B, T*hop] for the next tick. The
+        caller has checked that the rows are finite; `hops` is the engine's from now on.
+        Rows whose output is not finite come back as they are, and their slots are reset."""
+        if self._closed:
+            raise EngineError("engine closed")
+        if not self._started or self._wake is None:
+            raise EngineError("engine not started")
+        slots = np.asarray(slots, dtype=np.int64)
+        if hops.dtype != np.float32 or hops.ndim != 2 or hops.shape[0] != slots.size \
+                or not hops.shape[1] or hops.shape[1] % self.hop_size \
+                or hops.shape[1] > MAX_ROUNDS_PER_TICK * self.hop_size:
+            raise EngineError(f"a block is float32 [{slots.size}, T*{self.hop_size}] with "
+                              f"1 <= T <= {MAX_ROUNDS_PER_TICK}, got {hops.dtype} {hops.shape}")
+        if slots.size and (slots.min() < 1 or slots.max() > self._capacity):
+            raise EngineError(f"block slots must lie in 1..{self._capacity}")
+        if self._block_rows + slots.size > MAX_ROUNDS_PER_TICK * self.max_streams:
+            self.stats.errors["backlog"] += 1
+            raise EngineError(f"{self._block_rows} block rows waiting; limit "
+                              f"{MAX_ROUNDS_PER_TICK * self.max_streams}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        if not slots.size:
+            future.set_result(hops)
+            return future
+        was = self._ready
+        self._blocks.append(Block(slots, hops, future, loop.time()))
+        self._block_rows += slots.size
+        if was == 0 or self._ready >= len(self._streams):
+            self._wake.set()
+        return future
+
+    def _first_arrival(self) -> float:
+        times = [s.queue[0].arrived for s in self._waiting.values()]
+        times += [b.arrived for b in self._blocks[:1]]
+        return min(times)
 
     # -- the tick loop (event loop side) ---------------------------------------------------
 
@@ -393,7 +464,7 @@ class LocalEngine(Engine):
             self._wake.clear()
             if not self._ready:
                 continue
-            first = min(s.queue[0].arrived for s in self._streams.values() if s.queue)
+            first = self._first_arrival()
             deadline = first + self.tick_deadline
             while self._ready < len(self._streams):
                 remaining = deadline - loop.time()
@@ -419,20 +490,33 @@ class LocalEngine(Engine):
         # in this tick, in back-to-back rounds of one hop per stream each: one trip to the
         # worker thread and no second wait for the tick to fill. Consecutive rounds over the
         # same slots become one call of T hops.
+        # Streams in slot order, the same every tick under a steady load (see `_run_cpu`).
+        waiting = sorted(self._waiting.items(), key=lambda item: item[1].slot)
         rounds: list[list[tuple[str, int, _Pending]]] = []
         while len(rounds) < MAX_ROUNDS_PER_TICK:
-            batch = [(sid, s.slot, s.queue.popleft())
-                     for sid, s in self._streams.items() if s.queue]
+            batch = [(sid, s.slot, s.queue.popleft()) for sid, s in waiting if s.queue]
             if not batch:
                 break
             rounds.append(batch)
-        if not rounds:
+        for sid, s in waiting:
+            if not s.queue:
+                del self._waiting[sid]
+        blocks, self._blocks = self._blocks, []
+        self._block_rows = 0
+        if not rounds and not blocks:
             return
-        self._ready = sum(1 for s in self._streams.values() if s.queue)
+        self._closing.extend(self._deferred_free)  # freed once this tick has run
+        self._deferred_free.clear()
         closed_at = loop.time()
-        first = min(p.arrived for _, _, p in rounds[0])
+        first = min([p.arrived for _, _, p in rounds[0]] if rounds else [],
+                    default=blocks[0].arrived if blocks else closed_at)
+        if blocks:
+            first = min(first, blocks[0].arrived)
         calls = self._group_rounds(rounds)
-        work = [(slots, self._stack_hops(group)) for slots, group in calls]
+        block_calls = merge_blocks(blocks, self._capacity) if blocks else []
+        work: list[tuple[list[int] | np.ndarray, np.ndarray]] = [
+            (slots, self._stack_hops(group)) for slots, group in calls]
+        work += [(call.slots, call.hops) for call in block_calls]
         resets = sorted(self._resets)
         self._resets.clear()
         self._in_flight = True
@@ -441,13 +525,17 @@ class LocalEngine(Engine):
             outs = await loop.run_in_executor(self._executor, self._run_tick, work, resets,
                                               self._capacity)
         except Exception as exc:
-            log.warning("engine forward failed for %d streams: %s", len(rounds[0]), exc)
+            log.warning("engine forward failed for %d calls: %s", len(work), exc)
             self.stats.errors["forward"] += 1
             for batch in rounds:
                 for sid, slot, pending in batch:
                     if sid in self._streams:
                         self._resets.add(slot)  # its state is unknown now
                     pending.request.fail(EngineError(f"forward failed: {exc}"))
+            for block in blocks:
+                self._resets.update(block.slots.tolist())
+                if not block.future.done():
+                    block.future.set_exception(EngineError(f"forward failed: {exc}"))
             return
         finally:
             self._in_flight = False
@@ -455,12 +543,14 @@ class LocalEngine(Engine):
                 heapq.heappush(self._free, slot)
             self._closing.clear()
         forward_ms = (time.perf_counter() - start) * 1e3
-        for (_, group), out in zip(calls, outs, strict=True):
+        for (_, group), out in zip(calls, outs[:len(calls)], strict=True):
             self.stats.hops_per_call[len(group)] += 1
             for k, batch in enumerate(group):
                 self._answer(batch, out[:, k * self.hop_size:(k + 1) * self.hop_size])
                 self.stats.hops += len(batch)
                 self.stats.batch_sizes[len(batch)] += 1
+        for call, out in zip(block_calls, outs[len(calls):], strict=True):
+            self._answer_blocks(call, out)
         now = loop.time()
         self.stats.ticks += 1
         self.stats.wait_ms.add((closed_at - first) * 1e3)
@@ -488,6 +578,22 @@ class LocalEngine(Engine):
             return np.stack([p.hop for _, _, p in group[0]])
         per_round = np.stack([np.stack([p.hop for _, _, p in batch]) for batch in group], axis=1)
         return per_round.reshape(per_round.shape[0], -1)
+
+    def _answer_blocks(self, call: BlockCall, out: np.ndarray) -> None:
+        rows, width = out.shape
+        hops = width // self.hop_size
+        self.stats.hops_per_call[hops] += 1
+        self.stats.hops += rows * hops
+        self.stats.batch_sizes[rows] += hops
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            bad = call.slots[~finite]
+            self.stats.errors["non_finite_output"] += int(bad.size)
+            self._resets.update(int(slot) for slot in bad if slot in self._live_slots())
+        answer_call(call, out)
+
+    def _live_slots(self) -> set[int]:
+        return {s.slot for s in self._streams.values()}
 
     def _answer(self, batch: list[tuple[str, int, _Pending]], out: np.ndarray) -> None:
         finite = np.isfinite(out).all(axis=1)
@@ -570,7 +676,7 @@ class LocalEngine(Engine):
             t.index_copy_(0, idx, new_state[name].to(t.dtype))
         return out
 
-    def _run_tick(self, work: list[tuple[list[int], np.ndarray]], resets: list[int],
+    def _run_tick(self, work: list[tuple[list[int] | np.ndarray, np.ndarray]], resets: list[int],
                   capacity: int) -> list[np.ndarray]:
         """Each call is one batched step: (slots, hops[B, T*hop]) -> output[B, T*hop]."""
         with self._on_device(), torch.inference_mode():
@@ -585,7 +691,7 @@ class LocalEngine(Engine):
             run = self._run_cuda if self.cuda else self._run_cpu
             return [run(slots, hops) for slots, hops in work]
 
-    def _run_cpu(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
+    def _run_cpu(self, slots: list[int] | np.ndarray, hops: np.ndarray) -> np.ndarray:
         """One call on CPU. The new state stays held, not scattered: when the next call runs
         the same slots (a steady load: every tick the same streams), it starts from the held
         state, and neither the scatter nor the next gather happens. Anything else that reads
@@ -594,25 +700,30 @@ class LocalEngine(Engine):
         failure handling resets them."""
         batch = len(slots)
         bucket = self._bucket(batch)
-        padded = slots + [SCRATCH_SLOT] * (bucket - batch)
-        x = torch.from_numpy(hops)
+        padded = np.asarray(slots, dtype=np.int64)
+        if bucket > batch:
+            padded = np.concatenate([padded, np.full(bucket - batch, SCRATCH_SLOT, np.int64)])
+        x = _as_tensor(hops)
         if bucket > batch:
             x = torch.cat([x, x.new_zeros(bucket - batch, x.shape[1])])
         held, self._held = self._held, None
-        if held is not None and held[0] == padded:
+        if held is not None and held[0].shape == padded.shape \
+                and np.array_equal(held[0], padded):
             state = held[1]
         else:
             if held is not None:
                 self._scatter(held[0], held[1])
-            idx = torch.tensor(padded, dtype=torch.long)
+            idx = torch.from_numpy(padded)
             state = {name: t.index_select(0, idx) for name, t in self._table.items()}
         step = self.steps if self.steps is not None else self.model.step_many
         out, new_state = step(x, state)
         self._held = (padded, new_state)
-        return out[:batch].to(torch.float32).numpy().copy()
+        # No copy: a model returns new tensors (or its input, which the caller gave away) and
+        # never writes into them later, since it must not modify state in place.
+        return out[:batch].to(torch.float32).numpy()
 
-    def _scatter(self, padded: list[int], state: State) -> None:
-        idx = torch.tensor(padded, dtype=torch.long, device=self.device)
+    def _scatter(self, padded: np.ndarray, state: State) -> None:
+        idx = torch.from_numpy(padded).to(self.device)
         for name, t in self._table.items():
             t.index_copy_(0, idx, state[name].to(t.dtype))
 
@@ -622,15 +733,15 @@ class LocalEngine(Engine):
         if held is not None:
             self._scatter(*held)
 
-    def _run_cuda(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
+    def _run_cuda(self, slots: list[int] | np.ndarray, hops: np.ndarray) -> np.ndarray:
         batch = len(slots)
         bucket = self._bucket(batch)
         io = self._io
         graph = self._graph_for(bucket) if self.use_graphs else None
         # Fill the pinned host buffers, then copy to the static device buffers.
-        io["in_host"][:batch].copy_(torch.from_numpy(hops))
+        io["in_host"][:batch].copy_(_as_tensor(hops))
         io["in_host"][batch:bucket].zero_()
-        io["idx_host"][:batch].copy_(torch.tensor(slots, dtype=torch.long))
+        io["idx_host"][:batch].copy_(torch.from_numpy(np.asarray(slots, dtype=np.int64)))
         io["idx_host"][batch:bucket].fill_(SCRATCH_SLOT)
         io["in_dev"][:bucket].copy_(io["in_host"][:bucket], non_blocking=True)
         io["idx_dev"][:bucket].copy_(io["idx_host"][:bucket], non_blocking=True)

@@ -1,0 +1,1 @@
+"""Benchmarks (offline: never imported by serving code)."""

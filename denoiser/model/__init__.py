@@ -1,0 +1,1 @@
+"""Denoising models behind the `StreamingModel` contract."""
