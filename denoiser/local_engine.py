@@ -54,6 +54,7 @@ from torch import Tensor
 
 from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
 from denoiser.engine_blocks import Block, BlockCall, answer_call, merge_blocks
+from denoiser.engine_capacity import Admission
 from denoiser.streaming import State, StreamingModel
 from denoiser.traced_steps import TracedSteps
 
@@ -214,7 +215,8 @@ class LocalEngine(Engine):
                  initial_slots: int = 8, max_pending_hops: int = 200, half: bool = False,
                  cuda_graphs: bool = True, pad_to_bucket: bool | None = None,
                  buckets: Sequence[int] | None = None, threads: int | None = None,
-                 multi_hop: bool | None = None, trace: bool | None = None) -> None:
+                 multi_hop: bool | None = None, trace: bool | None = None,
+                 admission: Admission | None = None) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be >= 1")
         if tick_deadline < 0:
@@ -248,6 +250,10 @@ class LocalEngine(Engine):
         self.steps: TracedSteps | None = None  # set in the worker thread when `trace`
         self.threads = threads
         self.stats = EngineStats()
+        # Streams admitted from the batched tick cost, re-measured every tick (None: up to
+        # max_streams); `_shed`: admitted streams passed through while the ticks run late.
+        self.admission = admission
+        self._shed: set[str] = set()
 
         # Event-loop bookkeeping.
         self._capacity = min(max(1, initial_slots), self.max_streams)
@@ -346,6 +352,11 @@ class LocalEngine(Engine):
             raise EngineError("engine closed")
         if stream_id in self._streams:
             raise EngineError(f"stream {stream_id!r} is already open")
+        if self.admission is not None and \
+                len(self._streams) - len(self._shed) >= self.admission.limit:
+            self.stats.errors["admission"] += 1
+            raise EngineFull(f"the engine keeps {self.admission.limit} streams in real time "
+                             "now (measured)")
         if not self._free:
             if self._capacity >= self.max_streams:
                 raise EngineFull(f"all {self.max_streams} stream slots are in use")
@@ -361,6 +372,7 @@ class LocalEngine(Engine):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        self._shed.discard(stream_id)
         self._waiting.pop(stream_id, None)
         self._fail_queue(stream, f"stream {stream_id!r} closed")
         if self._wake is not None and self._ready and self._ready >= len(self._streams):
@@ -392,6 +404,9 @@ class LocalEngine(Engine):
         stream = self._streams.get(stream_id)
         if stream is None:
             raise EngineError(f"unknown stream {stream_id!r}")
+        if stream_id in self._shed:
+            self.stats.errors["shed"] += 1
+            raise EngineFull(f"stream {stream_id!r} is shed: the engine's ticks run late")
         try:
             samples = validate_hops(samples, self.hop_size)
         except EngineError:
@@ -551,11 +566,42 @@ class LocalEngine(Engine):
                 self.stats.batch_sizes[len(batch)] += 1
         for call, out in zip(block_calls, outs[len(calls):], strict=True):
             self._answer_blocks(call, out)
+        if self.admission is not None:
+            streams = (len(rounds[0]) if rounds else 0) + sum(b.rows for b in blocks)
+            hops = sum(len(batch) for batch in rounds) + sum(
+                b.hops.size // self.hop_size for b in blocks)
+            self.admission.observe(streams, hops / max(streams, 1), forward_ms)
+            self._admit()
         now = loop.time()
         self.stats.ticks += 1
         self.stats.wait_ms.add((closed_at - first) * 1e3)
         self.stats.forward_ms.add(forward_ms)
         self.stats.tick_ms.add((now - first) * 1e3)
+
+    def _admit(self) -> None:
+        """Shed the newest streams beyond the admission limit; let shed ones back in when
+        there is room again (oldest first)."""
+        assert self.admission is not None
+        limit = self.admission.limit
+        active = len(self._streams) - len(self._shed)
+        if active > limit:
+            for sid in reversed(list(self._streams)):
+                if active <= limit:
+                    break
+                if sid not in self._shed:
+                    self._shed.add(sid)
+                    active -= 1
+        elif self._shed and active < limit:
+            for sid in list(self._streams):
+                if active >= limit or not self._shed:
+                    break
+                if sid in self._shed:
+                    self._shed.discard(sid)
+                    active += 1
+
+    @property
+    def shed_streams(self) -> int:
+        return len(self._shed)
 
     def _group_rounds(self, rounds: list[list[tuple[str, int, _Pending]]]
                       ) -> list[tuple[list[int], list[list[tuple[str, int, _Pending]]]]]:

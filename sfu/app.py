@@ -81,21 +81,26 @@ async def build_engine(settings: Settings) -> Engine:
         from denoiser.worker.pool import ChildWorkerPool
 
         return ChildWorkerPool(child_worker_flags(settings), secret=settings.secret)
-    from denoiser.local_engine import LocalEngine, unbatched_capacity
+    from denoiser.engine_capacity import Admission, measure_tick_cost
+    from denoiser.local_engine import LocalEngine
     from denoiser.models import load_default_model
 
     model = await asyncio.to_thread(load_default_model, settings.device,
                                     settings.model_lookahead, settings.model_weights)
     max_streams = settings.max_streams
-    if max_streams is None:
-        # On CPU, more streams than the engine keeps up with would make every stream late;
-        # beyond this many, streams pass through (counted) until a slot frees.
-        max_streams = 256 if settings.device.startswith("cuda") else \
-            await asyncio.to_thread(unbatched_capacity, model)
-    engine = LocalEngine(model, device=settings.device, max_streams=max_streams)
-    log.info("engine capacity", extra={"max_streams": max_streams,
-                                       "measured": settings.max_streams is None,
-                                       "traced": engine.trace})
+    admission = None
+    if max_streams is None and not settings.device.startswith("cuda"):
+        # On CPU, admit what the engine keeps in real time *batched* (measured now, and
+        # re-measured from every tick); beyond it, streams pass through (counted) until the
+        # cost says there is room.
+        admission = Admission(await asyncio.to_thread(measure_tick_cost, model))
+        max_streams = admission.cap
+    engine = LocalEngine(model, device=settings.device, max_streams=max_streams or 256,
+                         admission=admission)
+    log.info("engine capacity", extra={
+        "max_streams": engine.max_streams, "measured": admission is not None,
+        "admitted": admission.limit if admission else engine.max_streams,
+        "traced": engine.trace})
     return engine
 
 

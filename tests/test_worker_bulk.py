@@ -240,3 +240,40 @@ async def test_identity_model_returns_its_input_and_counts_hops() -> None:
         x = audio(50, 4)
         out = await feed_hops(engine, "a", x, chunk_hops=2)
         np.testing.assert_array_equal(out, x)
+
+
+def test_admission_follows_the_measured_tick_cost() -> None:
+    from denoiser.engine_capacity import Admission, TickCost
+
+    admission = Admission(TickCost(fixed_ms=2.0, per_stream_ms=0.35), share=0.8, limit=256)
+    assert admission.limit == admission.measured_at_start == 40  # (16 - 2) / 0.35
+    for _ in range(200):  # the machine got busy: ticks of 20 streams take 16 ms a frame
+        admission.observe(20, 2.0, 16.0)
+    assert admission.limit == 20
+    admission.observe(2, 2.0, 100.0)  # too small a tick to say anything
+    assert admission.limit == 20
+
+
+async def test_the_engine_sheds_the_newest_streams_when_ticks_run_late() -> None:
+    from denoiser.engine import EngineFull
+    from denoiser.engine_capacity import Admission, TickCost
+
+    admission = Admission(TickCost(fixed_ms=0.0, per_stream_ms=16.0 / 6), share=0.8)
+    admission.observe = lambda *_: None  # type: ignore[method-assign]  # the cost set by hand
+    async with LocalEngine(IdentityModel(), device="cpu", max_streams=16,
+                           admission=admission) as engine:
+        for i in range(6):
+            engine.open_stream(f"s{i}")
+        with pytest.raises(EngineFull, match="real time"):
+            engine.open_stream("s6")  # admission says 6
+        admission.per_stream_ms = 16.0 / 4  # as if measured: only 4 fit now
+        x = audio(60, 2)
+        await asyncio.gather(*(engine.process(f"s{i}", x) for i in range(4)))
+        assert engine.shed_streams == 2
+        with pytest.raises(EngineFull, match="shed"):
+            await engine.process("s5", x)  # the newest pass through
+        np.testing.assert_array_equal(await engine.process("s0", x), x)
+        assert engine.stats.errors["shed"] == 1
+        admission.per_stream_ms = 16.0 / 8
+        await engine.process("s0", x)  # the next tick lets them back in
+        assert engine.shed_streams == 0
