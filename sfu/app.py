@@ -13,37 +13,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiortc import MediaStreamTrack
 
 from denoiser.engine import Engine
-from denoiser.engine_metrics import EngineCollector
+from denoiser.engine.prometheus import EngineCollector
+from sfu.context import CONTEXT, SfuContext
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
 from sfu.metrics import CONTENT_TYPE, Metrics
-from sfu.rooms import Participant, Pipeline, RoomRegistry
+from sfu.rooms import Participant, Pipeline, PipelineFactory, RoomRegistry
 from sfu.settings import Settings, SettingsError
-from sfu.whip import WhipHandlers
+from sfu.signalling import ws
+from sfu.signalling.whip import WhipHandlers
 
 if TYPE_CHECKING:
     from denoiser.stream import DenoisedStream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class SfuContext:
-    """What every handler of one app shares."""
-
-    settings: Settings
-    metrics: Metrics
-    registry: RoomRegistry = field(init=False)
-    engine: Engine | None = None
-    started_at: float = field(default_factory=time.time)
-
-
-CONTEXT = web.AppKey("denoise_sfu_context", SfuContext)
 
 
 def check_supported(settings: Settings) -> None:
@@ -81,9 +71,9 @@ async def build_engine(settings: Settings) -> Engine:
         from denoiser.worker.pool import ChildWorkerPool
 
         return ChildWorkerPool(child_worker_flags(settings), secret=settings.secret)
-    from denoiser.engine_capacity import Admission, measure_tick_cost
-    from denoiser.local_engine import LocalEngine
-    from denoiser.models import load_default_model
+    from denoiser.engine.capacity import Admission, measure_tick_cost
+    from denoiser.engine.local import LocalEngine
+    from denoiser.model.weights import load_default_model
 
     model = await asyncio.to_thread(load_default_model, settings.device,
                                     settings.model_lookahead, settings.model_weights)
@@ -104,8 +94,8 @@ async def build_engine(settings: Settings) -> Engine:
     return engine
 
 
-def _pipeline_factory(ctx: SfuContext):
-    def make(track, stream_id: str, mode: str) -> Pipeline:
+def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
+    def make(track: MediaStreamTrack, stream_id: str, mode: str) -> Pipeline:
         from denoiser.bypass import BypassDetector
         from denoiser.stream import DenoisedStream
         from sfu.media.pipeline import SpeakerPipeline
@@ -128,7 +118,7 @@ def hop_counts(stream: DenoisedStream) -> dict[str, int]:
     return {**stream.counters, "not_sent": stream.hops_not_sent}
 
 
-def _release(ctx: SfuContext):
+def _release(ctx: SfuContext) -> Callable[[Participant], None]:
     """After a pipeline stops: free its engine slot and count its last hops."""
     def release(participant: Participant) -> None:
         stream = participant.pipeline.stream
@@ -145,7 +135,7 @@ def sync_live_hops(ctx: SfuContext) -> None:
 
 
 @web.middleware
-async def _count_requests(request: web.Request, handler) -> web.StreamResponse:
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         response = await handler(request)
@@ -180,7 +170,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.router.add_routes(whip.routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
-    _add_ws(app)
+    ws.setup(app)
     _add_static(app, settings)
 
     owns_engine = engine is None
@@ -216,7 +206,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
 async def healthz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     engine_ok = ctx.engine is not None
-    body = {"status": "ok" if engine_ok else "starting",
+    body: dict[str, object] = {"status": "ok" if engine_ok else "starting",
             "engine": type(ctx.engine).__name__ if engine_ok else None,
             "rooms": ctx.registry.room_count, "participants": ctx.registry.participant_count,
             "subscribers": ctx.registry.subscription_count,
@@ -233,17 +223,6 @@ async def metrics_handler(request: web.Request) -> web.Response:
     sync_live_hops(ctx)
     body = ctx.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-def _add_ws(app: web.Application) -> None:
-    """The WebSocket room protocol (sfu/ws.py), once that module exists."""
-    try:
-        from sfu import ws
-    except ImportError as err:
-        if err.name != "sfu.ws":
-            raise
-        return
-    ws.setup(app)
 
 
 def _add_static(app: web.Application, settings: Settings) -> None:

@@ -20,7 +20,6 @@ from denoiser.worker.address import parse_address
 
 ENV_PREFIX = "DENOISE_SFU_"
 ENGINES = ("local", "workers")
-MODES = ("auto", "on", "off")
 LIST_OPTIONS = ("ice_servers", "workers")  # repeatable flags, comma-separated variables
 
 

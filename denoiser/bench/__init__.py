@@ -1,1 +1,1 @@
-"""Benchmarks (offline: never imported by serving code)."""
+"""Benchmarks behind `denoise-sfu bench` (offline: serving code never imports this package)."""

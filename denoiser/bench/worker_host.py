@@ -55,7 +55,7 @@ def parse_cpus(text: str | None) -> set[int] | None:
 # -- the worker child -------------------------------------------------------------------------
 
 async def _serve(args: argparse.Namespace) -> None:
-    from denoiser.local_engine import LocalEngine
+    from denoiser.engine.local import LocalEngine
     from denoiser.model.identity import IdentityModel
     from denoiser.worker.server import WorkerServer
 

@@ -15,9 +15,15 @@ import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from denoiser.lifecycle import run_until_signalled
 from denoiser.logs import log_to_stderr
+
+if TYPE_CHECKING:
+    from aiohttp.web import AppRunner
+
+    from denoiser.worker.server import WorkerServer
 
 log = logging.getLogger("denoiser.worker")
 
@@ -26,7 +32,7 @@ def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get("DENOISE_SFU_" + flag.upper().replace("-", "_")) or default
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "worker", help="serve the denoising engine to SFU nodes",
         description="Run the shared denoising worker: SFU nodes started with "
@@ -61,9 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """Load the model, start the engine and the server; run until `stop` is set."""
-    from denoiser.engine_capacity import Admission, measure_tick_cost
-    from denoiser.local_engine import LocalEngine, resolve_device
-    from denoiser.models import load_default_model
+    from denoiser.engine.capacity import Admission, measure_tick_cost, resolve_device
+    from denoiser.engine.local import LocalEngine
+    from denoiser.model.weights import load_default_model
     from denoiser.worker.address import parse_address
     from denoiser.worker.server import WorkerServer
 
@@ -87,7 +93,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
                           secret=args.secret)
     if not args.secret:
         log.warning("no --secret: any node that reaches this address may use the worker")
-    metrics_runner = None
+    metrics_runner: AppRunner | None = None
     await engine.start()
     try:
         await server.start()
@@ -105,7 +111,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
         await engine.close()
 
 
-async def _serve_metrics(server: object, host: str, port: int) -> object:
+async def _serve_metrics(server: WorkerServer, host: str, port: int) -> AppRunner:
     from aiohttp import web
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -113,7 +119,7 @@ async def _serve_metrics(server: object, host: str, port: int) -> object:
     from denoiser.worker.metrics import WorkerCollector
 
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(server))  # type: ignore[arg-type]
+    registry.register(WorkerCollector(server))
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry),

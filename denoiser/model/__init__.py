@@ -1,1 +1,1 @@
-"""Denoising models behind the `StreamingModel` contract."""
+"""Streaming models: the contract, the shipped weights and their loaders, traced steps (runtime)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from denoiser.streaming import State, StreamingModel
+from denoiser.model.streaming import State, StreamingModel
 
 
 class IdentityModel(StreamingModel):

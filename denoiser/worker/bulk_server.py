@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 
 from denoiser.engine import EngineError, EngineFull
-from denoiser.local_engine import MAX_ROUNDS_PER_TICK, LocalEngine
+from denoiser.engine.local import MAX_ROUNDS_PER_TICK, LocalEngine
 from denoiser.worker.bulk import MAX_HANDLE, BulkTick, bulk_result_parts
 from denoiser.worker.protocol import Flags, Status
 

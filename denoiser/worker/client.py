@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from denoiser.engine import Engine, EngineError, EngineFull, validate_hops
-from denoiser.local_engine import Series
+from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream, validate_hops
+from denoiser.engine.stats import Series
 from denoiser.worker import protocol as wire
 from denoiser.worker.address import parse_address
 from denoiser.worker.auth import hello_token
@@ -221,9 +221,9 @@ class RemoteEngine(Engine):
             self._writer = None
         error = EngineError(reason)
         for sent in self._sent.values():
-            for future in sent.requests.values():
-                if not future.done():
-                    future.set_exception(error)
+            for request in sent.requests.values():
+                if not request.done():
+                    request.set_exception(error)
         self._sent.clear()
         for _, future in self._outgoing:
             if future is not None and not future.done():
@@ -301,7 +301,7 @@ class RemoteEngine(Engine):
             raise ProtocolError(f"RESULT names stream {stream_id!r}, not in TICK {seq}")
         if future.done():
             return
-        if status is Status.OK:
+        if status is Status.OK and samples is not None:
             future.set_result(samples)
             return
         self.stats.errors[status.name.lower()] += 1
@@ -310,7 +310,7 @@ class RemoteEngine(Engine):
         if status is Status.FULL:
             future.set_exception(EngineFull(f"worker full: {reason}"))
         elif status is Status.UNKNOWN:
-            future.set_exception(EngineError(f"unknown stream on the worker: {reason}"))
+            future.set_exception(UnknownStream(f"unknown stream on the worker: {reason}"))
         else:
             future.set_exception(EngineError(f"worker: {reason}"))
 
@@ -354,7 +354,7 @@ class RemoteEngine(Engine):
             raise EngineError("engine closed")
         fresh = self._streams.get(stream_id)
         if fresh is None:
-            raise EngineError(f"unknown stream {stream_id!r}")
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         samples = validate_hops(samples, self._format().hop_size)
         if self._writer is None:
             self.stats.errors["not_connected"] += 1

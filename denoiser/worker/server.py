@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from denoiser.engine import EngineError, EngineFull
-from denoiser.local_engine import LocalEngine
+from denoiser.engine.local import LocalEngine
 from denoiser.worker import protocol as wire
 from denoiser.worker.auth import Unauthorized, check_hello_token
 from denoiser.worker.bulk import decode_bulk_tick
