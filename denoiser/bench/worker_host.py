@@ -168,12 +168,24 @@ async def _drive(port: int, version: int, streams: int, chunk: int, inflight: in
     user0, sys0 = cpu_split(pid)
     here0, wall0 = time.process_time(), loop.time()
     rounds = 0
-    while loop.time() - wall0 < seconds:
-        send(steady)
-        await writer.drain()
+
+    async def send_rounds() -> None:
+        # Writing and reading run side by side: a worker whose RESULTs nobody reads stops
+        # reading TICKs (both sides' socket buffers fill).
+        while loop.time() - wall0 < seconds:
+            await done_round.get()
+            send(steady)
+            await writer.drain()
+
+    done_round: asyncio.Queue[None] = asyncio.Queue()
+    done_round.put_nowait(None)
+    sender = asyncio.create_task(send_rounds())
+    while not (sender.done() and len(pending) <= len(steady) * (inflight - 1)):
         for _ in range(len(steady)):
             await receive()
         rounds += 1
+        done_round.put_nowait(None)
+    await sender
     wall = loop.time() - wall0
     user, system = (a - b for a, b in zip(cpu_split(pid), (user0, sys0), strict=True))
     here = time.process_time() - here0
