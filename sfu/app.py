@@ -102,9 +102,10 @@ def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
 
         if ctx.engine is None:
             raise ServiceUnavailable("the denoising engine is not running", "engine_unavailable")
-        # Every stream gets the tone/music detector, whatever its mode: a switch to `auto`
-        # mid-call then finds it already warm.
+        # Every stream gets the tone/music detector; in mode off neither it nor the model
+        # runs (`warm_when_off=False`: an off call costs the media path alone).
         stream = DenoisedStream(ctx.engine, stream_id, mode=mode, detector=BypassDetector(),
+                                warm_when_off=False,
                                 deadline=ctx.settings.hop_deadline)
         budget = ctx.settings.latency_budget
         if budget is None:

@@ -182,7 +182,8 @@ async def _answer(offer: str, pid: int, engine, metrics, side: ServerSide,
     from denoiser.bypass import BypassDetector
 
     # As `serve` builds it: every stream carries the tone/music detector.
-    stream = DenoisedStream(engine, f"bench-{pid}", mode=args.mode, detector=BypassDetector())
+    stream = DenoisedStream(engine, f"bench-{pid}", mode=args.mode, detector=BypassDetector(),
+                            warm_when_off=False)
     side.streams[pid] = stream
     pipeline = SpeakerPipeline(receiver.track, stream, metrics,
                                latency_budget=args.latency_budget or DEFAULT_LATENCY_BUDGET)
