@@ -393,14 +393,14 @@ def _cpus(text: str | None) -> set[int] | None:
 async def _bench(args: argparse.Namespace) -> int:
     from denoiser.worker.pool import WorkerPool
 
+    spawned = _spawn_worker(args) if args.engine == "worker-process" else None
+    # Pinned after the worker child started: it keeps every CPU (the engine off the server's)
     server_cpus = _cpus(args.server_cpus)
     if server_cpus:
         args._all_cpus = os.sched_getaffinity(0)
         os.sched_setaffinity(0, server_cpus)
         print(f"server pinned to CPUs {sorted(server_cpus)}, clients to "
               f"{sorted(_client_cpus(args) or [])}", file=sys.stderr)
-
-    spawned = _spawn_worker(args) if args.engine == "worker-process" else None
     engine: Engine
     if spawned is not None:
         engine = WorkerPool([spawned.address], node="bench")
