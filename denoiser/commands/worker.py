@@ -240,7 +240,7 @@ async def _serve_metrics(server: WorkerServer, host: str, port: int,
         draining = drainer is not None and drainer.draining
         return web.json_response({"status": "draining" if draining else "ok",
                                   "draining": draining,
-                                  "streams": server.engine.live_streams})  # type: ignore[attr-defined]
+                                  "streams": server.engine.live_streams})
 
     async def drain(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
