@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="auto: keep music/tones/DTMF original; on: always denoise; off: bypass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--model", default="default",
-                   help="'default' (models/dfn3_la1.pt), a checkpoint (.pt path or a name "
-                        "in models/, e.g. dfn3.pt) or module:factory returning a StreamingModel")
+                   help="'default' (models/dfn3_la1.pt), 'small' (models/gtcrn48.pt, the CPU "
+                        "rung), a checkpoint (.pt path or a name in models/, e.g. dfn3.pt) or "
+                        "module:factory returning a StreamingModel")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"show a progress bar (default: for files over "
                         f"{PROGRESS_AFTER_SECONDS:.0f} s)")
@@ -48,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def load_model(spec: str) -> Any:
     """The model named by `spec`: 'default' or 'package.module:factory'."""
+    from denoiser.models import RUNGS
     from denoiser.streaming import StreamingModel
 
-    if spec == "default" or spec.endswith(".pt"):
+    if spec in RUNGS or spec.endswith(".pt"):
         from denoiser.models import load_default_model
 
         try:
