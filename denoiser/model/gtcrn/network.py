@@ -117,16 +117,11 @@ def _gates(rnn: nn.GRU, suffix: str = "") -> tuple[Tensor, Tensor, Tensor, Tenso
             getattr(rnn, f"bias_ih_l0{suffix}"), getattr(rnn, f"bias_hh_l0{suffix}"))
 
 
-def gru_scan(inputs: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor,
-             reverse: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def gru_scan(inputs: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
     """Run G GRUs at once over a sequence, gate-major: `inputs` [N, S, 3H] are the input
     projections (r of every GRU, then z, then n), `h` [N, H] their stacked hidden states,
-    `w_hh` [3H, H] block-diagonal. `reverse` [3H] marks the columns of GRUs that walk the
-    sequence backwards (their output at step s belongs to position S-1-s).
-    Returns (outputs [N, S, H] in step order, last h)."""
+    `w_hh` [3H, H] block-diagonal. Returns (outputs [N, S, H] in step order, last h)."""
     hidden = h.shape[-1]
-    if reverse is not None:
-        inputs = torch.where(reverse, inputs.flip(1), inputs)
     outs = []
     for s in range(inputs.shape[1]):
         gi = inputs[:, s]
@@ -240,22 +235,19 @@ class GroupedGRU(nn.Module):
             assert h is not None
             return gru_scan(inputs, h, w_hh, b_hh)
         grus = [_gates(rnn, sfx) for rnn in (self.rnn1, self.rnn2) for sfx in ("", "_reverse")]
-        # One projection for all four GRUs (gate-major columns); the backward ones read
-        # position S-1-s at step s, and their outputs are put back in position order.
-        w_ih = torch.cat([torch.block_diag(*[torch.cat([g[0].chunk(3)[gate] for g in pair])
-                                             for pair in (grus[:2], grus[2:])])
-                          for gate in range(3)])  # [3H, C]
+        # One projection for all four GRUs (gate-major columns) from [x, x reversed]: the
+        # backward GRUs read the reversed sequence, and their outputs are put back in order.
+        w_ih = torch.cat([torch.block_diag(*[g[0].chunk(3)[gate] for g in grus])
+                          for gate in range(3)])  # [3H, 4 * C/2]: (x1, x1 rev, x2, x2 rev)
         b_ih = torch.cat([g[2].chunk(3)[gate] for gate in range(3) for g in grus])
         w_hh, b_hh = fused_hidden([(g[1], g[3]) for g in grus])
-        hidden = w_hh.shape[1]
-        q = hidden // 4
-        backward = torch.zeros(hidden, dtype=torch.bool, device=x.device)
-        backward[q:2 * q] = True
-        backward[3 * q:] = True
-        inputs = F.linear(x, w_ih, b_ih)
-        y, last = gru_scan(inputs, x.new_zeros(x.shape[0], hidden), w_hh, b_hh,
-                           reverse=backward.repeat(3))
-        return torch.where(backward, y.flip(1), y), last
+        sources = torch.cat([xs[0], xs[0].flip(1), xs[1], xs[1].flip(1)], dim=-1)
+        y, last = gru_scan(F.linear(sources, w_ih, b_ih),
+                           x.new_zeros(x.shape[0], w_hh.shape[1]), w_hh, b_hh)
+        q = w_hh.shape[1] // 4
+        y = torch.cat([y[..., :q], y[..., q:2 * q].flip(1), y[..., 2 * q:3 * q],
+                       y[..., 3 * q:].flip(1)], dim=-1)
+        return y, last
 
 
 class DPGRNN(nn.Module):
