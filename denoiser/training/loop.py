@@ -150,8 +150,9 @@ def _is_gtcrn48(init: str) -> bool:
 def _gtcrn48(settings: TrainSettings) -> StreamingModel:
     """The small rung: GTCRN's published weights (`--init gtcrn`) or a GTCRN48 checkpoint,
     with the latency `--lookahead` asks for (1: 20 ms, 0: 10 ms; default 20 ms)."""
-    from denoiser.model.gtcrn import GTCRN48Config, load_gtcrn48, published_gtcrn48
+    from denoiser.model.gtcrn import GTCRN48Config, load_gtcrn48
     from denoiser.model.weights import weights_path
+    from denoiser.training.import_gtcrn import published_gtcrn48
     if settings.init == "gtcrn":
         hops = 3 if settings.lookahead is None else settings.lookahead + 2
         return published_gtcrn48(GTCRN48Config(support_hops=hops))

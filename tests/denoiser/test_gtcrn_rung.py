@@ -75,7 +75,7 @@ def test_port_equals_gtcrn_onnx_runtime() -> None:
     frame with its caches, on a real 16 kHz STFT: the same numbers (> 100 dB)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from denoiser.model.gtcrn.convert import onnx_path, state_dict_from_onnx
+    from denoiser.training.import_gtcrn import onnx_path, state_dict_from_onnx
     try:
         path = onnx_path()
     except FileNotFoundError as exc:

