@@ -1,0 +1,1 @@
+"""Offline data acquisition and dev-set building (never imported by serving code)."""
