@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--list", action="store_true", help="print the sources and exit")
     m.add_argument("--no-solo", action="store_true",
                    help="skip the solo-instrument phrases rendered with fluidsynth")
+    m.add_argument("--solo-only", action="store_true",
+                   help="only (re)render the solo-instrument phrases")
     m.set_defaults(func=run)
 
 
@@ -43,13 +45,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"{s.package:<28} {s.split:<5} {s.kind:<11} {s.licence}")
         return 0
     cache = args.cache or default_cache()
+    if args.solo_only:
+        from denoiser.corpus.solo_render import render_all
+
+        try:
+            solo = render_all(cache)
+        except CorpusError as exc:
+            print(f"denoise-sfu corpus music: {exc}", file=sys.stderr)
+            return 2
+        print(f"solo phrases: minutes {solo['minutes']}: {cache / 'solo_manifest.json'}")
+        return 0
     wanted = [p.strip() for p in args.packages.split(",") if p.strip()] or None
     try:
         manifest = acquire(cache, wanted, offline=args.offline, force=args.force)
         if not args.no_solo and wanted is None:
             from denoiser.corpus.solo_render import render_all
 
-            manifest = render_all(cache)
+            solo = render_all(cache)
+            print(f"solo phrases: minutes {solo['minutes']}: {cache / 'solo_manifest.json'}")
     except CorpusError as exc:
         print(f"denoise-sfu corpus music: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ KINDS: tuple[str, ...] = (
     "rock_pop", "electronic", "jazz", "vocal", "world", "chiptune",
 )
 MANIFEST_VERSION = 1
+SOLO_MANIFEST = "solo_manifest.json"  # rendered solo phrases (denoiser/corpus/solo_render.py)
 
 
 class CorpusError(RuntimeError):
@@ -317,13 +318,15 @@ def load_manifest(cache: Path | None = None) -> dict[str, object] | None:
 
 
 def tracks(cache: Path | None = None, split: str | None = None) -> list[dict[str, object]]:
-    """Manifest rows (of one split), each with `path16` / `path48`: absolute WAV paths."""
+    """Manifest rows (of one split; the packages' and the rendered solo phrases'), each with
+    `path16` / `path48`: absolute WAV paths."""
     cache = cache or default_cache()
     m = load_manifest(cache)
-    if m is None:
-        return []
+    solo = cache / SOLO_MANIFEST
+    found = ([] if m is None else list(m["tracks"])) + (  # type: ignore[call-overload]
+        json.loads(solo.read_text())["tracks"] if solo.is_file() else [])
     rows = []
-    for t in m["tracks"]:  # type: ignore[union-attr]
+    for t in found:
         if split is None or t["split"] == split:
             rows.append({**t, "path16": cache / t["wav"]["16000"],
                          "path48": cache / t["wav"]["48000"]})

@@ -8,7 +8,8 @@ bass and chords for the piano, strums and arpeggios for the guitar) and rendered
 `fluidsynth` from real instrument recordings in a soundfont: FluidR3_GM (Debian
 `fluid-soundfont-gm`, MIT) for training, MuseScore_General (`musescore-general-soundfont-small`,
 MIT) for the dev set, so dev phrases are disjoint from training by samples as well as by notes.
-Rows are added to the music manifest with `kind_source: "rendered"`.
+Rows go to `solo_manifest.json` beside the packages' manifest, with `kind_source: "rendered"`;
+`music_packages.tracks()` reads both.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from denoiser.corpus.music_packages import RATES, CorpusError, load_manifest
+from denoiser.corpus.music_packages import RATES, SOLO_MANIFEST, CorpusError
 
 SOUNDFONTS = {
     "train": ("fluid-soundfont-gm", Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")),
@@ -245,9 +246,9 @@ def render_all(cache: Path, pieces: dict[str, int] | None = None, seconds: float
     from denoiser.bypass.analysis import resample
 
     pieces = pieces or {"train": 5, "dev": 1}
-    manifest = load_manifest(cache) or {"tracks": [], "packages": {}, "minutes": {}}
-    rows = [t for t in manifest["tracks"]  # type: ignore[union-attr]
-            if t.get("kind_source") != "rendered"]
+    manifest: dict[str, object] = {"about": "solo phrases rendered by "
+                                   "denoiser/corpus/solo_render.py", "packages": {}}
+    rows: list[dict[str, object]] = []
     for split, (package, sf_path) in SOUNDFONTS.items():
         rng = np.random.default_rng(seed + (0 if split == "train" else 1000))
         version = _soundfont_version(package)
@@ -280,10 +281,10 @@ def render_all(cache: Path, pieces: dict[str, int] | None = None, seconds: float
         manifest["packages"][f"render-{split}"] = {  # type: ignore[index]
             "version": version, "soundfont": str(sf_path), "split": split, "seed": seed,
             "licence": "MIT"}
-    manifest["tracks"] = sorted(rows, key=lambda t: (t["package"], t["member"]))
-    manifest["minutes"] = {s: round(sum(t["seconds"] for t in rows if t["split"] == s) / 60, 1)
-                           for s in ("train", "dev")}
-    tmp = cache / "manifest.json.tmp"
+    manifest["tracks"] = sorted(rows, key=lambda t: (str(t["package"]), str(t["member"])))
+    manifest["minutes"] = {s: round(sum(float(t["seconds"]) for t in rows  # type: ignore[arg-type]
+                                        if t["split"] == s) / 60, 1) for s in ("train", "dev")}
+    tmp = cache / f"{SOLO_MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(cache / "manifest.json")
+    tmp.replace(cache / SOLO_MANIFEST)
     return manifest

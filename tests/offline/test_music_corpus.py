@@ -105,7 +105,7 @@ def test_acquire_unpacks_decodes_and_writes_the_manifest(tmp_path: Path) -> None
 def test_bad_requests_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(mp.CorpusError, match="not a music source: nope"):
         mp.acquire(tmp_path, ["nope"], sources=[SOURCE])
-    with pytest.raises(mp.CorpusError, match="no .deb .* --offline"):
+    with pytest.raises(mp.CorpusError, match=r"no \.deb .* --offline"):
         mp.acquire(tmp_path, offline=True, sources=[SOURCE])
 
 
