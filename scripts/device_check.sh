@@ -3,9 +3,9 @@
 #
 #   OUT=/some/dir bash scripts/device_check.sh      # from anywhere; runs in the repo root
 #
-# 1. environment (torch, CUDA, GPU);  2. tests/test_engine_cuda.py (pytest --noconftest);
+# 1. environment (torch, CUDA, GPU);  2. tests/denoiser/test_engine_cuda.py (pytest --noconftest);
 # 3. `bench engine` on CUDA: float32 with graphs, float16 with graphs, float32 eager, float16
-#    eager (through `python -m denoiser.bench_engine`: the `denoise-sfu` CLI imports the SFU's
+#    eager (through `python -m denoiser.bench.engine`: the `denoise-sfu` CLI imports the SFU's
 #    media packages, which a bare GPU box lacks).
 # Everything is tee'd to $OUT/device_check.log; each bench's JSON line goes to
 # $OUT/bench_<variant>.json. Every step runs under `timeout`, the whole script within
@@ -23,14 +23,14 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHONUNBUFFERED=1
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH=".:tests${PYTHONPATH:+:$PYTHONPATH}"
 BUDGET="${DEVICE_CHECK_BUDGET:-110}"
 BENCH_FLAGS=(--device cuda --no-anchors --max-streams "${BENCH_MAX_STREAMS:-1024}"
              --seconds "${BENCH_SECONDS:-1.5}" --probe-seconds "${BENCH_PROBE_SECONDS:-0.4}")
 DRY_RUN="${DEVICE_CHECK_DRY_RUN:-0}"
 if ((DRY_RUN)); then
     export ENGINE_TEST_DEVICE=cpu
-    BENCH_FLAGS=(--device cpu --no-anchors --model tests.test_engine_models:make_tiny
+    BENCH_FLAGS=(--device cpu --no-anchors --model support.models:make_tiny
                  --max-streams 4 --seconds 0.5 --probe-seconds 0.2)
 fi
 START=$SECONDS
@@ -87,7 +87,7 @@ bench() {
         return 0
     fi
     STEP_STDOUT="$TMP/$name.out" run_step "bench $name" "${BENCH_TIMEOUT:-25}" \
-        "$PYTHON" -m denoiser.bench_engine "${BENCH_FLAGS[@]}" "$@"
+        "$PYTHON" -m denoiser.bench.engine "${BENCH_FLAGS[@]}" "$@"
     [[ -e "$TMP/$name.out" ]] || return 0
     local line
     line=$(tail -n 1 "$TMP/$name.out")
@@ -147,11 +147,11 @@ main() {
     run_step environment 40 bash -c environment
     if [[ -e "$CUDA_MARKER" ]] || ((DRY_RUN)); then HAVE_CUDA=1; fi
     if ((HAVE_CUDA)); then
-        run_step "tests/test_engine_cuda.py" "${TEST_TIMEOUT:-45}" \
+        run_step "tests/denoiser/test_engine_cuda.py" "${TEST_TIMEOUT:-45}" \
             "$PYTHON" -m pytest -q -s -rfEs --noconftest -p no:cacheprovider \
-            tests/test_engine_cuda.py
+            tests/denoiser/test_engine_cuda.py
     else
-        skip_no_cuda "tests/test_engine_cuda.py"
+        skip_no_cuda "tests/denoiser/test_engine_cuda.py"
     fi
     bench fp32_graphs
     bench fp16_graphs --half

@@ -6,4 +6,5 @@ scripts/install-system-deps.sh
 scripts/setup.sh --dev
 . .venv/bin/activate
 ruff check sfu denoiser tests
+mypy  # sfu and denoiser (pyproject.toml: strict on the runtime packages)
 exec python -m pytest "$@"

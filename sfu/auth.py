@@ -25,7 +25,7 @@ MAX_TOKEN_CHARS = 4096
 LEEWAY_S = 5
 
 
-def check_name(kind: str, value: str) -> str:
+def check_name(kind: str, value: object) -> str:
     """`value` if it is a valid room or identity name, else ValueError."""
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise ValueError(f"{kind} must be 1-64 characters of letters, digits, '_', '.', '-' "
@@ -75,8 +75,8 @@ def verify_token(secret: str, token: str) -> Claims:
         raise Unauthorized(f"invalid token: {err}", "invalid_token") from err
     room, identity, grants = payload.get("room"), payload.get("sub"), payload.get("grants", [])
     try:
-        check_name("room", room)
-        check_name("identity", identity)
+        room = check_name("room", room)
+        identity = check_name("identity", identity)
     except ValueError as err:
         raise Unauthorized(f"invalid token: {err}", "invalid_token") from err
     if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):

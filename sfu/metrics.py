@@ -21,7 +21,7 @@ Names (all prefixed `denoise_sfu_`):
   engine_errors_total{reason}, engine_streams
   worker_connected, worker_streams,             with `--engine workers`, per worker (label
   worker_connects_total, worker_hops_sent_total  `worker`, its address): the node's view
-  worker_round_trip_recent_seconds{quantile}     (denoiser.engine_metrics)
+  worker_round_trip_recent_seconds{quantile}     (denoiser.engine.prometheus)
   worker_errors_total{reason}
   http_requests_total{route,method,status}      signalling requests
   peer_failures_total{reason}                   peers dropped: failed, timeout
@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from denoiser.engine_metrics import PREFIX
+from denoiser.engine.prometheus import PREFIX
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PASS_THROUGH_REASONS = ("mode_off", "late", "engine_error", "dtmf", "call_progress", "tone",

@@ -28,9 +28,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCPeerConnection
 
-from sfu.settings import MODES
+from denoiser.stream.modes import MODES
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,24 @@ class Pipeline(Protocol):
     def subscribe(self) -> MediaStreamTrack: ...
 
     def unsubscribe(self, track: MediaStreamTrack) -> None: ...
+
+    def raw_subscribe(self) -> MediaStreamTrack: ...
+
+
+class TrackSender(Protocol):
+    """What carries one subscription's track to its listener (aiortc's `RTCRtpSender` names)."""
+
+    def replaceTrack(self, track: MediaStreamTrack) -> None: ...
+
+
+class TrackSink(Protocol):
+    """Where one subscription's packets go: an `RTCPeerConnection`, a WHEP subscriber's
+    `WhepSender`, or a slot of a WebSocket session (aiortc's camelCase names, so a plain
+    peer connection fits as it is)."""
+
+    def addTrack(self, track: MediaStreamTrack) -> TrackSender: ...
+
+    async def close(self) -> None: ...
 
 
 #: Builds the pipeline of one published track: (track, engine stream id, mode) -> pipeline.
@@ -105,8 +123,8 @@ class Subscription:
     subscriber: str
     target: str
     session_id: str
-    pc: RTCPeerConnection
-    sender: RTCRtpSender
+    pc: TrackSink
+    sender: TrackSender
     track: MediaStreamTrack
     owns_pc: bool = True
 
@@ -240,7 +258,7 @@ class RoomRegistry:
         self._emit(RoomEvent("joined", room_name, identity, mode))
         return participant
 
-    def subscribe(self, room_name: str, subscriber: str, target: str, pc: RTCPeerConnection,
+    def subscribe(self, room_name: str, subscriber: str, target: str, pc: TrackSink,
                   session_id: str | None = None, owns_pc: bool = True) -> Subscription:
         """Add `target`'s processed audio to `pc` (before the caller creates its answer)."""
         if subscriber == target:

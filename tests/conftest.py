@@ -7,44 +7,31 @@ address of the default route's interface (no packet leaves the machine).
 from __future__ import annotations
 
 import dataclasses
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
-import av
-import numpy as np
 import pytest
 import soundfile
 from aiohttp import web
 
 from denoiser.engine import Engine
 from denoiser.paths import SHARED_DATA_DIR
-from sfu.app import CONTEXT, SfuContext, create_app
+from sfu.app import create_app
 from sfu.auth import GRANTS, issue_token
+from sfu.bench.harness import interface_address
 from sfu.settings import Settings
-
-TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
-SPEECH_WAV = SHARED_DATA_DIR / "clean" / "vctk_p286" / "p286_011.wav"
-
-
-def interface_address() -> str:
-    """The IPv4 address of the default route's interface (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("192.0.2.1", 9))
-            address = sock.getsockname()[0]
-        except OSError:
-            address = socket.gethostbyname(socket.gethostname())
-    if address.startswith("127."):
-        pytest.skip("no non-loopback interface for aiortc peers")
-    return address
+from support.sample_audio import SPEECH_FILE
+from support.sfu import TEST_SECRET, RunningSfu, SfuFactory, write_opus
 
 
 @pytest.fixture(scope="session")
 def host_ip() -> str:
-    return interface_address()
+    address = interface_address()
+    if address.startswith("127."):
+        pytest.skip("no non-loopback interface for aiortc peers")
+    return address
 
 
 @pytest.fixture
@@ -54,25 +41,6 @@ def make_token() -> Callable[..., str]:
              secret: str = TEST_SECRET, now: float | None = None) -> str:
         return issue_token(secret, room, identity, ttl, grants, now=now)
     return make
-
-
-@dataclass
-class RunningSfu:
-    """An SFU app served on a real TCP port of the interface address."""
-
-    app: web.Application
-    base_url: str
-    session: aiohttp.ClientSession
-
-    @property
-    def ctx(self) -> SfuContext:
-        return self.app[CONTEXT]
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-
-SfuFactory = Callable[..., Awaitable[RunningSfu]]
 
 
 @pytest.fixture
@@ -102,28 +70,10 @@ async def sfu_factory(host_ip: str) -> AsyncIterator[SfuFactory]:
         await runner.cleanup()
 
 
-def write_opus(path: Path, samples: np.ndarray, rate: int = 48_000) -> Path:
-    """Encode mono float samples to an Ogg/Opus file (what a real client would send)."""
-    with av.open(str(path), "w", format="ogg") as container:
-        stream = container.add_stream("libopus", rate=48_000, layout="mono")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000)
-        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = rate
-        for resampled in resampler.resample(frame):
-            for packet in stream.encode(resampled):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="session")
 def speech_opus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 48 kHz speech recording from the shared corpus, as an Ogg/Opus file."""
-    if not SPEECH_WAV.is_file():
-        pytest.skip(f"shared speech data missing: {SPEECH_WAV}")
-    samples, rate = soundfile.read(SPEECH_WAV, dtype="float32", always_2d=True)
+    """A real 48 kHz speech recording (shipped in tests/data), as an Ogg/Opus file."""
+    samples, rate = soundfile.read(SPEECH_FILE, dtype="float32", always_2d=True)
     return write_opus(tmp_path_factory.mktemp("opus") / "speech.ogg", samples.mean(axis=1), rate)
 
 
@@ -132,9 +82,9 @@ async def gain_engine() -> AsyncIterator[Engine]:
     """A real LocalEngine on CPU running `GainModel(gain=0.5)`: a denoiser with a known answer
     (output = half the input, 240 samples late), so tests can tell the denoised path."""
     import torch
-    from test_engine_models import GainModel
 
-    from denoiser.local_engine import LocalEngine
+    from denoiser.engine.local import LocalEngine
+    from support.models import GainModel
 
     torch.set_num_threads(1)
     engine = LocalEngine(GainModel(delay=240, gain=0.5), device="cpu", max_streams=8,
@@ -149,11 +99,37 @@ async def model_engine() -> AsyncIterator[Engine]:
     """The real LocalEngine with the shipped DFN3 model on CPU, one torch thread (CI: 2 cores)."""
     import torch
 
-    from denoiser.local_engine import LocalEngine
-    from denoiser.models import load_default_model
+    from denoiser.engine.local import LocalEngine
+    from denoiser.model.weights import load_default_model
 
     torch.set_num_threads(1)
     engine = LocalEngine(load_default_model("cpu"), device="cpu", max_streams=4)
     await engine.start()
     yield engine
     await engine.close()
+
+
+TIER_MARKERS = {"e2e": pytest.mark.e2e, "offline": pytest.mark.offline}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/e2e/ and tests/offline/ carry their tier's marker, so the inner loop
+    is `pytest -m "not slow and not e2e"`.
+
+    Tests marked `corpus` (they are about the training corpus itself) skip, saying why, when
+    there is none: DENOISE_SFU_DATA_DIR unset and no ../shared/data beside the checkout. A
+    DENOISE_SFU_DATA_DIR that names no folder is a mistake, not a reason to skip."""
+    for item in items:
+        parts = Path(str(item.path)).parts
+        for tier, marker in TIER_MARKERS.items():
+            if tier in parts[-2:-1]:
+                item.add_marker(marker)
+    if SHARED_DATA_DIR.is_dir():
+        return
+    if os.environ.get("DENOISE_SFU_DATA_DIR"):
+        raise pytest.UsageError(f"DENOISE_SFU_DATA_DIR={SHARED_DATA_DIR} is not a folder")
+    skip = pytest.mark.skip(reason=f"needs the training corpus: set DENOISE_SFU_DATA_DIR "
+                                   f"(none at {SHARED_DATA_DIR}; README, 'Training corpus')")
+    for item in items:
+        if item.get_closest_marker("corpus"):
+            item.add_marker(skip)

@@ -84,7 +84,8 @@ class SlidingSpectrum:
         if source is not None and source.win < win:
             raise ValueError("the source window must be at least as long")
         self._source = source
-        self.buf = np.zeros(win, np.float32) if source is None else source.buf[-win:]
+        self.buf: np.ndarray = (np.zeros(win, np.float32) if source is None
+                                else source.buf[-win:])
         self.freqs = np.fft.rfftfreq(nfft, 1 / rate)
         self.bin_hz = rate / nfft
         # |X(f)|^2 of a sine of amplitude A is (A * sum(w) / 2)^2; its RMS^2 is A^2 / 2.

@@ -21,7 +21,7 @@ class MusicClassifier:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(
-                f"{path} is missing: train it with `python -m denoiser.bypass.train_classifier`")
+                f"{path} is missing: train it with `python -m denoiser.training.bypass_classifier`")
         with np.load(path) as z:
             self.mean = z["mean"].astype(np.float32)
             self.std = z["std"].astype(np.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from denoiser.bypass.analysis import RATE, SlidingSpectrum, interpolate_peak, resample
-from denoiser.bypass.synth import DTMF_COLS, DTMF_KEYS, DTMF_ROWS
+from denoiser.bypass.tone_tables import DTMF_COLS, DTMF_KEYS, DTMF_ROWS
 
 HOP = RATE // 100  # 160 samples at 16 kHz
 _ROWS = np.array(DTMF_ROWS)
@@ -98,7 +98,7 @@ class DtmfReceiver:
             self._cand = digit
         else:
             self._run, self._cand = 0, None
-        if self._run >= self.accept_hops:
+        if self._run >= self.accept_hops and digit is not None:
             self.digit = digit
             self.digits.append(digit)
             self._run, self._cand = 0, None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from denoiser.bypass.analysis import SlidingSpectrum, interpolate_peak
-from denoiser.bypass.synth import CALL_PROGRESS_TONES
+from denoiser.bypass.tone_tables import CALL_PROGRESS_TONES
 
 PLANS: tuple[tuple[float, ...], ...] = tuple(
     sorted({t.freqs for t in CALL_PROGRESS_TONES.values()}))

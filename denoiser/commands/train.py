@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from denoiser.dfn3.config import SIZES
+from denoiser.model.dfn3.config import SIZES
 from denoiser.training.loop import INITS, TrainSettings
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainSettings)}
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DFN3 look-ahead in hops (default: the model's own)")
     p.add_argument("--min-speech-bak", type=float, default=None,
                    help="train only on speech whose DNSMOS BAK reaches this (3.5 drops the "
-                        "recordings with audible room noise; denoiser/reference_screen.py)")
+                        "recordings with audible room noise; denoiser/corpus/screen.py)")
     p.add_argument("--pause-share", type=float, default=_DEFAULTS["pause_share"],
                    help="share of mixes in which the talker pauses for 0.5-2 s, leaving noise "
                         "alone (default 0)")

@@ -1,1 +1,4 @@
-"""Offline data acquisition and dev-set building (never imported by serving code)."""
+"""The training and development corpus: the dev-set split, reference screening, acquisition.
+
+Offline: serving code never imports this package.
+"""

@@ -6,6 +6,7 @@ reproducible from the generator's state (the training loop checkpoints it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -157,7 +158,8 @@ def opus_decode(packets: list[bytes], lost: set[int] | None = None) -> list[np.n
             for i, packet in enumerate(packets)]
 
 
-def conceal(frames: list[np.ndarray | None], method: str, frame: int = OPUS_FRAME) -> np.ndarray:
+def conceal(frames: Sequence[np.ndarray | None], method: str,
+            frame: int = OPUS_FRAME) -> np.ndarray:
     """Fill lost frames with zeros or a repeat of the previous frame (what simple jitter
     buffers do) and join everything."""
     if method not in ("zero", "repeat"):

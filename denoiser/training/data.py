@@ -3,7 +3,8 @@
 The folder follows the layout of `../shared/data`: `clean/**.wav` speech, `noise/**.wav`
 noise, optionally `rir/**.wav` room impulse responses (`music/` is ignored: hold music must pass
 through the SFU intact, so it is never taught as noise). Only files that
-`denoiser.devset.split_of` puts in the train split are used; a small, fixed share of the train
+`denoiser.corpus.devset.split_of` puts in the train split are used; a small, fixed share of the
+train
 speech is held out again for validation during training.
 
 What the model learns above 8 kHz (most speech here is 16 kHz): a mix built on band-limited speech
@@ -64,20 +65,20 @@ class Corpus:
 
 
 def default_split_fn() -> SplitFn:
-    """The eval engineer's train/dev split (`denoiser.devset.split_of`)."""
+    """The eval engineer's train/dev split (`denoiser.corpus.devset.split_of`)."""
     try:
-        from denoiser.devset import split_of
+        from denoiser.corpus.devset import split_of
     except ImportError as exc:  # pragma: no cover - only while devset.py is missing
-        raise RuntimeError("denoiser.devset.split_of is needed to keep dev files out of "
+        raise RuntimeError("denoiser.corpus.devset.split_of is needed to keep dev files out of "
                            "training") from exc
     return split_of
 
 
 def _is_validation(path: Path, root: Path, share: float) -> bool:
     """Stable choice of the train speakers held out for validation (hash of the speaker group
-    of `denoiser.devset`, or of the relative path for files outside its layout)."""
+    of `denoiser.corpus.devset`, or of the relative path for files outside its layout)."""
     try:
-        from denoiser.devset import group_of
+        from denoiser.corpus.devset import group_of
         key = group_of(path).encode()
     except (ImportError, ValueError):
         key = path.relative_to(root).as_posix().encode()
@@ -106,7 +107,7 @@ def scan(root: Path, split_fn: SplitFn | None = None, part: str = "train",
     or "validation" (that share of the train speech; noises are shared).
 
     `min_speech_bak` keeps only the speech whose background passes the reference screen
-    (`denoiser.reference_screen`): a target with room noise in it teaches a noise floor.
+    (`denoiser.corpus.screen`): a target with room noise in it teaches a noise floor.
     """
     if part not in ("train", "validation"):
         raise ValueError(f"part must be 'train' or 'validation', not {part!r}")
@@ -121,7 +122,7 @@ def scan(root: Path, split_fn: SplitFn | None = None, part: str = "train",
     speech = [f for f in files("clean")
               if _is_validation(f.path, root, validation_share) == (part == "validation")]
     if min_speech_bak is not None:
-        from denoiser.reference_screen import passing
+        from denoiser.corpus.screen import passing
 
         kept = set(passing([f.path for f in speech], min_speech_bak))
         speech = [f for f in speech if f.path in kept]

@@ -1,4 +1,4 @@
-"""Writing a trained model in the checkpoint format `denoiser.models.load_dfn3` reads:
+"""Writing a trained model in the checkpoint format `denoiser.model.weights.load_dfn3` reads:
 `{"state_dict", "provenance", "config"}` (here `config` is the DFN3Config as a dict, so that a
 model trained with another look-ahead can be rebuilt; see docs/training.md)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from denoiser.streaming import StreamingModel
+from denoiser.model.streaming import StreamingModel
 
 WEIGHTS = "dfn3.pt"
 
@@ -30,7 +30,8 @@ def export_weights(model: StreamingModel, out: Path, settings: dict[str, object]
             "latency_samples": model.latency_samples,
             "settings": settings,
         },
-        "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
+        "config": (dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg)
+                   and not isinstance(cfg, type) else None),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(body, tmp)

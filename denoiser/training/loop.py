@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from denoiser.model.streaming import StreamingModel
 from denoiser.paths import MODELS_DIR, SHARED_DATA_DIR
-from denoiser.streaming import StreamingModel
 from denoiser.training import data as mixdata
 from denoiser.training.export import export_weights
 from denoiser.training.losses import LossConfig, TrainingLoss, si_sdr
@@ -37,7 +37,7 @@ from denoiser.training.losses import LossConfig, TrainingLoss, si_sdr
 CHECKPOINT = "checkpoint.pt"
 SETTINGS = "settings.json"
 LOG = "train_log.jsonl"
-INITS = ("default", "scratch", "tiny")
+INITS = ("default", "scratch", "tiny", "gtcrn")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TrainSettings:
     si_sdr_weight: float = 0.0
     fixed_batch: bool = False  # train on one batch again and again (a sanity check)
     lookahead: int | None = None  # DFN3 look-ahead in hops; None keeps the model's own
-    size: str = "dfn3"  # network size (denoiser.dfn3.config.SIZES); others start from scratch
+    size: str = "dfn3"  # network size (denoiser.model.dfn3.config.SIZES); others start from scratch
     distill: float = 0.0  # weight of the loss against the shipped DFN3's output (a teacher)
     min_speech_bak: float | None = None  # train only on speech passing the reference screen
     pause_share: float = 0.0  # share of mixes whose talker pauses (MixConfig.p_pause)
@@ -81,7 +81,7 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead is not None and self.lookahead < 0:
             raise ValueError("lookahead must be 0 or more")
-        from denoiser.dfn3.config import SIZES
+        from denoiser.model.dfn3.config import SIZES
         if self.size not in SIZES:
             raise ValueError(f"--size must be one of {sorted(SIZES)}, not {self.size!r}")
         if self.size != "dfn3" and self.init == "default":
@@ -117,8 +117,10 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     if init == "tiny":
         from denoiser.training.tiny import TinyFIRModel
         return TinyFIRModel()
-    from denoiser.dfn3 import DFN3
-    from denoiser.dfn3.config import sized_config
+    if init == "gtcrn" or (init.endswith(".pt") and _is_gtcrn48(init)):
+        return _gtcrn48(settings).requires_grad_(True).train()
+    from denoiser.model.dfn3 import DFN3
+    from denoiser.model.dfn3.config import sized_config
 
     config = sized_config(settings.size)
     if settings.lookahead is not None:
@@ -127,8 +129,8 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     if init == "default" or init.endswith(".pt"):
         # The default (or given) weights, with their own size and, unless asked otherwise, their
         # own look-ahead: `load_dfn3` re-indexes the deep-filter taps so the output stays
-        # aligned at a new latency (see denoiser/dfn3/retarget.py).
-        from denoiser.models import checkpoint_config, load_dfn3, weights_path
+        # aligned at a new latency (see denoiser/model/dfn3/retarget.py).
+        from denoiser.model.weights import checkpoint_config, load_dfn3, weights_path
         path = weights_path(None if init == "default" else init)
         config = checkpoint_config(torch.load(path, map_location="cpu", weights_only=True), path)
         if settings.lookahead is not None:
@@ -138,10 +140,30 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     return DFN3(config)
 
 
+def _is_gtcrn48(init: str) -> bool:
+    from denoiser.model.gtcrn import is_gtcrn48_checkpoint
+    from denoiser.model.weights import weights_path
+    return is_gtcrn48_checkpoint(torch.load(weights_path(init), map_location="cpu",
+                                            weights_only=True))
+
+
+def _gtcrn48(settings: TrainSettings) -> StreamingModel:
+    """The small rung: GTCRN's published weights (`--init gtcrn`) or a GTCRN48 checkpoint,
+    with the latency `--lookahead` asks for (1: 20 ms, 0: 10 ms; default 20 ms)."""
+    from denoiser.model.gtcrn import GTCRN48Config, load_gtcrn48, published_gtcrn48
+    from denoiser.model.weights import weights_path
+    if settings.init == "gtcrn":
+        hops = 3 if settings.lookahead is None else settings.lookahead + 2
+        return published_gtcrn48(GTCRN48Config(support_hops=hops))
+    if settings.lookahead is not None:
+        raise ValueError("--lookahead with a GTCRN48 checkpoint: the framing is the file's")
+    return load_gtcrn48(weights_path(settings.init))
+
+
 @functools.cache
 def shipped_teacher(device: str) -> StreamingModel:
     """The original DFN3 (look-ahead 2), frozen: the teacher of distillation runs."""
-    from denoiser.models import load_dfn3
+    from denoiser.model.weights import load_dfn3
     return load_dfn3(device=device).requires_grad_(False).eval()
 
 
@@ -280,7 +302,7 @@ class Trainer:
         record.update({k: float(v.detach()) for k, v in parts.items()})
         return record
 
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, object]:
         noisy, clean = self.validation_batch()
         self.model.eval()
         try:
@@ -331,7 +353,7 @@ class Trainer:
 
     # -- the run
 
-    def log_record(self, record: dict[str, object]) -> None:
+    def log_record(self, record: Mapping[str, object]) -> None:
         """Append one JSON line (with the time) to the run's train_log.jsonl."""
         record = {"time": round(time.time(), 3), **record}
         with open(self.out / LOG, "a") as f:

@@ -2,7 +2,7 @@
 
     python -m denoiser.training.pack ../shared/data .gpu/data [--speech-quality 0.3]
 
-Only files that `denoiser.devset.split_of` puts in the train split are written, in the corpus
+Only files that `denoiser.corpus.devset.split_of` puts in the train split are written, in the corpus
 layout (`clean/`, `noise/`, `rir/`), so `denoise-sfu train --data .gpu/data` mixes exactly what
 it would from the corpus. Noise and impulse responses are FLAC (lossless); speech is Ogg Vorbis
 at `--speech-quality` (libsndfile's compression level, 0 best .. 1 smallest), 0.3 by default:
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from denoiser.devset import split_of
+from denoiser.corpus.devset import split_of
 
 
 def pack(src: Path, dst: Path, speech_quality: float) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from denoiser.streaming import State, StreamingModel
+from denoiser.model.streaming import State, StreamingModel
 
 
 class TinyFIRModel(StreamingModel):

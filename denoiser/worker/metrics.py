@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from denoiser.engine_metrics import PREFIX, EngineCollector
+from denoiser.engine.prometheus import PREFIX, EngineCollector
 from denoiser.worker.server import WorkerServer
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from denoiser.engine import Engine, EngineError, EngineFull
+from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream
 from denoiser.worker import protocol as wire
 from denoiser.worker.client import RemoteEngine
 from denoiser.worker.spawn import SpawnedWorker, spawn_worker
@@ -113,11 +113,11 @@ class WorkerPool(Engine):
     async def process(self, stream_id: str, samples: np.ndarray) -> np.ndarray:
         worker = self._placed.get(stream_id)
         if worker is None:
-            raise EngineError(f"unknown stream {stream_id!r}")
+            raise UnknownStream(f"unknown stream {stream_id!r}")
         if not worker.connected and any(w.connected for w in self.workers):
             # Its worker is gone: forget the placement; the stream opens again elsewhere.
             self.close_stream(stream_id)
-            raise EngineError(f"unknown stream {stream_id!r}: its worker {worker.address} "
+            raise UnknownStream(f"unknown stream {stream_id!r}: its worker {worker.address} "
                               "is not connected")
         return await worker.process(stream_id, samples)
 

@@ -1,8 +1,8 @@
 """`denoise-sfu bench engine | worker | sfu | e2e`: benchmarks that print figures and end with
 ONE JSON line.
 
-`bench engine` lives in `denoiser.bench_engine`, `bench worker` in `denoiser.worker.bench`;
-`bench sfu` in `sfu.bench_sfu`, `bench e2e` in `sfu.bench_e2e`.
+`bench engine` lives in `denoiser.bench.engine`, `bench worker` in `denoiser.bench.worker`;
+`bench sfu` in `sfu.bench.load`, `bench e2e` in `sfu.bench.e2e`.
 """
 
 from __future__ import annotations
@@ -11,33 +11,36 @@ import argparse
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (engine, worker, sfu, e2e); end "
                                    "with one JSON line")
     which = parser.add_subparsers(dest="bench", required=True,
-                                  metavar="{engine,worker,sfu,e2e}")
-    from denoiser.bench_engine import register_bench_engine
-    from denoiser.worker.bench import register_bench_worker
+                                  metavar="{engine,worker,sfu,e2e,placement}")
+    from denoiser.bench.engine import register_bench_engine
+    from denoiser.bench.worker import register_bench_worker
 
     register_bench_engine(which)
     register_bench_worker(which)
     # The SFU benches need the media stack (PyAV, aiortc); `bench engine` runs without it (a
     # bare GPU box, a training machine).
     try:
-        from sfu.bench_sfu import register_bench_sfu
+        from sfu.bench.load import register_bench_sfu
     except ImportError as exc:
         _register_unavailable(which, "sfu", str(exc))
     else:
         register_bench_sfu(which)
     try:
-        from sfu.bench_e2e import register_bench_e2e
+        from sfu.bench.e2e import register_bench_e2e
     except ImportError as exc:
         _register_unavailable(which, "e2e", str(exc))
     else:
         register_bench_e2e(which)
+    from sfu.bench.placement import register_bench_placement
+
+    register_bench_placement(which)
 
 
-def _register_unavailable(which: argparse._SubParsersAction, name: str,  # type: ignore[type-arg]
+def _register_unavailable(which: argparse._SubParsersAction, name: str,
                           reason: str) -> None:
     parser = which.add_parser(name, help="(unavailable)")
     parser.set_defaults(func=lambda _args: _unavailable(name, reason))

@@ -46,6 +46,8 @@ class DenoisedAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         while not self._ready:
             frame = await self.source.recv()  # MediaStreamError ends this track too
+            if not isinstance(frame, av.AudioFrame):
+                raise TypeError(f"an audio track gave a {type(frame).__name__}")
             hops = list(self._cutter.push(self._convert.convert(frame)))
             if hops:  # the frame's hops in one engine request
                 out = await self.stream.process_hops(np.concatenate(hops))

@@ -54,7 +54,7 @@ class PacketTrack(MediaStreamTrack):
         self.packets_queued += 1
         self._wakeup.set()
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet:
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -92,7 +92,7 @@ class FanOut:
 
     def unsubscribe(self, track: MediaStreamTrack) -> None:
         if track in self._tracks:
-            self._tracks.discard(track)  # type: ignore[arg-type]
+            self._tracks.discard(track)
             track.stop()
 
     def publish(self, packet: av.Packet) -> None:

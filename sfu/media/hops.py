@@ -9,8 +9,12 @@ encoder. Both keep at most one hop (or one frame) of leftover samples, never mor
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 HOP_SIZE = 480
 FRAME_SIZE = 960
@@ -83,10 +87,10 @@ class FrameConverter:
 
     def __init__(self, sample_rate: int = 48_000) -> None:
         self.sample_rate = sample_rate
-        self._resampler = None  # created on the first frame that needs it
+        self._resampler: av.AudioResampler | None = None  # made on the first frame needing it
         self.resampled_frames = 0
 
-    def convert(self, frame) -> np.ndarray:  # frame: av.AudioFrame
+    def convert(self, frame: av.AudioFrame) -> np.ndarray:
         fmt = frame.format.name
         channels = len(frame.layout.channels)
         if frame.sample_rate == self.sample_rate and fmt in ("s16", "s16p", "flt", "fltp"):

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Protocol
 
+import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -179,12 +180,14 @@ class SpeakerPipeline:
                     frame = await self.source.recv()
                 except MediaStreamError:
                     break
+                if not isinstance(frame, av.AudioFrame):
+                    raise TypeError(f"an audio track gave a {type(frame).__name__}")
                 await self._handle_frame(frame)
         finally:
             self._fanout.close()
             self._raw_fanout.close()
 
-    async def _handle_frame(self, frame) -> None:
+    async def _handle_frame(self, frame: av.AudioFrame) -> None:
         received = time.monotonic()
         self.counters.frames_in += 1
         self._count("frame_in")
@@ -217,7 +220,7 @@ class SpeakerPipeline:
             self._expected_pts = start + samples.shape[0]
         await self._process(samples, concealed=False, arrived=arrived or received)
 
-    def _timeline_position(self, frame) -> int | None:
+    def _timeline_position(self, frame: av.AudioFrame) -> int | None:
         if frame.pts is None:
             return None
         if frame.time_base is None:

@@ -1,0 +1,1 @@
+"""Benchmarks behind `denoise-sfu bench` (offline: serving code never imports this package)."""

@@ -1,0 +1,1 @@
+"""Quality evaluation: the harness, metrics, anchors and the bypass suite (offline)."""

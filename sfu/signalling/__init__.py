@@ -1,0 +1,1 @@
+"""Signalling: peer connections, SDP surgery, WHIP/WHEP and the WebSocket room protocol."""

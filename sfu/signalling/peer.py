@@ -1,0 +1,60 @@
+"""aiortc peer connections for WHIP/WHEP: ICE configuration, non-trickle offer/answer.
+
+aiortc gathers every ICE candidate inside `setLocalDescription`, so the answer returned here
+already carries them (WHIP without trickle). SDP from the network is checked for shape before
+aiortc sees it, and aiortc's own parse errors become `BadRequest`.
+"""
+
+from __future__ import annotations
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from sfu.errors import BadRequest
+from sfu.settings import Settings
+from sfu.signalling.dtls import use_interop_certificate
+
+
+def create_peer_connection(settings: Settings) -> RTCPeerConnection:
+    """A peer connection using the configured STUN/TURN servers (none by default), whose DTLS
+    also accepts RSA-keyed peers (sfu/signalling/dtls.py)."""
+    servers = [RTCIceServer(urls=url) for url in settings.ice_servers]
+    return use_interop_certificate(RTCPeerConnection(RTCConfiguration(iceServers=servers)))
+
+
+def check_offer(sdp: str) -> str:
+    """`sdp` if it looks like an SDP offer with an audio section, else `BadRequest`."""
+    if not sdp.startswith("v=0"):
+        raise BadRequest("body is not an SDP session description (must start with v=0)",
+                         "bad_sdp")
+    if "\nm=audio " not in sdp.replace("\r\n", "\n"):
+        raise BadRequest("the offer has no audio section", "bad_sdp")
+    return sdp
+
+
+async def apply_offer(pc: RTCPeerConnection, sdp: str) -> None:
+    """Set the remote offer; malformed or unsupported SDP becomes `BadRequest`."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=check_offer(sdp), type="offer"))
+    except BadRequest:
+        raise
+    except (ValueError, KeyError, IndexError, AssertionError, TypeError) as err:
+        raise BadRequest(f"cannot use this SDP offer: {err or type(err).__name__}",
+                         "bad_sdp") from err
+
+
+async def answer(pc: RTCPeerConnection, only_audio: bool = True) -> str:
+    """Create and set the answer (gathering all ICE candidates) and return its SDP.
+
+    With `only_audio`, video or other sections of the offer are answered inactive, so nobody
+    decodes media this SFU does not forward.
+    """
+    if only_audio:
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind != "audio":
+                transceiver.direction = "inactive"
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (ValueError, KeyError, AssertionError) as err:
+        raise BadRequest(f"cannot answer this SDP offer: {err or type(err).__name__}",
+                         "bad_sdp") from err
+    return pc.localDescription.sdp

@@ -1,0 +1,1 @@
+"""What several test modules share: known-answer models, audio, peers and servers."""
