@@ -80,22 +80,26 @@ async def build_engine(settings: Settings) -> Engine:
         from denoiser.worker.pool import ChildWorkerPool
 
         return ChildWorkerPool(child_worker_flags(settings), secret=settings.secret)
-    from denoiser.engine.capacity import unbatched_capacity
+    from denoiser.engine.capacity import Admission, measure_tick_cost
     from denoiser.engine.local import LocalEngine
     from denoiser.model.weights import load_default_model
 
     model = await asyncio.to_thread(load_default_model, settings.device,
                                     settings.model_lookahead, settings.model_weights)
     max_streams = settings.max_streams
-    if max_streams is None:
-        # On CPU, more streams than the engine keeps up with would make every stream late;
-        # beyond this many, streams pass through (counted) until a slot frees.
-        max_streams = 256 if settings.device.startswith("cuda") else \
-            await asyncio.to_thread(unbatched_capacity, model)
-    engine = LocalEngine(model, device=settings.device, max_streams=max_streams)
-    log.info("engine capacity", extra={"max_streams": max_streams,
-                                       "measured": settings.max_streams is None,
-                                       "traced": engine.trace})
+    admission = None
+    if max_streams is None and not settings.device.startswith("cuda"):
+        # On CPU, admit what the engine keeps in real time *batched* (measured now, and
+        # re-measured from every tick); beyond it, streams pass through (counted) until the
+        # cost says there is room.
+        admission = Admission(await asyncio.to_thread(measure_tick_cost, model))
+        max_streams = admission.cap
+    engine = LocalEngine(model, device=settings.device, max_streams=max_streams or 256,
+                         admission=admission)
+    log.info("engine capacity", extra={
+        "max_streams": engine.max_streams, "measured": admission is not None,
+        "admitted": admission.limit if admission else engine.max_streams,
+        "traced": engine.trace})
     return engine
 
 
@@ -132,9 +136,10 @@ def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
 
         if ctx.engine is None:
             raise ServiceUnavailable("the denoising engine is not running", "engine_unavailable")
-        # Every stream gets the tone/music detector, whatever its mode: a switch to `auto`
-        # mid-call then finds it already warm.
+        # Every stream gets the tone/music detector; in mode off neither it nor the model
+        # runs (`warm_when_off=False`: an off call costs the media path alone).
         stream = DenoisedStream(ctx.engine, stream_id, mode=mode, detector=BypassDetector(),
+                                warm_when_off=False,
                                 deadline=ctx.settings.hop_deadline)
         budget = ctx.settings.latency_budget
         if budget is None:

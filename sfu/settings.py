@@ -17,6 +17,7 @@ from typing import Any
 
 from denoiser.paths import WEB_DIR
 from denoiser.worker.address import parse_address
+from sfu.signalling.links import ice_server_links
 
 ENV_PREFIX = "DENOISE_SFU_"
 ENGINES = ("local", "workers")
@@ -88,6 +89,10 @@ class Settings:
             raise SettingsError("drain_deadline must be >= 0 seconds")
         if self.log_format not in ("json", "text"):
             raise SettingsError("log_format must be json or text")
+        try:
+            ice_server_links(self.ice_servers)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
 
     @property
     def base_url(self) -> str:

@@ -42,6 +42,12 @@ def register_bench_worker(subparsers: argparse._SubParsersAction) -> argparse.Ar
                    help="runs with the event loop idle and/or busy (default both)")
     p.add_argument("--busy-slice-ms", type=float, default=1.0,
                    help="Python work per turn of the busy loop (default 1 ms)")
+    p.add_argument("--model", choices=("default", "identity"), default="default",
+                   help="identity: measure the worker's host path alone (a model that returns "
+                        "its input; stream-frames per second per worker core)")
+    from denoiser.bench.worker_host import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -186,6 +192,12 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model == "identity":
+        from denoiser.bench import worker_host
+
+        if args.streams == 8:  # the paced bench's default: the host path needs a crowd
+            args.streams = 10_000
+        return worker_host.run(args)
     if args.streams < 1 or args.seconds <= 0 or args.threads < 1 or args.frame_hops < 1:
         print("error: --streams, --seconds, --threads and --frame-hops must be positive",
               file=sys.stderr)

@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """Load the model, start the engine and the server; run until `stop` is set."""
-    from denoiser.engine.capacity import resolve_device, unbatched_capacity
+    from denoiser.engine.capacity import Admission, measure_tick_cost, resolve_device
     from denoiser.engine.local import LocalEngine
     from denoiser.model.weights import load_default_model
     from denoiser.worker.server import WorkerServer
@@ -103,12 +103,13 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     model = await asyncio.to_thread(load_default_model, device, args.model_lookahead,
                                     args.model_weights)
     max_streams = args.max_streams
-    if max_streams is None:
-        max_streams = 256 if device.type == "cuda" else \
-            await asyncio.to_thread(unbatched_capacity, model)
+    admission = None
+    if max_streams is None and device.type != "cuda":  # batched capacity, kept current
+        admission = Admission(await asyncio.to_thread(measure_tick_cost, model))
     host, port = parse_address(args.listen, listen=True)
-    engine = LocalEngine(model, device=device, max_streams=int(max_streams),
-                         threads=None if args.threads is None else int(args.threads))
+    engine = LocalEngine(model, device=device, max_streams=int(max_streams or 256),
+                         threads=None if args.threads is None else int(args.threads),
+                         admission=admission)
     server = WorkerServer(engine, host, port,
                           description=f"{args.model_weights or 'default'} on {device}",
                           secret=args.secret)
@@ -239,7 +240,7 @@ async def _serve_metrics(server: WorkerServer, host: str, port: int,
         draining = drainer is not None and drainer.draining
         return web.json_response({"status": "draining" if draining else "ok",
                                   "draining": draining,
-                                  "streams": server.engine.live_streams})  # type: ignore[attr-defined]
+                                  "streams": server.engine.live_streams})
 
     async def drain(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

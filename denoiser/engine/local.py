@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream, validate_hops
-from denoiser.engine.capacity import default_buckets, resolve_device
+from denoiser.engine.blocks import Block, BlockCall, answer_call, merge_blocks
+from denoiser.engine.capacity import Admission, default_buckets, resolve_device
 from denoiser.engine.pending import Pending, Request, StreamQueue
 from denoiser.engine.runner import DeviceRunner
 from denoiser.engine.stats import EngineStats
@@ -67,7 +68,8 @@ class LocalEngine(Engine):
                  initial_slots: int = 8, max_pending_hops: int = 200, half: bool = False,
                  cuda_graphs: bool = True, pad_to_bucket: bool | None = None,
                  buckets: Sequence[int] | None = None, threads: int | None = None,
-                 multi_hop: bool | None = None, trace: bool | None = None) -> None:
+                 multi_hop: bool | None = None, trace: bool | None = None,
+                 admission: Admission | None = None) -> None:
         if max_streams < 1:
             raise ValueError("max_streams must be >= 1")
         if tick_deadline < 0:
@@ -99,14 +101,21 @@ class LocalEngine(Engine):
         self.trace = (not self.cuda and model.traceable) if trace is None else bool(trace)
         self.threads = threads
         self.stats = EngineStats()
+        # Streams admitted from the batched tick cost, re-measured every tick (None: up to
+        # max_streams); `_shed`: admitted streams passed through while the ticks run late.
+        self.admission = admission
+        self._shed: set[str] = set()
 
         # Event-loop bookkeeping.
         self._capacity = min(max(1, initial_slots), self.max_streams)
         self._free: list[int] = list(range(1, self._capacity + 1))
         self._streams: dict[str, StreamQueue] = {}
+        self._waiting: dict[str, StreamQueue] = {}  # live streams with at least one hop queued
+        self._blocks: list[Block] = []  # `submit_block` arrays waiting for the next tick
+        self._block_rows = 0
         self._resets: set[int] = set()
-        self._ready = 0  # live streams with at least one hop waiting
         self._closing: list[int] = []
+        self._deferred_free: list[int] = []  # closed while a waiting block may name them
         self._in_flight = False
         self._started = False
         self._closed = False
@@ -160,7 +169,12 @@ class LocalEngine(Engine):
         for stream in self._streams.values():
             self._fail_queue(stream, "engine closed")
         self._streams.clear()
-        self._ready = 0
+        self._waiting.clear()
+        for block in self._blocks:
+            if not block.future.done():
+                block.future.set_exception(EngineError("engine closed"))
+        self._blocks.clear()
+        self._block_rows = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -178,6 +192,18 @@ class LocalEngine(Engine):
         return len(self._streams)
 
     @property
+    def _ready(self) -> int:
+        """Live streams with hops waiting (block rows counted as one stream each)."""
+        return len(self._waiting) + self._block_rows
+
+    def slot_of(self, stream_id: str) -> int:
+        """The table slot of an open stream (what `submit_block` takes)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise UnknownStream(f"unknown stream {stream_id!r}")
+        return stream.slot
+
+    @property
     def capacity(self) -> int:
         """Slots currently allocated in the state table (grows by doubling)."""
         return self._capacity
@@ -187,6 +213,11 @@ class LocalEngine(Engine):
             raise EngineError("engine closed")
         if stream_id in self._streams:
             raise EngineError(f"stream {stream_id!r} is already open")
+        if self.admission is not None and \
+                len(self._streams) - len(self._shed) >= self.admission.limit:
+            self.stats.errors["admission"] += 1
+            raise EngineFull(f"the engine keeps {self.admission.limit} streams in real time "
+                             "now (measured)")
         if not self._free:
             if self._capacity >= self.max_streams:
                 raise EngineFull(f"all {self.max_streams} stream slots are in use")
@@ -202,13 +233,15 @@ class LocalEngine(Engine):
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
-        if stream.queue:
-            self._ready -= 1
+        self._shed.discard(stream_id)
+        self._waiting.pop(stream_id, None)
         self._fail_queue(stream, f"stream {stream_id!r} closed")
         if self._wake is not None and self._ready and self._ready >= len(self._streams):
             self._wake.set()  # the others no longer wait for this one
         if self._in_flight:
             self._closing.append(stream.slot)  # the running tick may still scatter into it
+        elif self._blocks:
+            self._deferred_free.append(stream.slot)  # a waiting block may still name it
         else:
             heapq.heappush(self._free, stream.slot)
 
@@ -232,6 +265,9 @@ class LocalEngine(Engine):
         stream = self._streams.get(stream_id)
         if stream is None:
             raise UnknownStream(f"unknown stream {stream_id!r}")
+        if stream_id in self._shed:
+            self.stats.errors["shed"] += 1
+            raise EngineFull(f"stream {stream_id!r} is shed: the engine's ticks run late")
         try:
             samples = validate_hops(samples, self.hop_size)
         except EngineError:
@@ -250,11 +286,49 @@ class LocalEngine(Engine):
         for i in range(hops):
             stream.queue.append(Pending(owned[i], request, i, now))
         if was_idle:
-            self._ready += 1
+            self._waiting[stream_id] = stream
             # Wake the loop only to start a tick's deadline or to close a full tick.
             if self._ready == 1 or self._ready >= len(self._streams):
                 self._wake.set()
         return request.future
+
+    def submit_block(self, slots: np.ndarray, hops: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """The bulk path (the worker's): the hops [B, T*hop] of B open streams at `slots`
+        (`slot_of`; distinct), answered by one future of [B, T*hop] for the next tick. The
+        caller has checked that the rows are finite; `hops` is the engine's from now on.
+        Rows whose output is not finite come back as they are, and their slots are reset."""
+        if self._closed:
+            raise EngineError("engine closed")
+        if not self._started or self._wake is None:
+            raise EngineError("engine not started")
+        slots = np.asarray(slots, dtype=np.int64)
+        if hops.dtype != np.float32 or hops.ndim != 2 or hops.shape[0] != slots.size \
+                or not hops.shape[1] or hops.shape[1] % self.hop_size \
+                or hops.shape[1] > MAX_ROUNDS_PER_TICK * self.hop_size:
+            raise EngineError(f"a block is float32 [{slots.size}, T*{self.hop_size}] with "
+                              f"1 <= T <= {MAX_ROUNDS_PER_TICK}, got {hops.dtype} {hops.shape}")
+        if slots.size and (slots.min() < 1 or slots.max() > self._capacity):
+            raise EngineError(f"block slots must lie in 1..{self._capacity}")
+        if self._block_rows + slots.size > MAX_ROUNDS_PER_TICK * self.max_streams:
+            self.stats.errors["backlog"] += 1
+            raise EngineError(f"{self._block_rows} block rows waiting; limit "
+                              f"{MAX_ROUNDS_PER_TICK * self.max_streams}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        if not slots.size:
+            future.set_result(hops)
+            return future
+        was = self._ready
+        self._blocks.append(Block(slots, hops, future, loop.time()))
+        self._block_rows += slots.size
+        if was == 0 or self._ready >= len(self._streams):
+            self._wake.set()
+        return future
+
+    def _first_arrival(self) -> float:
+        times = [s.queue[0].arrived for s in self._waiting.values()]
+        times += [b.arrived for b in self._blocks[:1]]
+        return min(times)
 
     # -- the tick loop (event loop side) ---------------------------------------------------
 
@@ -266,7 +340,7 @@ class LocalEngine(Engine):
             self._wake.clear()
             if not self._ready:
                 continue
-            first = min(s.queue[0].arrived for s in self._streams.values() if s.queue)
+            first = self._first_arrival()
             deadline = first + self.tick_deadline
             while self._ready < len(self._streams):
                 remaining = deadline - loop.time()
@@ -292,20 +366,33 @@ class LocalEngine(Engine):
         # in this tick, in back-to-back rounds of one hop per stream each: one trip to the
         # worker thread and no second wait for the tick to fill. Consecutive rounds over the
         # same slots become one call of T hops.
+        # Streams in slot order, the same every tick under a steady load (see `_run_cpu`).
+        waiting = sorted(self._waiting.items(), key=lambda item: item[1].slot)
         rounds: list[list[tuple[str, int, Pending]]] = []
         while len(rounds) < MAX_ROUNDS_PER_TICK:
-            batch = [(sid, s.slot, s.queue.popleft())
-                     for sid, s in self._streams.items() if s.queue]
+            batch = [(sid, s.slot, s.queue.popleft()) for sid, s in waiting if s.queue]
             if not batch:
                 break
             rounds.append(batch)
-        if not rounds:
+        for sid, s in waiting:
+            if not s.queue:
+                del self._waiting[sid]
+        blocks, self._blocks = self._blocks, []
+        self._block_rows = 0
+        if not rounds and not blocks:
             return
-        self._ready = sum(1 for s in self._streams.values() if s.queue)
+        self._closing.extend(self._deferred_free)  # freed once this tick has run
+        self._deferred_free.clear()
         closed_at = loop.time()
-        first = min(p.arrived for _, _, p in rounds[0])
+        first = min([p.arrived for _, _, p in rounds[0]] if rounds else [],
+                    default=blocks[0].arrived if blocks else closed_at)
+        if blocks:
+            first = min(first, blocks[0].arrived)
         calls = self._group_rounds(rounds)
-        work = [(slots, self._stack_hops(group)) for slots, group in calls]
+        block_calls = merge_blocks(blocks, self._capacity) if blocks else []
+        work: list[tuple[list[int] | np.ndarray, np.ndarray]] = [
+            (slots, self._stack_hops(group)) for slots, group in calls]
+        work += [(call.slots, call.hops) for call in block_calls]
         resets = sorted(self._resets)
         self._resets.clear()
         self._in_flight = True
@@ -314,13 +401,17 @@ class LocalEngine(Engine):
             outs = await loop.run_in_executor(self._executor, self.runner.run_tick, work, resets,
                                               self._capacity)
         except Exception as exc:
-            log.warning("engine forward failed for %d streams: %s", len(rounds[0]), exc)
+            log.warning("engine forward failed for %d calls: %s", len(work), exc)
             self.stats.errors["forward"] += 1
             for batch in rounds:
                 for sid, slot, pending in batch:
                     if sid in self._streams:
                         self._resets.add(slot)  # its state is unknown now
                     pending.request.fail(EngineError(f"forward failed: {exc}"))
+            for block in blocks:
+                self._resets.update(block.slots.tolist())
+                if not block.future.done():
+                    block.future.set_exception(EngineError(f"forward failed: {exc}"))
             return
         finally:
             self._in_flight = False
@@ -328,17 +419,50 @@ class LocalEngine(Engine):
                 heapq.heappush(self._free, slot)
             self._closing.clear()
         forward_ms = (time.perf_counter() - start) * 1e3
-        for (_, group), out in zip(calls, outs, strict=True):
+        for (_, group), out in zip(calls, outs[:len(calls)], strict=True):
             self.stats.hops_per_call[len(group)] += 1
             for k, batch in enumerate(group):
                 self._answer(batch, out[:, k * self.hop_size:(k + 1) * self.hop_size])
                 self.stats.hops += len(batch)
                 self.stats.batch_sizes[len(batch)] += 1
+        for call, out in zip(block_calls, outs[len(calls):], strict=True):
+            self._answer_blocks(call, out)
+        if self.admission is not None:
+            streams = (len(rounds[0]) if rounds else 0) + sum(b.rows for b in blocks)
+            hops = sum(len(batch) for batch in rounds) + sum(
+                b.hops.size // self.hop_size for b in blocks)
+            self.admission.observe(streams, hops / max(streams, 1), forward_ms)
+            self._admit()
         now = loop.time()
         self.stats.ticks += 1
         self.stats.wait_ms.add((closed_at - first) * 1e3)
         self.stats.forward_ms.add(forward_ms)
         self.stats.tick_ms.add((now - first) * 1e3)
+
+    def _admit(self) -> None:
+        """Shed the newest streams beyond the admission limit; let shed ones back in when
+        there is room again (oldest first)."""
+        assert self.admission is not None
+        limit = self.admission.limit
+        active = len(self._streams) - len(self._shed)
+        if active > limit:
+            for sid in reversed(list(self._streams)):
+                if active <= limit:
+                    break
+                if sid not in self._shed:
+                    self._shed.add(sid)
+                    active -= 1
+        elif self._shed and active < limit:
+            for sid in list(self._streams):
+                if active >= limit or not self._shed:
+                    break
+                if sid in self._shed:
+                    self._shed.discard(sid)
+                    active += 1
+
+    @property
+    def shed_streams(self) -> int:
+        return len(self._shed)
 
     def _group_rounds(self, rounds: list[list[tuple[str, int, Pending]]]
                       ) -> list[tuple[list[int], list[list[tuple[str, int, Pending]]]]]:
@@ -361,6 +485,22 @@ class LocalEngine(Engine):
             return np.stack([p.hop for _, _, p in group[0]])
         per_round = np.stack([np.stack([p.hop for _, _, p in batch]) for batch in group], axis=1)
         return per_round.reshape(per_round.shape[0], -1)
+
+    def _answer_blocks(self, call: BlockCall, out: np.ndarray) -> None:
+        rows, width = out.shape
+        hops = width // self.hop_size
+        self.stats.hops_per_call[hops] += 1
+        self.stats.hops += rows * hops
+        self.stats.batch_sizes[rows] += hops
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            bad = call.slots[~finite]
+            self.stats.errors["non_finite_output"] += int(bad.size)
+            self._resets.update(int(slot) for slot in bad if slot in self._live_slots())
+        answer_call(call, out)
+
+    def _live_slots(self) -> set[int]:
+        return {s.slot for s in self._streams.values()}
 
     def _answer(self, batch: list[tuple[str, int, Pending]], out: np.ndarray) -> None:
         finite = np.isfinite(out).all(axis=1)

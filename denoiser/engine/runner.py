@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,16 @@ from denoiser.model.traced import TracedSteps
 log = logging.getLogger(__name__)
 
 SCRATCH_SLOT = 0
+
+
+def _as_tensor(hops: np.ndarray) -> Tensor:
+    """The hops as a tensor without a copy, also when they are a read-only view of a worker
+    message (the model only reads its input; torch warns about such arrays)."""
+    if hops.flags.writeable:
+        return torch.from_numpy(hops)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(hops)
 
 
 class DeviceRunner:
@@ -56,7 +67,7 @@ class DeviceRunner:
         self._io: dict[str, Tensor] = {}
         # CPU: the state the last call returned, not yet scattered into the table, and the
         # padded slot list it belongs to (see `_run_cpu`).
-        self._held: tuple[list[int], State] | None = None
+        self._held: tuple[np.ndarray, State] | None = None
 
     @property
     def graphs(self) -> dict[int, tuple[torch.cuda.CUDAGraph, Tensor]]:
@@ -130,7 +141,7 @@ class DeviceRunner:
             t.index_copy_(0, idx, new_state[name].to(t.dtype))
         return out
 
-    def run_tick(self, work: list[tuple[list[int], np.ndarray]], resets: list[int],
+    def run_tick(self, work: list[tuple[list[int] | np.ndarray, np.ndarray]], resets: list[int],
                   capacity: int) -> list[np.ndarray]:
         """Each call is one batched step: (slots, hops[B, T*hop]) -> output[B, T*hop]."""
         with self._on_device(), torch.inference_mode():
@@ -145,7 +156,7 @@ class DeviceRunner:
             run = self._run_cuda if self.cuda else self._run_cpu
             return [run(slots, hops) for slots, hops in work]
 
-    def _run_cpu(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
+    def _run_cpu(self, slots: list[int] | np.ndarray, hops: np.ndarray) -> np.ndarray:
         """One call on CPU. The new state stays held, not scattered: when the next call runs
         the same slots (a steady load: every tick the same streams), it starts from the held
         state, and neither the scatter nor the next gather happens. Anything else that reads
@@ -154,25 +165,30 @@ class DeviceRunner:
         failure handling resets them."""
         batch = len(slots)
         bucket = self._bucket(batch)
-        padded = slots + [SCRATCH_SLOT] * (bucket - batch)
-        x = torch.from_numpy(hops)
+        padded = np.asarray(slots, dtype=np.int64)
+        if bucket > batch:
+            padded = np.concatenate([padded, np.full(bucket - batch, SCRATCH_SLOT, np.int64)])
+        x = _as_tensor(hops)
         if bucket > batch:
             x = torch.cat([x, x.new_zeros(bucket - batch, x.shape[1])])
         held, self._held = self._held, None
-        if held is not None and held[0] == padded:
+        if held is not None and held[0].shape == padded.shape \
+                and np.array_equal(held[0], padded):
             state = held[1]
         else:
             if held is not None:
                 self._scatter(held[0], held[1])
-            idx = torch.tensor(padded, dtype=torch.long)
+            idx = torch.from_numpy(padded)
             state = {name: t.index_select(0, idx) for name, t in self._table.items()}
         step = self.steps if self.steps is not None else self.model.step_many
         out, new_state = step(x, state)
         self._held = (padded, new_state)
-        return out[:batch].to(torch.float32).numpy().copy()
+        # No copy: a model returns new tensors (or its input, which the caller gave away) and
+        # never writes into them later, since it must not modify state in place.
+        return out[:batch].to(torch.float32).numpy()
 
-    def _scatter(self, padded: list[int], state: State) -> None:
-        idx = torch.tensor(padded, dtype=torch.long, device=self.device)
+    def _scatter(self, padded: np.ndarray, state: State) -> None:
+        idx = torch.from_numpy(padded).to(self.device)
         for name, t in self._table.items():
             t.index_copy_(0, idx, state[name].to(t.dtype))
 
@@ -182,15 +198,15 @@ class DeviceRunner:
         if held is not None:
             self._scatter(*held)
 
-    def _run_cuda(self, slots: list[int], hops: np.ndarray) -> np.ndarray:
+    def _run_cuda(self, slots: list[int] | np.ndarray, hops: np.ndarray) -> np.ndarray:
         batch = len(slots)
         bucket = self._bucket(batch)
         io = self._io
         graph = self._graph_for(bucket) if self.use_graphs else None
         # Fill the pinned host buffers, then copy to the static device buffers.
-        io["in_host"][:batch].copy_(torch.from_numpy(hops))
+        io["in_host"][:batch].copy_(_as_tensor(hops))
         io["in_host"][batch:bucket].zero_()
-        io["idx_host"][:batch].copy_(torch.tensor(slots, dtype=torch.long))
+        io["idx_host"][:batch].copy_(torch.from_numpy(np.asarray(slots, dtype=np.int64)))
         io["idx_host"][batch:bucket].fill_(SCRATCH_SLOT)
         io["in_dev"][:bucket].copy_(io["in_host"][:bucket], non_blocking=True)
         io["idx_dev"][:bucket].copy_(io["idx_host"][:bucket], non_blocking=True)

@@ -53,12 +53,16 @@ class DenoisedStream:
     def __init__(self, engine: Engine, stream_id: str, mode: str = "auto",
                  detector: Detector | None = None, *, deadline: float | None = 0.02,
                  crossfade_ms: float = 8.0, crossfade: str = "linear",
-                 keep_warm: bool = True, reopen_every_hops: int = 100) -> None:
+                 keep_warm: bool = True, reopen_every_hops: int = 100,
+                 warm_when_off: bool = True) -> None:
         self.engine = engine
         self.stream_id = stream_id
         self.detector = detector
         self.deadline = deadline
         self.keep_warm = keep_warm
+        # False (the SFU's choice): in mode off neither the model nor the detector runs; the
+        # first hops after the mode comes back stay raw (counted late) while the model rejoins.
+        self.warm_when_off = warm_when_off
         self.hop_size = int(engine.hop_size)
         self.latency_samples = int(engine.latency_samples)
         fade_len = round(crossfade_ms * engine.sample_rate / 1000)
@@ -288,6 +292,17 @@ class DenoisedStream:
             raw = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
         hops = list(raw.reshape(-1, self.hop_size))
         delayed = [self._delay_raw(hop) for hop in hops]
+        if self._mode == "off" and not self.warm_when_off and self._path != "denoised":
+            # Off and already on the raw path: neither the model nor the detector can change
+            # what goes out, so neither runs (a call in mode off costs the media path alone).
+            # The model's input now has a gap: when the mode comes back, its first hops span
+            # it and stay raw, as after a late answer.
+            self.counters["mode_off"] += len(hops)
+            self.hops_not_sent += len(hops)
+            self._rejoin_left = self._rejoin_hops
+            self._path = "raw"
+            self._last_out = delayed[-1][-1]
+            return delayed[0] if len(delayed) == 1 else np.concatenate(delayed)
         # The engine gets the hops first (when it is kept warm it gets them whatever the
         # detector says), so the detector's time in its thread overlaps the engine's.
         sent = time.monotonic()

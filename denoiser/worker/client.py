@@ -30,6 +30,7 @@ from denoiser.engine.stats import Series
 from denoiser.worker import protocol as wire
 from denoiser.worker.address import parse_address
 from denoiser.worker.auth import hello_token
+from denoiser.worker.bulk import MAX_HANDLE, decode_bulk_result, encode_bulk_tick
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, Status, TickEntry
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,15 @@ class RemoteStats:
 class _Sent:
     started: float
     requests: dict[str, asyncio.Future[np.ndarray]]
+    names: dict[int, str] = field(default_factory=dict)  # version 2: handle -> stream id
 
 
 class RemoteEngine(Engine):
     """An engine that runs on a worker (`denoise-sfu worker`) at `address`."""
 
     def __init__(self, address: str, node: str | None = None, *, connect_timeout: float = 5.0,
-                 max_backoff: float = 2.0, secret: str | None = None) -> None:
+                 max_backoff: float = 2.0, secret: str | None = None,
+                 versions: tuple[int, ...] = (wire.BULK_VERSION, wire.VERSION)) -> None:
         self.address = address
         self.secret = secret or None
         self.host, self.port = parse_address(address)
@@ -64,6 +67,11 @@ class RemoteEngine(Engine):
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.stats = RemoteStats()
+        self.versions = versions  # tried in order: an older worker refuses version 2
+        self.version = versions[0]  # the layout of this connection's TICK/RESULT
+        self._handles: dict[str, int] = {}  # version 2: the stream's integer on the wire
+        self._free_handles: list[int] = []
+        self._handle_of_closed: dict[str, int] = {}  # closed, CLOSE not sent yet
         self.welcome: wire.Welcome | None = None
         self._streams: dict[str, bool] = {}  # stream id -> needs OPEN (fresh on the worker)
         self._outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]] = []
@@ -132,15 +140,27 @@ class RemoteEngine(Engine):
         self._streams.clear()
 
     async def _connect(self) -> None:
+        for version in self.versions[:-1]:
+            try:
+                return await self._connect_with(version)
+            except _VersionRefused:
+                log.info("worker refused protocol version %d; trying the next", version,
+                         extra={"worker": self.address})
+        await self._connect_with(self.versions[-1])
+
+    async def _connect_with(self, version: int) -> None:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.connect_timeout)
         try:
             token = hello_token(self.secret, self.node) if self.secret else ""
-            writer.write(wire.encode_hello(self.node, token))
+            writer.write(wire.encode_hello(self.node, token, version))
             kind, payload = await asyncio.wait_for(wire.read_message(reader),
                                                    self.connect_timeout)
             if kind is MessageType.ERROR:
-                raise ProtocolError(f"the worker refused: {wire.decode_error(payload)}")
+                reason = wire.decode_error(payload)
+                if f"protocol version {version} is not supported" in reason:
+                    raise _VersionRefused(reason)
+                raise ProtocolError(f"the worker refused: {reason}")
             if kind is not MessageType.WELCOME:
                 raise ProtocolError(f"expected WELCOME, got {kind.name}")
             welcome = wire.decode_welcome(payload)
@@ -152,6 +172,7 @@ class RemoteEngine(Engine):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.welcome = welcome
+        self.version = version
         self._writer = writer
         for stream_id in self._streams:
             self._streams[stream_id] = True  # the worker has no state for them
@@ -209,6 +230,8 @@ class RemoteEngine(Engine):
                 future.set_exception(error)
         self._outgoing.clear()
         self._outgoing_requests.clear()
+        self._free_handles.extend(self._handle_of_closed.values())
+        self._handle_of_closed.clear()
         for stream_id in self._streams:
             self._streams[stream_id] = True
 
@@ -217,7 +240,9 @@ class RemoteEngine(Engine):
         try:
             while True:
                 kind, payload = await wire.read_message(reader)
-                if kind is MessageType.RESULT:
+                if kind is MessageType.RESULT and self.version == wire.BULK_VERSION:
+                    self._on_bulk_result(payload)
+                elif kind is MessageType.RESULT:
                     self._on_result(*wire.decode_result(payload))
                 elif kind is MessageType.ERROR:
                     reason = f"the worker closed the connection: {wire.decode_error(payload)}"
@@ -242,25 +267,55 @@ class RemoteEngine(Engine):
             raise ProtocolError(f"RESULT for unknown seq {seq}")
         self.stats.round_trip_ms.add((time.perf_counter() - sent.started) * 1e3)
         for entry in entries:
-            future = sent.requests.pop(entry.stream_id, None)
-            if future is None:
-                raise ProtocolError(f"RESULT names stream {entry.stream_id!r}, not in TICK {seq}")
-            if future.done():
-                continue
-            if entry.status is Status.OK and entry.samples is not None:
-                future.set_result(entry.samples)
-                continue
-            self.stats.errors[entry.status.name.lower()] += 1
-            if entry.stream_id in self._streams and entry.status in (Status.FULL,
-                                                                    Status.UNKNOWN):
-                self._streams[entry.stream_id] = True  # ask for a slot again next time
-            if entry.status is Status.FULL:
-                future.set_exception(EngineFull(f"worker full: {entry.reason}"))
-            elif entry.status is Status.UNKNOWN:
-                future.set_exception(UnknownStream(f"unknown stream on the worker: "
-                                                 f"{entry.reason}"))
-            else:
-                future.set_exception(EngineError(f"worker: {entry.reason}"))
+            self._resolve(sent, seq, entry.stream_id, entry.status, entry.samples, entry.reason)
+        self._left_out(sent)
+
+    def _on_bulk_result(self, payload: bytes) -> None:
+        result = decode_bulk_result(payload)
+        sent = self._sent.pop(result.seq, None)
+        if sent is None:
+            raise ProtocolError(f"RESULT for unknown seq {result.seq}")
+        self.stats.round_trip_ms.add((time.perf_counter() - sent.started) * 1e3)
+        samples = result.samples.astype(np.float32)  # one copy we own, views per stream
+        start, bad = 0, iter(result.reasons)
+        for handle, size, code in zip(result.handles.tolist(), result.sizes.tolist(),
+                                      result.status.tolist(), strict=True):
+            stream_id = sent.names.get(handle)
+            if stream_id is None:
+                raise ProtocolError(f"RESULT names handle {handle}, not in TICK {result.seq}")
+            try:
+                status = Status(code)
+            except ValueError:
+                raise ProtocolError(f"unknown status {code}") from None
+            ok = status is Status.OK
+            self._resolve(sent, result.seq, stream_id, status,
+                          samples[start:start + size] if ok else None,
+                          "" if ok else next(bad))
+            start += size
+        self._left_out(sent)
+
+    def _resolve(self, sent: _Sent, seq: int, stream_id: str, status: Status,
+                 samples: np.ndarray | None, reason: str) -> None:
+        future = sent.requests.pop(stream_id, None)
+        if future is None:
+            raise ProtocolError(f"RESULT names stream {stream_id!r}, not in TICK {seq}")
+        if future.done():
+            return
+        if status is Status.OK and samples is not None:
+            future.set_result(samples)
+            return
+        self.stats.errors[status.name.lower()] += 1
+        if stream_id in self._streams and status in (Status.FULL, Status.UNKNOWN):
+            self._streams[stream_id] = True  # ask for a slot again next time
+        if status is Status.FULL:
+            future.set_exception(EngineFull(f"worker full: {reason}"))
+        elif status is Status.UNKNOWN:
+            future.set_exception(UnknownStream(f"unknown stream on the worker: {reason}"))
+        else:
+            future.set_exception(EngineError(f"worker: {reason}"))
+
+    @staticmethod
+    def _left_out(sent: _Sent) -> None:
         for future in sent.requests.values():
             if not future.done():
                 future.set_exception(EngineError("the worker's RESULT left this stream out"))
@@ -275,15 +330,24 @@ class RemoteEngine(Engine):
         if not stream_id or len(stream_id.encode()) > wire.MAX_ID_BYTES:
             raise EngineError(f"stream id must be 1-{wire.MAX_ID_BYTES} bytes")
         slots = self._format().max_streams
-        if len(self._streams) >= slots:
+        if len(self._streams) >= min(slots, MAX_HANDLE):
             raise EngineFull(f"all {slots} stream slots of the worker are in use")
         self._streams[stream_id] = True
+        self._handles[stream_id] = self._free_handles.pop() if self._free_handles \
+            else len(self._handles)
 
     def close_stream(self, stream_id: str) -> None:
         fresh = self._streams.pop(stream_id, None)
-        if fresh is None or fresh or self._writer is None:
-            return  # never opened on the worker (or the worker already dropped it)
-        self._queue(TickEntry(stream_id, Flags.CLOSE, np.zeros(0, np.float32)), None)
+        if fresh is None:
+            return
+        handle = self._handles.pop(stream_id)
+        if not fresh and self._writer is not None:  # opened on the worker: free it there
+            if stream_id in self._outgoing_requests:
+                self._flush()  # one entry per stream per TICK
+            self._queue(TickEntry(stream_id, Flags.CLOSE, np.zeros(0, np.float32)), None)
+            self._handle_of_closed[stream_id] = handle  # until the CLOSE is encoded
+        else:
+            self._free_handles.append(handle)
 
     async def process(self, stream_id: str, samples: np.ndarray) -> np.ndarray:
         if self._closed:
@@ -318,13 +382,17 @@ class RemoteEngine(Engine):
             return
         outgoing, self._outgoing = self._outgoing, []
         self._outgoing_requests.clear()
-        if self._writer is None:
-            for _, future in outgoing:
-                if future is not None and not future.done():
-                    future.set_exception(EngineError("worker connection lost"))
-            return
-        for chunk in _chunks(outgoing):
-            self._send(chunk)
+        try:
+            if self._writer is None:
+                for _, future in outgoing:
+                    if future is not None and not future.done():
+                        future.set_exception(EngineError("worker connection lost"))
+                return
+            for chunk in _chunks(outgoing):
+                self._send(chunk)
+        finally:
+            self._free_handles.extend(self._handle_of_closed.values())
+            self._handle_of_closed.clear()
 
     def _send(self, outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]]
               ) -> None:
@@ -332,12 +400,28 @@ class RemoteEngine(Engine):
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         entries = [entry for entry, _ in outgoing]
         requests = {entry.stream_id: future for entry, future in outgoing if future is not None}
-        message = wire.encode_tick(self._seq, entries)
+        names: dict[int, str] = {}
+        if self.version == wire.BULK_VERSION:
+            handles = [self._handle_of_closed[e.stream_id] if e.flags == Flags.CLOSE
+                       else self._handles[e.stream_id] for e in entries]
+            names = dict(zip(handles, (entry.stream_id for entry in entries), strict=True))
+            message = encode_bulk_tick(
+                self._seq, np.array(handles, dtype=np.uint32),
+                np.array([e.samples.size for e in entries], dtype=np.uint32),
+                np.array([e.flags for e in entries], dtype=np.uint8),
+                np.concatenate([e.samples for e in entries]) if entries else
+                np.zeros(0, np.float32))
+        else:
+            message = wire.encode_tick(self._seq, entries)
         if requests:
-            self._sent[self._seq] = _Sent(time.perf_counter(), requests)
+            self._sent[self._seq] = _Sent(time.perf_counter(), requests, names)
         self._writer.write(message)
         self.stats.ticks_sent += 1
         self.stats.hops_sent += sum(e.samples.size for e in entries) // self._format().hop_size
+
+
+class _VersionRefused(ProtocolError):
+    """The worker does not speak the protocol version the node asked for."""
 
 
 def _chunks(outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]],

@@ -10,6 +10,17 @@ float32 at 48 kHz. Strings are UTF-8 with a length prefix.
     RESULT   worker -> node   seq, then per stream that sent samples: id, status, samples or reason
     ERROR    worker -> node   why the worker is closing this connection (a protocol violation)
 
+Two layouts of TICK and RESULT share these messages, told apart by the header's version, which
+the node picks with its HELLO and the worker answers in (every later message of the
+connection must carry the same one):
+- version 1: one record per entry (a string id, flags, samples), decoded entry by entry;
+- version 2 (`denoiser.worker.bulk`): columns. A small integer handle per stream instead of a
+  string, then all handles, all sizes, all flags, then every entry's samples back to back,
+  so that the worker decodes a TICK of thousands of streams with a few numpy views and hands
+  the engine one array, not one object per entry. HELLO, WELCOME and ERROR are the same in both.
+A worker of this code serves both; a node tries version 2 and falls back to 1 when an older
+worker refuses it.
+
 A node sends one TICK per batch of hops it has ready (every stream's hops of that moment); the
 worker answers each TICK with one RESULT carrying the same seq. A TICK entry either carries
 samples (a whole number of hops; with OPEN on a stream's first entry, or to start it afresh) or
@@ -27,7 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"DNSW"
-VERSION = 1
+VERSION = 1  # the per-entry layout (and what HELLO defaults to)
+BULK_VERSION = 2  # the columnar TICK/RESULT (`denoiser.worker.bulk`)
+VERSIONS = (VERSION, BULK_VERSION)
 HEADER = struct.Struct("<4sBBI")
 MAX_PAYLOAD = 8 * 1024 * 1024
 MAX_ENTRIES = 4096
@@ -95,14 +108,15 @@ class ResultEntry:
 class Header:
     type: MessageType
     length: int
+    version: int = VERSION
 
 
 # -- encoding ------------------------------------------------------------------------------
 
-def _message(kind: MessageType, payload: bytes) -> bytes:
+def _message(kind: MessageType, payload: bytes, version: int = VERSION) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"{kind.name} payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    return HEADER.pack(MAGIC, VERSION, kind, len(payload)) + payload
+    return HEADER.pack(MAGIC, version, kind, len(payload)) + payload
 
 
 def _text(value: str, limit: int, width: struct.Struct) -> bytes:
@@ -125,15 +139,18 @@ def _samples(samples: np.ndarray) -> bytes:
     return _U32.pack(data.size) + data.tobytes()
 
 
-def encode_hello(node: str, token: str = "") -> bytes:
+def encode_hello(node: str, token: str = "", version: int = VERSION) -> bytes:
+    """HELLO in the layout version the node asks for (the worker answers in it)."""
+    if version not in VERSIONS:
+        raise ProtocolError(f"protocol version {version} is not one of {VERSIONS}")
     return _message(MessageType.HELLO, _text(node, MAX_TEXT_BYTES, _U16)
-                    + _text(token, MAX_TEXT_BYTES, _U16))
+                    + _text(token, MAX_TEXT_BYTES, _U16), version)
 
 
-def encode_welcome(welcome: Welcome) -> bytes:
+def encode_welcome(welcome: Welcome, version: int = VERSION) -> bytes:
     return _message(MessageType.WELCOME, _WELCOME.pack(
         welcome.sample_rate, welcome.hop_size, welcome.latency_samples, welcome.max_streams)
-        + _text(welcome.description, MAX_TEXT_BYTES, _U16))
+        + _text(welcome.description, MAX_TEXT_BYTES, _U16), version)
 
 
 def encode_tick(seq: int, entries: list[TickEntry]) -> bytes:
@@ -159,8 +176,9 @@ def encode_result(seq: int, entries: list[ResultEntry]) -> bytes:
     return _message(MessageType.RESULT, b"".join(parts))
 
 
-def encode_error(reason: str) -> bytes:
-    return _message(MessageType.ERROR, _text(reason[:MAX_TEXT_BYTES // 4], MAX_TEXT_BYTES, _U16))
+def encode_error(reason: str, version: int = VERSION) -> bytes:
+    return _message(MessageType.ERROR, _text(reason[:MAX_TEXT_BYTES // 4], MAX_TEXT_BYTES, _U16),
+                    version)
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -172,15 +190,16 @@ def decode_header(data: bytes) -> Header:
     magic, version, kind, length = HEADER.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not a denoise-sfu worker connection")
-    if version != VERSION:
-        raise ProtocolError(f"protocol version {version} is not supported (this is {VERSION})")
+    if version not in VERSIONS:
+        raise ProtocolError(f"protocol version {version} is not supported (this speaks "
+                            f"{', '.join(map(str, VERSIONS))})")
     try:
         message_type = MessageType(kind)
     except ValueError:
         raise ProtocolError(f"unknown message type {kind}") from None
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
-    return Header(message_type, length)
+    return Header(message_type, length, version)
 
 
 class _Reader:
@@ -300,3 +319,9 @@ async def read_message(reader: asyncio.StreamReader) -> tuple[MessageType, bytes
     """The next whole message from a stream (IncompleteReadError when it ends mid-message)."""
     header = decode_header(await reader.readexactly(HEADER.size))
     return header.type, await reader.readexactly(header.length)
+
+
+async def read_versioned(reader: asyncio.StreamReader) -> tuple[int, MessageType, bytes]:
+    """`read_message` with the header's layout version."""
+    header = decode_header(await reader.readexactly(HEADER.size))
+    return header.version, header.type, await reader.readexactly(header.length)

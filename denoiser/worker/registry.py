@@ -16,12 +16,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+# What redis-py accepts as a hash field or value.
+RedisValue = str | bytes | bytearray | memoryview | int | float
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def worker_key(prefix: str, worker_id: str) -> str:
 
 async def read_workers(redis: Redis, prefix: str = KEY_PREFIX) -> list[WorkerInfo]:
     """Every worker whose lease is alive (REDIS_ERRORS when Redis cannot be reached)."""
-    ids = sorted(await redis.smembers(prefix + "workers"))
+    ids = sorted(str(i) for i in await redis.smembers(prefix + "workers"))
     if not ids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
@@ -119,7 +121,7 @@ class WorkerRegistration:
         self._task = asyncio.create_task(self._run(), name="worker-lease")
 
     async def beat(self) -> bool:
-        fields: dict[str, Any] = {"address": self.address, "capacity": self.capacity,
+        fields: dict[RedisValue, RedisValue] = {"address": self.address, "capacity": self.capacity,
                                   "load": self.load(), "draining": int(self.draining),
                                   "beat_ms": int(time.time() * 1000)}
         try:

@@ -25,6 +25,8 @@ from denoiser.engine import EngineError, EngineFull
 from denoiser.engine.local import LocalEngine
 from denoiser.worker import protocol as wire
 from denoiser.worker.auth import Unauthorized, check_hello_token
+from denoiser.worker.bulk import decode_bulk_tick
+from denoiser.worker.bulk_server import BulkStreams
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, ResultEntry, Status
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class _Connection:
         self.writer = writer
         self.node = ""
         self.streams: set[str] = set()
+        self.version = wire.VERSION  # the layout of its TICK/RESULT, chosen by its HELLO
+        self.bulk: BulkStreams | None = None  # version 2: handle -> slot
 
 
 class WorkerServer:
@@ -101,30 +105,42 @@ class WorkerServer:
         self.stats.connections += 1
         self.stats.connections_open += 1
         try:
-            kind, payload = await asyncio.wait_for(wire.read_message(reader), HELLO_TIMEOUT)
+            version, kind, payload = await asyncio.wait_for(wire.read_versioned(reader),
+                                                            HELLO_TIMEOUT)
             if kind is not MessageType.HELLO:
                 raise ProtocolError(f"expected HELLO first, got {kind.name}")
             conn.node, token = wire.decode_hello(payload)
+            conn.version = version
             if self.secret is not None:
                 try:
                     check_hello_token(self.secret, conn.node, token)
                 except Unauthorized as exc:
                     self.stats.unauthorized += 1
                     raise ProtocolError(f"unauthorized: {exc}") from None
-            writer.write(wire.encode_welcome(self.welcome()))
-            log.info("node connected", extra={"node": conn.node, "peer": peer})
+            writer.write(wire.encode_welcome(self.welcome(), version))
+            log.info("node connected", extra={"node": conn.node, "peer": peer,
+                                              "protocol": version})
+            if version == wire.BULK_VERSION:
+                conn.bulk = BulkStreams(self.engine, conn.prefix)
             while True:
-                kind, payload = await wire.read_message(reader)
+                version, kind, payload = await wire.read_versioned(reader)
                 if kind is not MessageType.TICK:
                     raise ProtocolError(f"a node may only send TICK after HELLO, got {kind.name}")
-                self._on_tick(conn, writer, *wire.decode_tick(payload))
+                if version != conn.version:
+                    raise ProtocolError(f"a TICK of version {version} on a connection of "
+                                        f"version {conn.version}")
+                if conn.bulk is not None:
+                    self.stats.ticks += 1
+                    conn.bulk.on_tick(decode_bulk_tick(payload), writer, self.stats.entries)
+                else:
+                    self._on_tick(conn, writer, *wire.decode_tick(payload))
                 await writer.drain()
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("node broke the protocol; closing its connection",
                         extra={"node": conn.node, "peer": peer, "error": str(exc)})
             with contextlib.suppress(ConnectionError):
-                writer.write(wire.encode_error(str(exc)))
+                writer.write(wire.encode_error(str(exc), conn.version))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             pass  # the node went away (or never said HELLO)
@@ -139,6 +155,8 @@ class WorkerServer:
         for stream in conn.streams:  # fails what they still have queued
             self.engine.close_stream(conn.prefix + stream)
         conn.streams.clear()
+        if conn.bulk is not None:
+            conn.bulk.close_all()
         self._connections.discard(conn)
         self.stats.connections_open -= 1
 

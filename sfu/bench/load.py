@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import multiprocessing as mp
+import os
 import random
 import sys
 import time
@@ -68,7 +69,10 @@ def _noisy_speech(seed: int, snr_db: float, seconds: float = 12.0) -> np.ndarray
     return (0.3 * mix / (np.abs(mix).max() + 1e-9)).astype(np.float32)
 
 
-def _client_main(conn: Connection, specs: list[dict[str, Any]], loss: float) -> None:
+def _client_main(conn: Connection, specs: list[dict[str, Any]], loss: float,
+                 cpus: set[int] | None = None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # off the server's CPUs (--server-cpus)
     asyncio.run(_client(conn, specs, loss))
 
 
@@ -178,7 +182,8 @@ async def _answer(offer: str, pid: int, engine, metrics, side: ServerSide,
     from denoiser.bypass import BypassDetector
 
     # As `serve` builds it: every stream carries the tone/music detector.
-    stream = DenoisedStream(engine, f"bench-{pid}", mode=args.mode, detector=BypassDetector())
+    stream = DenoisedStream(engine, f"bench-{pid}", mode=args.mode, detector=BypassDetector(),
+                            warm_when_off=False)
     side.streams[pid] = stream
     pipeline = SpeakerPipeline(receiver.track, stream, metrics,
                                latency_budget=args.latency_budget or DEFAULT_LATENCY_BUDGET)
@@ -211,7 +216,8 @@ async def _run_scenario(scenario: Scenario, args: argparse.Namespace, engine: En
     for c in range(n_clients):
         ours, theirs = ctx.Pipe()
         proc = ctx.Process(target=_client_main, args=(theirs, specs[c::n_clients],
-                                                       scenario.loss), daemon=True)
+                                                       scenario.loss, _client_cpus(args)),
+                           daemon=True)
         proc.start()
         links.append(ours)
         procs.append(proc)
@@ -267,9 +273,16 @@ def _denoised_share(result: dict[str, Any]) -> float:
     return round(hops.get("denoised", 0) / max(1, sum(hops.values())), 4)
 
 
-def _carried(result: dict[str, Any]) -> bool:
-    """Within the latency budget AND actually denoising (late hops pass through raw)."""
+MODE_OFF_P99_MS = 10.0  # the media path alone (issue 13's target)
+
+
+def _carried(result: dict[str, Any], mode: str = "auto") -> bool:
+    """Within the latency budget AND actually denoising (late hops pass through raw); in
+    mode off, p99 within 10 ms and nothing lost (no subscriber drops, no RTP missing)."""
     p99 = result["latency_ms_p99"]
+    if mode == "off":
+        return p99 is not None and p99 <= MODE_OFF_P99_MS and \
+            result["pipeline"]["subscriber_drops"] == 0 and result["rtp"]["missing"] == 0
     return p99 is not None and p99 <= 1000 * BUDGET_P99_S and \
         _denoised_share(result) >= MIN_DENOISED_SHARE
 
@@ -330,19 +343,22 @@ def _accounting_ok(r: dict[str, Any]) -> bool:
 async def _local_engine(args: argparse.Namespace) -> Engine:
     import torch
 
-    from denoiser.engine.capacity import unbatched_capacity
+    from denoiser.engine.capacity import Admission, measure_tick_cost
     from denoiser.engine.local import LocalEngine
     from denoiser.model.weights import load_default_model
 
     torch.set_num_threads(args.threads)
-    model = await asyncio.to_thread(load_default_model, args.device)
-    # As `serve` sizes it: on CPU, what one core keeps in real time unbatched (measured now).
-    max_streams = args.max_streams or (256 if args.device.startswith("cuda") else
-                                       unbatched_capacity(model))
-    print(f"engine admits {max_streams} streams; more pass through as engine_full",
-          file=sys.stderr)
-    return LocalEngine(model, device=args.device, max_streams=max_streams,
-                       tick_deadline=args.tick_deadline)
+    model = await asyncio.to_thread(load_default_model, args.device, None, args.model_weights)
+    # As `serve` sizes it: on CPU, what the engine keeps in real time batched (measured now,
+    # re-measured from every tick).
+    admission = None
+    if not args.max_streams and not args.device.startswith("cuda"):
+        admission = Admission(await asyncio.to_thread(measure_tick_cost, model))
+    engine = LocalEngine(model, device=args.device, max_streams=args.max_streams or 256,
+                         tick_deadline=args.tick_deadline, admission=admission)
+    print(f"engine admits {admission.limit if admission else engine.max_streams} streams "
+          "(batched); more pass through as engine_full", file=sys.stderr)
+    return engine
 
 
 def _spawn_worker(args: argparse.Namespace) -> SpawnedWorker:
@@ -356,10 +372,35 @@ def _spawn_worker(args: argparse.Namespace) -> SpawnedWorker:
     return worker
 
 
+def _client_cpus(args: argparse.Namespace) -> set[int] | None:
+    server = _cpus(args.server_cpus)
+    if not server:
+        return None
+    rest = set(os.sched_getaffinity(0) if not hasattr(args, "_all_cpus") else args._all_cpus)
+    return (rest - server) or None
+
+
+def _cpus(text: str | None) -> set[int] | None:
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 async def _bench(args: argparse.Namespace) -> int:
     from denoiser.worker.pool import WorkerPool
 
     spawned = _spawn_worker(args) if args.engine == "worker-process" else None
+    # Pinned after the worker child started: it keeps every CPU (the engine off the server's)
+    server_cpus = _cpus(args.server_cpus)
+    if server_cpus:
+        args._all_cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, server_cpus)
+        print(f"server pinned to CPUs {sorted(server_cpus)}, clients to "
+              f"{sorted(_client_cpus(args) or [])}", file=sys.stderr)
     engine: Engine
     if spawned is not None:
         engine = WorkerPool([spawned.address], node="bench")
@@ -398,7 +439,7 @@ async def _run_plan(args: argparse.Namespace, engine: Engine,
                                 seed=1000 + n, worker_cpu=worker_cpu)
         _print_result(r)
         results.append(r)
-        if not _carried(r):
+        if not _carried(r, args.mode):
             break
         max_ok = n
         n += args.ramp_step
@@ -417,6 +458,12 @@ async def _run_plan(args: argparse.Namespace, engine: Engine,
         "model_latency_ms": latency_model_ms,
         # p99 wall latency under 40 ms with at least 95 % of hops denoised
         "max_participants_p99_under_40ms": max_ok if args.ramp_max else None,
+        "mode": args.mode,
+        "server_cpus": args.server_cpus,
+        # the ramp's figure per server core: participants carried / cores the server had
+        "participants_per_server_core": (
+            round(max_ok / len(_cpus(args.server_cpus) or args._all_cpus), 1)
+            if args.ramp_max and args.server_cpus else None),
         "frames_in": sum(r["pipeline"]["frames_in"] for r in results),
         "hops_in": sum(r["pipeline"]["hops_in"] for r in results),
         "hops_out": sum(r["pipeline"]["hops_out"] for r in results),
@@ -493,5 +540,10 @@ def register_bench_sfu(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--latency-budget", type=float, default=None,
                         help="wall seconds per packet (default 0.020)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model-weights", default=None,
+                        help="a checkpoint (path, or a name in models/) instead of the default")
+    parser.add_argument("--server-cpus", default=None,
+                        help="pin this process (the server) to these CPUs, e.g. 0; the client "
+                             "processes get the others")
     parser.set_defaults(func=run_bench_sfu)
     return parser

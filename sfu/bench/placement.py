@@ -230,7 +230,7 @@ def run_bench_placement(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def register_bench_placement(subparsers: argparse._SubParsersAction  # type: ignore[type-arg]
+def register_bench_placement(subparsers: argparse._SubParsersAction
                              ) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "placement", help="joins per second a Redis-backed cluster on this machine places",

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from sfu.context import SfuContext
+    from sfu.rooms import Participant, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ async def stop_serving(ctx: SfuContext, app: web.Application, room: str) -> None
             closed += 1
     found = ctx.registry.get(room)
     if found is not None:
-        for session_id in [*found.participants.values(), *found.subscriptions.values()]:
-            closed += await ctx.registry.leave(session_id.session_id)
+        joined: list[Participant | Subscription] = [*found.participants.values(),
+                                                    *found.subscriptions.values()]
+        for member in joined:
+            closed += await ctx.registry.leave(member.session_id)
     log.warning("stopped serving a room another node took over",
                 extra={"room": room, "sessions_closed": closed})
 

@@ -222,7 +222,7 @@ class RedisPlacement:
                     args=[self.node_id, held.epoch, room]))
                 del self._held[room]
                 self.stats.rooms_released += 1
-            args: list[object] = [self.prefix, self.node_id, self.url, self.capacity,
+            args: list[str | int] = [self.prefix, self.node_id, self.url, self.capacity,
                                   len(hosted | set(self._held)), sessions, int(self._draining),
                                   self.lease_ms]
             for room in sorted(hosted | set(self._held)):

@@ -338,3 +338,25 @@ async def test_without_a_deadline_a_long_bypass_does_not_run_ahead_of_the_engine
     assert stream.counters["engine_error"] == 0
     assert stream.counters["music"] + stream.counters["denoised"] == 14
     assert stream.counters["denoised"] >= 3
+
+
+async def test_mode_off_without_warming_runs_neither_model_nor_detector() -> None:
+    """`warm_when_off=False` (the SFU's choice): mode off costs the delay line alone; when the
+    mode comes back the model rejoins after its latency (those hops raw, counted late)."""
+    latency = 240
+    x = sine(20, freq=170)
+    calls = []
+
+    class Counting:
+        def update(self, hop: np.ndarray) -> None:
+            calls.append(hop)
+
+    async with LocalEngine(GainModel(delay=latency, gain=-1.0), device="cpu") as engine:
+        stream = DenoisedStream(engine, "s", mode="off", deadline=None, detector=Counting(),
+                                warm_when_off=False)
+        switches = {10: "on"}
+        y = await run(stream, x, lambda k: setattr(stream, "mode", switches.get(k, stream.mode)))
+        assert engine.stats.hops == 10 and len(calls) == 10  # only the hops after "on"
+    np.testing.assert_array_equal(y[:10 * HOP], delayed(x, latency)[:10 * HOP])
+    assert stream.counters["mode_off"] == 10 and stream.counters["late"] >= 1
+    assert stream.counters["denoised"] == 10 - stream.counters["late"]
