@@ -1,5 +1,9 @@
 """The in-process batching engine: one batched `model.step` per tick over every stream that is due.
 
+(Over 400 lines on purpose: the per-request path and the bulk `submit_block` path of the worker
+share one tick loop and one set of queues, and are easier to keep consistent side by side. The
+device side is in `runner.py`, admission in `capacity.py`, bookkeeping in `pending.py`.)
+
 The engine keeps a state table on the device, one row (slot) per live stream, plus slot 0, a
 scratch row that padded batch entries read and write so that real slots are never touched by
 padding. The table grows by doubling up to `max_streams`.

@@ -1,5 +1,9 @@
 """`RemoteEngine`: the SFU node's side of the worker, behind the same `Engine` interface.
 
+(Over 400 lines: the connection's life (handshake, reconnect with backoff) and the
+per-turn TICK batching it carries are one state machine; the wire format is in `protocol.py`
+and `bulk.py`.)
+
 The node keeps one connection to the worker. `process` calls made in the same turn of the
 event loop go out together as one TICK message (every stream whose hops are ready at that
 moment), and each request resolves from the worker's RESULT for that TICK. A stream's first
