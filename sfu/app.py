@@ -4,7 +4,8 @@
 `SpeakerPipeline(track, DenoisedStream(engine, ...), metrics)`, the WHIP/WHEP handlers, and
 the engine. With `engine=None` the app builds the engine the settings ask for on startup and
 closes it on cleanup; an engine passed in belongs to the caller (started and closed by it).
-Everything the app shares is in one `SfuContext` at `app[CONTEXT]`.
+Everything the app shares is in one `SfuContext` at `app[CONTEXT]`. Its `placement` says
+which rooms this node serves (`sfu.placement`: in memory, or through Redis with `--redis`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from denoiser.engine.prometheus import EngineCollector
 from sfu.context import CONTEXT, SfuContext
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
 from sfu.metrics import CONTENT_TYPE, Metrics
+from sfu.placement import Placement
+from sfu.placement.drain import drain_handler
+from sfu.placement.gate import hosted, stop_serving
+from sfu.placement.metrics import PlacementCollector
 from sfu.rooms import Participant, Pipeline, PipelineFactory, RoomRegistry
 from sfu.settings import Settings, SettingsError
 from sfu.signalling import ws
@@ -40,9 +45,9 @@ def check_supported(settings: Settings) -> None:
     """Refuse settings this version cannot serve yet, with a clear message."""
     if not settings.secret:
         raise SettingsError("a secret is required (--secret or DENOISE_SFU_SECRET)")
-    if settings.redis:
-        raise SettingsError("--redis (placement across SFU nodes) is not available yet; "
-                            "run a single node without it")
+    if settings.redis and not settings.public_url:
+        raise SettingsError("--redis needs --public-url: the URL other nodes redirect "
+                            "this node's rooms to")
     if settings.engine == "local" and settings.workers:
         raise SettingsError("--worker is only used with --engine workers")
 
@@ -67,6 +72,10 @@ async def build_engine(settings: Settings) -> Engine:
         from denoiser.worker.pool import WorkerPool
 
         return WorkerPool(settings.workers, secret=settings.secret)
+    if settings.engine == "workers" and settings.redis:  # the workers registered there
+        from denoiser.worker.redis_pool import RedisWorkerPool
+
+        return RedisWorkerPool(settings.redis, node=node_id(settings), secret=settings.secret)
     if settings.engine == "workers":  # none named: one of our own, on this machine
         from denoiser.worker.pool import ChildWorkerPool
 
@@ -92,6 +101,31 @@ async def build_engine(settings: Settings) -> Engine:
         "admitted": admission.limit if admission else engine.max_streams,
         "traced": engine.trace})
     return engine
+
+
+def node_id(settings: Settings) -> str:
+    """This node's name in the placement (`--node-id`, else host name and port)."""
+    import socket
+
+    return settings.node_id or f"{socket.gethostname()}-{settings.port}"
+
+
+def build_placement(ctx: SfuContext, app: web.Application) -> Placement:
+    """Redis placement with `--redis`, else every room on this node (in memory)."""
+    settings = ctx.settings
+
+    def load() -> tuple[list[str], int]:
+        return hosted(ctx, app)
+
+    if settings.redis:
+        from sfu.placement.redis import RedisPlacement
+
+        return RedisPlacement(settings.redis, node_id(settings), settings.base_url,
+                              settings.max_rooms, load)
+    from sfu.placement.memory import MemoryPlacement
+
+    return MemoryPlacement(node_id(settings), settings.base_url, settings.max_rooms,
+                           lambda: load()[0])
 
 
 def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
@@ -167,10 +201,25 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app = web.Application(middlewares=[_count_requests, error_middleware],
                           client_max_size=settings.max_sdp_bytes)
     app[CONTEXT] = ctx
+    ctx.placement = build_placement(ctx, app)
+    from sfu.placement.drain import Drainer
+
+    ctx.drainer = Drainer(ctx, app)
+    metrics.registry.register(PlacementCollector(lambda: ctx.placement, lambda: ctx.engine))
+    lost_rooms: set[asyncio.Task[None]] = set()
+
+    def on_lost(room: str) -> None:
+        task = asyncio.ensure_future(stop_serving(ctx, app, room))
+        lost_rooms.add(task)
+        task.add_done_callback(lost_rooms.discard)
+
+    ctx.placement.on_lost(on_lost)
     whip = WhipHandlers(ctx)
     app.router.add_routes(whip.routes())
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_post("/admin/drain", drain_handler)
     ws.setup(app)
     _add_static(app, settings)
 
@@ -182,12 +231,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             engine = await build_engine(settings)
             await engine.start()  # EngineError (e.g. no worker reachable) stops the start
             ctx.engine = engine
+        await ctx.placement.start()  # Redis unreachable: joins get 503 until it answers
         background.append(asyncio.create_task(metrics.monitor_event_loop()))
         log.info("sfu started", extra={"engine": type(ctx.engine).__name__})
 
     async def on_shutdown(app: web.Application) -> None:
         await whip.close()
         await ctx.registry.close()
+        await asyncio.gather(*lost_rooms, return_exceptions=True)
+        await ctx.placement.close()  # deregister now: the others stop sending joins here
+        if ctx.drainer is not None and ctx.drainer.task is not None:
+            ctx.drainer.task.cancel()
 
     async def on_cleanup(app: web.Application) -> None:
         for task in background:
@@ -204,10 +258,21 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     return app
 
 
+def _placement_health(ctx: SfuContext) -> dict[str, object]:
+    placement = ctx.placement
+    return {"kind": type(placement).__name__, "node_id": placement.node_id,
+            "url": placement.url, "coordinator": "reachable" if placement.reachable
+            else "unreachable", "draining": placement.draining}
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: 200 while the engine runs (draining included: the calls go on)."""
     ctx = request.app[CONTEXT]
     engine_ok = ctx.engine is not None
-    body: dict[str, object] = {"status": "ok" if engine_ok else "starting",
+    draining = ctx.drainer is not None and ctx.drainer.draining
+    body: dict[str, object] = {
+            "status": ("draining" if draining else "ok") if engine_ok else "starting",
+            "draining": draining, "placement": _placement_health(ctx),
             "engine": type(ctx.engine).__name__ if engine_ok else None,
             "rooms": ctx.registry.room_count, "participants": ctx.registry.participant_count,
             "subscribers": ctx.registry.subscription_count,
@@ -217,6 +282,22 @@ async def healthz(request: web.Request) -> web.Response:
         body["workers"] = {w.address: "connected" if w.connected else "unreachable"
                            for w in workers}
     return web.json_response(body, status=200 if engine_ok else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 only while this node takes new joins (engine up, not draining, the
+    coordinator reachable); 503 with the reasons otherwise."""
+    ctx = request.app[CONTEXT]
+    reasons = []
+    if ctx.engine is None:
+        reasons.append("starting")
+    if ctx.drainer is not None and ctx.drainer.draining:
+        reasons.append("draining")
+    if not ctx.placement.reachable:
+        reasons.append("coordinator_unreachable")
+    return web.json_response({"ready": not reasons, "reasons": reasons,
+                              "placement": _placement_health(ctx)},
+                             status=503 if reasons else 200)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

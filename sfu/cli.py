@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("denoise", "denoiser.commands.denoise"),
     ("train", "denoiser.commands.train"),
     ("eval", "denoiser.commands.evaluate"),
+    ("corpus", "denoiser.commands.corpus"),
     ("bench", "sfu.commands.bench"),
 )
 

@@ -6,8 +6,10 @@ it, and not each other.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +17,10 @@ from denoiser.engine import Engine
 from sfu.metrics import Metrics
 from sfu.rooms import RoomRegistry
 from sfu.settings import Settings
+
+if TYPE_CHECKING:
+    from sfu.placement import Placement
+    from sfu.placement.drain import Drainer
 
 
 @dataclass(eq=False)
@@ -24,7 +30,10 @@ class SfuContext:
     settings: Settings
     metrics: Metrics
     registry: RoomRegistry = field(init=False)
+    placement: Placement = field(init=False)
     engine: Engine | None = None
+    drainer: Drainer | None = None
+    stop: asyncio.Event | None = None  # set to stop the server (`serve` provides it)
     started_at: float = field(default_factory=time.time)
 
 

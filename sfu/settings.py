@@ -17,6 +17,7 @@ from typing import Any
 
 from denoiser.paths import WEB_DIR
 from denoiser.worker.address import parse_address
+from sfu.signalling.links import ice_server_links
 
 ENV_PREFIX = "DENOISE_SFU_"
 ENGINES = ("local", "workers")
@@ -50,6 +51,10 @@ class Settings:
     hop_deadline: float = 0.02
     latency_budget: float | None = None
     token_ttl: int = 3600
+    node_id: str | None = None  # this node's name in Redis; None: host name + random suffix
+    max_rooms: int = 1000  # rooms placement puts on this node (its capacity)
+    admin_token: str | None = None  # bearer token of POST /admin/drain; None: signal only
+    drain_deadline: float = 3600.0  # a draining node exits when empty, or after this
     log_level: str = "info"
     log_format: str = "json"
     # POST /demo/token hands a token to anyone who names a room: on by default only when the
@@ -75,8 +80,19 @@ class Settings:
             raise SettingsError("max_streams must be at least 1")
         if self.model_lookahead is not None and self.model_lookahead not in (0, 1, 2):
             raise SettingsError("model_lookahead must be 0, 1 or 2 hops")
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://",
+                                                                 "unix://")):
+            raise SettingsError(f"redis must be a redis:// URL, not {self.redis!r}")
+        if self.max_rooms < 1:
+            raise SettingsError("max_rooms must be at least 1")
+        if self.drain_deadline < 0:
+            raise SettingsError("drain_deadline must be >= 0 seconds")
         if self.log_format not in ("json", "text"):
             raise SettingsError("log_format must be json or text")
+        try:
+            ice_server_links(self.ice_servers)
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
 
     @property
     def base_url(self) -> str:
@@ -101,7 +117,16 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--port", "port", int, "port to listen on"),
     ("--public-url", "public_url", str, "URL clients reach this server at"),
     ("--secret", "secret", str, "HMAC secret for room tokens (random if unset)"),
-    ("--redis", "redis", str, "Redis URL for placement across nodes"),
+    ("--redis", "redis", str, "Redis URL (redis://HOST:PORT/DB) for placement across nodes: "
+     "rooms on nodes, and with --engine workers and no --worker, streams on the workers "
+     "registered there"),
+    ("--node-id", "node_id", str, "this node's name in Redis (default: host name and a "
+     "random suffix)"),
+    ("--max-rooms", "max_rooms", int, "rooms placement may put on this node"),
+    ("--admin-token", "admin_token", str, "bearer token for POST /admin/drain (unset: drain "
+     "with SIGUSR1 only)"),
+    ("--drain-deadline", "drain_deadline", float, "seconds a draining node keeps its calls "
+     "before it exits anyway"),
     ("--engine", "engine", str, "where denoising runs: local (in-process) or workers"),
     ("--worker", "workers", str, "HOST:PORT of a `denoise-sfu worker` for --engine workers "
      "(repeatable: streams go to the one with the most free slots; comma-separated in the "

@@ -109,17 +109,42 @@ async function join(event) {
   }
 }
 
-function openSocket(token) {
-  const url = new URL("ws", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+/**
+ * Open the room socket and join. In a cluster the room may live on another node: the server
+ * then answers the join with `{type: "redirect", url}` (a browser's WebSocket cannot follow an
+ * HTTP 307) and the page joins again there, with the same token, at most 3 times.
+ */
+function openSocket(token, target = null, redirects = 0) {
+  let url;
+  if (target) {
+    url = new URL(target);
+  } else {
+    url = new URL("ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  }
   const ws = new WebSocket(url);
   call.ws = ws;
+  call.node = url.origin;
   ws.onopen = () => send({ type: "join", token, mode: call.mode });
   ws.onmessage = (event) => {
     let message;
     try {
       message = JSON.parse(event.data);
     } catch {
+      return;
+    }
+    if (message.type === "redirect") {
+      ws.onmessage = null;
+      ws.onclose = null;
+      ws.close();
+      if (redirects >= 3) {
+        setStatus("The room keeps moving between servers; try again.", true);
+        cleanup();
+        return;
+      }
+      setStatus(`Connecting to the server of room ${message.room}…`);
+      call.redirects = redirects + 1;
+      openSocket(token, message.url, redirects + 1);
       return;
     }
     // Handle messages strictly in order: an offer must finish before the next one starts.

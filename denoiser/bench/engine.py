@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the paced run")
     p.add_argument("--model", default="default",
-                   help="'default' (shipped DFN3) or module:factory returning a StreamingModel")
+                   help="'default' (shipped DFN3), 'small' (the CPU rung, models/gtcrn48.pt), "
+                        "a checkpoint (.pt) or module:factory returning a StreamingModel")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: per core)")
     p.add_argument("--max-streams", type=int, default=None,
                    help="upper bound of the search (default 256 on CPU, 2048 on CUDA)")

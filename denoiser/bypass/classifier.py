@@ -33,7 +33,9 @@ class MusicClassifier:
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for one feature vector [F] or a batch [N, F]."""
-        h = x @ self._w1
+        # a model trained on fewer inputs (an older feature set: new cues are appended at the
+        # end of the vector) reads the first ones
+        h = x[..., : self._w1.shape[0]] @ self._w1
         h += self._b1
         np.tanh(h, out=h)
         z = h @ self.w2

@@ -107,6 +107,7 @@ class BypassDetector:
         self.start_hops = round(start_hold_ms / 10) if self.classifier is not None else 0
         self.start_release = start_release
         self._starting = self.start_hops > 0
+        self._start_against = 0
         self.p_music = 0.0
         self.p_hold = 0.0
         self.reason: str | None = None
@@ -184,8 +185,9 @@ class BypassDetector:
             # the classifier on the frame pushed 2 hops ago: the frame's work spread over two
             # hops, so no hop carries all of it
             self._music_active = self._update_music(self._last_frame_ms)
-        if self._starting and (self._music_active or self._hops > self.start_hops):
-            self._starting = False
+        if self._starting and ((self._music_active and not self._music_early)
+                               or self._hops > self.start_hops):
+            self._starting = False  # confirmed music takes over, or the hold's time is up
         cue = self._fast.detect()
         self._check_answer(hop_ms, self._fast.narrow)
         cp_active, tone_active = self._cp_active, self._tone_active
@@ -273,8 +275,17 @@ class BypassDetector:
         p = self.classifier.proba(self._features.vector())
         self.p_music = float(p[1])
         self.p_hold = float(p[1] + p[3])  # music, or an announcement over music
-        if self.p_hold < self.start_release:
-            self._starting = False
+        if self._starting:
+            # the start hold ends on clear evidence against music: one frame far below
+            # `start_release`, or two in a row below it (a stream's first frames are unsure,
+            # and one unsure frame must not fade music in denoised)
+            if self.p_hold < self.start_release / 2:
+                self._starting = False
+            elif self.p_hold < self.start_release:
+                self._start_against += 1
+                self._starting = self._start_against < 2
+            else:
+                self._start_against = 0
         if 10 * np.log10(frame_ms + 1e-10) < _SILENT_DB:
             return self._music_on  # a silent frame says nothing either way
         # A spectrum that has not moved for 260 ms is a drone (buzz, hum), not music: it cannot

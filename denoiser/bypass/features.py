@@ -7,6 +7,19 @@ peaks, peak persistence and the 40 ms log energy. Over a sliding context of up t
 (and a short one of 280 ms, so that a change is seen quickly) these become the classifier
 input: the mean mel shape, and the means and spreads of flux, flatness and peakiness, and how
 the energy is modulated (speech has syllables and pauses; music and most noise do not).
+
+Cues that say "music" rather than "not this voice" (issue 16):
+- pitch on a semitone grid (`grid`): the strongest peaks' frequencies as angles on the
+  equal-tempered semitone circle, summed over the context, weighted by level. Notes of any
+  instrument sit on one grid (whatever its tuning, or a speed change), so the sum adds up; a
+  voice's pitch glides across the grid and the angles cancel. Its harmonics 1, 2, 3, 4, 6, 8 lie
+  within 0.05 semitone of the grid of the fundamental, so one frame of a voice is coherent too;
+  only the context (the voice's pitch moving) tells them apart.
+- peak persistence at 160 ms as well as 80 ms (a sustained note rings; a voice's peaks move);
+- syllable-rate modulation: the share of the 1 s energy envelope's modulation power at 2.5-6 Hz
+  (speech's syllables), against 0.5-10 Hz;
+- rhythm: the strongest autocorrelation of the onset envelope (positive flux) over the last 2 s
+  at lags of 0.2-1 s (a beat repeats; syllables do not keep time).
 """
 
 from __future__ import annotations
@@ -32,6 +45,14 @@ N_GROUPS = 6  # coarse mel shape: groups of N_MELS // N_GROUPS bands
 PERSIST_LAG = frames(80)  # between the spectra compared for peak persistence (no overlap)
 STATIC_LAG = frames(280)  # between the mel spectra compared for `static_db`
 STATIC_MIN_LAG = 3  # a stream's first frames compare with its first whole window, >= 120 ms back
+PERSIST_LAG2 = frames(160)
+RHYTHM = frames(2000)  # onset envelope kept for the rhythm cue
+RHYTHM_LAGS = (frames(200), frames(1000))
+GRID_PEAKS = 6  # strongest peaks per frame read for the semitone grid
+_MOD_WINDOW = np.hanning(LONG)
+_MOD_F = np.fft.rfftfreq(LONG, 10 * FRAME_HOPS / 1000)
+_MOD_SYL = (_MOD_F >= 2.5) & (_MOD_F <= 6.0)
+_MOD_ALL = (_MOD_F >= 0.5) & (_MOD_F <= 10.0)
 
 
 def mel_filterbank(freqs: np.ndarray, n_mels: int = N_MELS, lo: float = 60.0,
@@ -60,8 +81,12 @@ class ContextFeatures:
     handful of whole-array numpy calls (every stream runs one, per hop).
     """
 
-    n_hop = N_GROUPS + 6  # shape, flux, log flatness, peak ratio, persistence, log e, |delta e|
+    # shape, flux, log flatness, peak ratio, persistence, log e, |delta e|, then persistence at
+    # 160 ms and the semitone-grid sums (level-weighted cos, sin, weight)
+    n_hop = N_GROUPS + 10
     _E = N_GROUPS + 4
+    _P2 = N_GROUPS + 6
+    _G = N_GROUPS + 7
 
     def __init__(self, spec: SlidingSpectrum) -> None:
         self.spec = spec
@@ -73,7 +98,12 @@ class ContextFeatures:
         self._shape = group - 1.0 / N_MELS
         pk = spec.band(100, 5000)
         self._pk = slice(pk.start - cols.start, pk.stop - cols.start)
-        self._masks = np.zeros((PERSIST_LAG, pk.stop - pk.start), bool)
+        self._masks = np.zeros((PERSIST_LAG2, pk.stop - pk.start), bool)
+        gr = spec.band(150, 4000)
+        self._gr = slice(gr.start - cols.start, gr.stop - cols.start)
+        self._gr_f = spec.freqs[gr]
+        self._bin_hz = spec.bin_hz
+        self._flux = np.zeros(RHYTHM)
         self._prev_lm = np.zeros(N_MELS)
         self._lm_ring = np.zeros((STATIC_LAG, N_MELS))
         # Largest change of any mel band over the last 280 ms, dB: a drone (a buzzer, hum, an
@@ -113,7 +143,8 @@ class ContextFeatures:
         self._lm_ring[slot] = top
         n = len(p)
         flat = float(np.log(p + 1e-12).sum()) / n - math.log(float(p.sum()) / n + 1e-12)
-        persist = self._persistence(p[self._pk])
+        persist, persist2 = self._persistence(p[self._pk])
+        gc, gs, gw = self._grid(p[self._gr])
         e = 10 * math.log10(frame_ms + 1e-10)
         slot = count % LONG
         de = abs(e - self.ring[(count - 1) % LONG, 0, self._E]) if count else 0.0
@@ -122,7 +153,8 @@ class ContextFeatures:
         new = self.ring[slot]
         row = new[0]
         row[:N_GROUPS] = self._shape @ lm
-        row[N_GROUPS:] = (flux, flat, peak_ratio, persist, e, de)
+        row[N_GROUPS:] = (flux, flat, peak_ratio, persist, e, de, persist2, gc, gs, gw)
+        self._flux[count % RHYTHM] = flux
         np.multiply(row, row, out=new[1])
         self.acc += new
         self.acc[0] -= gone_long
@@ -131,21 +163,44 @@ class ContextFeatures:
         if self.count % 1000 == 0:
             self._resum()
 
-    def _persistence(self, p: np.ndarray) -> float:
-        """Share of this frame's spectral peaks (within 25 dB of the top) that were there 80 ms
-        ago.
+    def _persistence(self, p: np.ndarray) -> tuple[float, float]:
+        """Shares of this frame's spectral peaks (within 25 dB of the top) that were there 80 ms
+        and 160 ms ago.
 
         Sustained notes keep their peaks; speech pitch glides and noise peaks are random. The
         spectra compared do not overlap in time, so window overlap does not inflate it.
         """
         mid = p[1:-1]
-        mask = self._masks[self.count % PERSIST_LAG]
-        near = mask[1:-1].copy()
+        masks = self._masks
+        near = masks[(self.count - PERSIST_LAG) % PERSIST_LAG2, 1:-1]
+        near2 = masks[self.count % PERSIST_LAG2, 1:-1]
         peak = (mid > p[:-2]) & (mid >= p[2:])
         peak &= mid > p.max() * 10**-2.5
-        mask[1:-1] = peak
         n = int(np.count_nonzero(peak))
-        return float(np.count_nonzero(peak & near)) / n if n else 0.0
+        out = ((float(np.count_nonzero(peak & near)) / n, float(np.count_nonzero(peak & near2)) / n)
+               if n else (0.0, 0.0))
+        masks[self.count % PERSIST_LAG2, 1:-1] = peak
+        return out
+
+    def _grid(self, p: np.ndarray) -> tuple[float, float, float]:
+        """The strongest peaks (150-4000 Hz, within 30 dB of the top) as level-weighted unit
+        vectors at their angle on the semitone circle (see the module doc)."""
+        mid = p[1:-1]
+        peak = (mid > p[:-2]) & (mid >= p[2:]) & (mid > p.max() * 1e-3)
+        k = np.flatnonzero(peak)
+        if len(k) == 0:
+            return 0.0, 0.0, 0.0
+        if len(k) > GRID_PEAKS:
+            k = k[np.argpartition(mid[k], -GRID_PEAKS)[-GRID_PEAKS:]]
+        k += 1
+        a, b, c = np.log(p[k - 1] + 1e-20), np.log(p[k] + 1e-20), np.log(p[k + 1] + 1e-20)
+        den = a - 2 * b + c
+        off = np.where(den < 0, 0.5 * (a - c) / np.where(den < 0, den, -1.0), 0.0)
+        f = self._gr_f[k] + off * self._bin_hz
+        theta = (2 * np.pi * 12) * np.log2(f / 440.0)
+        w = np.sqrt(p[k])
+        w /= w.sum()
+        return float(w @ np.cos(theta)), float(w @ np.sin(theta)), 1.0
 
     def _resum(self) -> None:
         """Exact sums from the ring buffer (against floating-point drift)."""
@@ -171,12 +226,45 @@ class ContextFeatures:
         pauses = float(np.count_nonzero(e < e.max() - 15.0)) / n
         g, b = N_GROUPS, N_GROUPS + 4
         ml, sdl = m[0], sd[0]
+        gi = self._G
+        s = self.acc[:, 0, gi : gi + 3]  # grid sums over the long and the short context
+        grid = np.hypot(s[:, 0], s[:, 1]) / np.maximum(s[:, 2], 1.0)
         return np.concatenate((
             ml[:g], (float(sdl[:g].sum()) / g,), ml[g:b], sdl[g:b], m[1, g:b],
-            (sdl[b], sd[1, b], pauses, ml[b + 1] / 10.0, n / LONG))).astype(np.float32)
+            (sdl[b], sd[1, b], pauses, ml[b + 1] / 10.0, n / LONG),
+            (ml[self._P2], m[1, self._P2], grid[0], grid[1], self._syllable_share(e),
+             self._rhythm()))).astype(np.float32)
+
+    def _syllable_share(self, e: np.ndarray) -> float:
+        """Share of the energy envelope's modulation power (0.5-10 Hz) at 2.5-6 Hz, over the
+        last second (0.5 below a full second of stream)."""
+        if self.count < LONG:
+            return 0.5
+        order = np.arange(self.count - LONG, self.count) % LONG
+        x = np.maximum(e[order], e.max() - 40.0)
+        x = (x - x.mean()) * _MOD_WINDOW
+        pw = np.abs(np.fft.rfft(x)) ** 2
+        tot = float(pw[_MOD_ALL].sum())
+        return float(pw[_MOD_SYL].sum()) / tot if tot > 1e-9 else 0.5
+
+    def _rhythm(self) -> float:
+        """Strongest normalised autocorrelation of the onset envelope over the last 2 s at lags
+        of 0.2-1 s (0 before 1.4 s of stream)."""
+        n = min(self.count, RHYTHM)
+        lo, hi = RHYTHM_LAGS
+        if n < hi + frames(400):
+            return 0.0
+        x = self._flux[np.arange(self.count - n, self.count) % RHYTHM]
+        x = x - x.mean()
+        den = float(x @ x)
+        if den <= 1e-12:
+            return 0.0
+        lags = np.arange(lo, hi + 1)
+        ac = [float(x[lag:] @ x[:-lag]) * n / (n - lag) for lag in lags]
+        return max(0.0, max(ac) / den)
 
 
-N_FEATURES = N_GROUPS + 1 + 12 + 5
+N_FEATURES = N_GROUPS + 1 + 12 + 5 + 6
 
 
 class OpeningDrone:

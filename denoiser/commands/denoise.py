@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="auto: keep music/tones/DTMF original; on: always denoise; off: bypass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--model", default="default",
-                   help="'default' (models/dfn3_la1.pt), a checkpoint (.pt path or a name "
-                        "in models/, e.g. dfn3.pt) or module:factory returning a StreamingModel")
+                   help="'default' (models/dfn3_la1.pt), 'small' (models/gtcrn48.pt, the CPU "
+                        "rung), a checkpoint (.pt path or a name in models/, e.g. dfn3.pt) or "
+                        "module:factory returning a StreamingModel")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"show a progress bar (default: for files over "
                         f"{PROGRESS_AFTER_SECONDS:.0f} s)")

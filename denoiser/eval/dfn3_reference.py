@@ -83,21 +83,3 @@ class LibDF:
 
     def __del__(self) -> None:
         self.close()
-
-
-def noisy_example(seconds: float = 3.0, snr_db: float = 5.0) -> np.ndarray:
-    """A real 48 kHz noisy clip: VCTK p286 speech plus recorded hens at `snr_db` (float32)."""
-    import soundfile
-
-    from denoiser.paths import SHARED_DATA_DIR
-
-    speech, sr_s = soundfile.read(SHARED_DATA_DIR / "clean/vctk_p286/p286_011.wav",
-                                  dtype="float32")
-    noise, sr_n = soundfile.read(SHARED_DATA_DIR / "noise/farm_animals/hens.wav",
-                                 dtype="float32")
-    if sr_s != 48_000 or sr_n != 48_000:
-        raise RuntimeError("expected 48 kHz reference recordings")
-    n = int(seconds * 48_000) // 480 * 480
-    speech, noise = speech[:n], noise[:n]
-    gain = np.sqrt(np.mean(speech**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
-    return (speech + gain * noise).astype(np.float32)

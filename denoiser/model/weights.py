@@ -21,6 +21,10 @@ from denoiser.paths import MODELS_DIR
 ORIGINAL_WEIGHTS = "dfn3.pt"
 # The default model: DFN3 fine-tuned here at look-ahead 1 (20 ms), see models/MODEL_CARD.md.
 DEFAULT_WEIGHTS = "dfn3_la1.pt"
+# The small CPU rung: GTCRN ported to 48 kHz and fine-tuned here (20 ms), models/MODEL_CARD.md.
+SMALL_WEIGHTS = "gtcrn48.pt"
+# Names `--model-weights` takes besides a file: the model rungs.
+RUNGS = {"default": DEFAULT_WEIGHTS, "small": SMALL_WEIGHTS}
 # What `python -m denoiser.training.import_onnx` writes as "config" (the shipped file): the
 # defaults.
 LEGACY_DEFAULT_CONFIG = "DFN3Config()"
@@ -85,8 +89,10 @@ def load_dfn3(path: Path | None = None, device: torch.device | str = "cpu",
 
 def weights_path(weights: str | Path | None = None) -> Path:
     """The default model's weights: `weights`, else $DENOISE_SFU_MODEL_WEIGHTS, else
-    `models/dfn3_la1.pt` (a relative name is looked up in `models/` when it is not a file)."""
+    `models/dfn3_la1.pt` (a relative name is looked up in `models/` when it is not a file;
+    the rung names `default` and `small` stand for their shipped files)."""
     chosen = weights or os.environ.get("DENOISE_SFU_MODEL_WEIGHTS") or DEFAULT_WEIGHTS
+    chosen = RUNGS.get(str(chosen), chosen)
     path = Path(chosen)
     return path if path.is_file() or path.is_absolute() else MODELS_DIR / path
 
@@ -95,12 +101,21 @@ def load_default_model(device: torch.device | str = "cpu", lookahead: int | None
                        weights: str | Path | None = None) -> StreamingModel:
     """The default denoiser on `device`, ready for `step`: DFN3 fine-tuned at look-ahead 1
     (20 ms) unless `weights` (or $DENOISE_SFU_MODEL_WEIGHTS) names another checkpoint, such as
-    `dfn3.pt`, the original DFN3 (30 ms); see models/MODEL_CARD.md.
+    `dfn3.pt`, the original DFN3 (30 ms), or `small` (`gtcrn48.pt`, the small CPU rung: GTCRN
+    at 48 kHz, 20 ms); see models/MODEL_CARD.md.
 
     `lookahead` (hops, 0-2): None keeps the checkpoint's own; other values re-target the same
     weights (dfn3/retarget.py), at a measured cost.
     """
     path = weights_path(weights)
+    if path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        from denoiser.model.gtcrn import is_gtcrn48_checkpoint, load_gtcrn48
+        if isinstance(checkpoint, dict) and is_gtcrn48_checkpoint(checkpoint):
+            if lookahead is not None:
+                raise ValueError(f"{path}: the small rung (GTCRN48) has a fixed latency; "
+                                 "--model-lookahead applies to DFN3 weights only")
+            return load_gtcrn48(path, checkpoint, device=device)
     if lookahead is None:
         return load_dfn3(path, device=device)
     trained = checkpoint_config(torch.load(path, map_location="cpu", weights_only=True), path)
@@ -113,8 +128,9 @@ class ModelLoadError(ValueError):
 
 
 def load_model(spec: str) -> StreamingModel:
-    """The model named by `spec`: 'default' or 'package.module:factory'."""
-    if spec == "default" or spec.endswith(".pt"):
+    """The model named by `spec`: a rung ('default', 'small'), a .pt checkpoint, or
+    'package.module:factory'."""
+    if spec in RUNGS or spec.endswith(".pt"):
         try:
             return load_default_model(weights=None if spec == "default" else spec)
         except (FileNotFoundError, ValueError) as exc:

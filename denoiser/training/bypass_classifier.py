@@ -1,7 +1,13 @@
 """Train the speech / music / noise classifier behind the music bypass.
 
     python -m denoiser.training.bypass_classifier [--segments 120] \
-        [--out models/bypass_classifier.npz]
+        [--out models/bypass_classifier.npz] [--music-cache DIR]
+
+Music: the seven recordings of ../shared/data and, where `denoise-sfu corpus music` has filled
+its cache (`--music-cache`, default ~/.cache/denoise-sfu/music), the train split of that
+manifest: hours of game soundtracks and rendered solo phrases (denoiser/corpus/). Its dev
+packages are never read here (they are the music dev set of `eval --suite bypass`); the
+packages in VAL_PACKAGES are this script's validation music, added back for the shipped model.
 
 Segments of 3 s are mixed from ../shared/data (16 kHz; 48 kHz files are resampled):
 speech = utterances of held-in speakers, mostly with noise at -5..20 dB SNR; music = hold music,
@@ -33,6 +39,9 @@ from denoiser.paths import SHARED_DATA_DIR
 SEG = 3 * RATE
 HOP = RATE // 100
 VAL_MUSIC = ("reno_project-system.wav", "guitar_44k.wav")
+# validation music from the cache's train split: one orchestral, one electronic soundtrack, and
+# the last rendered piece of every solo instrument
+VAL_PACKAGES = ("openclonk-data", "xmoto-data")
 
 
 def is_val(path: Path) -> bool:
@@ -50,13 +59,63 @@ def load(path: Path) -> np.ndarray:
     return x / (np.sqrt(np.mean(x**2)) + 1e-9)
 
 
-def load_split(data: Path) -> dict[str, dict[str, list[np.ndarray]]]:
-    out: dict[str, dict[str, list[np.ndarray]]] = {}
-    for kind in ("clean", "music", "noise"):
+class MusicPool:
+    """Music read on demand from WAV files: a group (a package, or a rendered solo kind, or the
+    corpus's own recordings) uniformly, then a track, then a window, so that hours of music
+    need not sit in memory and no soundtrack outweighs the others by its length."""
+
+    def __init__(self, groups: dict[str, list[Path]]) -> None:
+        self.groups = {k: v for k, v in sorted(groups.items()) if v}
+        self.names = list(self.groups)
+        self._info: dict[Path, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.groups.values())
+
+    def window(self, rng: np.random.Generator, seconds: float) -> np.ndarray:
+        for _ in range(20):
+            files = self.groups[self.names[int(rng.integers(len(self.names)))]]
+            path = files[int(rng.integers(len(files)))]
+            if path not in self._info:
+                info = sf.info(path)
+                self._info[path] = (info.samplerate, info.frames)
+            sr, n = self._info[path]
+            want = int(seconds * sr)
+            start = int(rng.integers(0, max(1, n - want)))
+            x, _ = sf.read(path, start=start, frames=want, dtype="float32", always_2d=True)
+            x = resample(x.mean(1), sr, RATE)
+            if len(x) and float(np.sqrt(np.mean(x**2))) > 1e-3:  # not a silent fade
+                return x / (np.sqrt(np.mean(x**2)) + 1e-9)
+        return x / (np.sqrt(np.mean(x**2)) + 1e-9)
+
+
+def music_groups(data: Path, cache: Path | None) -> dict[str, dict[str, list[Path]]]:
+    """Music files by split ("train"/"val") and group; the cache's dev split is left out."""
+    out: dict[str, dict[str, list[Path]]] = {"train": {}, "val": {}}
+    for f in sorted((data / "music").rglob("*.wav")):
+        out["val" if is_val(f) else "train"].setdefault("shared-data", []).append(f)
+    if cache is not None:
+        from denoiser.corpus.music_packages import tracks
+
+        for t in tracks(cache, "train"):
+            group = (f"render-{t['kind']}" if t.get("kind_source") == "rendered"
+                     else str(t["package"]))
+            val = (t["package"] in VAL_PACKAGES or (t.get("kind_source") == "rendered"
+                                                   and str(t["member"]).split(" ")[0]
+                                                   .endswith("_4")))
+            out["val" if val else "train"].setdefault(group, []).append(Path(t["path16"]))
+    return out
+
+
+def load_split(data: Path, cache: Path | None = None) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for kind in ("clean", "noise"):
         files = sorted((data / kind).rglob("*.wav"))
         out[kind] = {"train": [], "val": []}
         for f in files:
-            out[kind]["val" if is_val(f) else "train"].append(load(f))
+            out[kind]["val" if is_val(f) else "train"].append(load(f))  # type: ignore[attr-defined]
+    groups = music_groups(data, cache)
+    out["music"] = {s: MusicPool(groups[s]) for s in ("train", "val")}
     return out
 
 
@@ -95,7 +154,7 @@ def colour(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
 
 
-def make_segment(rng: np.random.Generator, label: int, pools: dict[str, list[np.ndarray]]
+def make_segment(rng: np.random.Generator, label: int, pools: dict[str, object]
                  ) -> np.ndarray:
     noise = lambda: crop(rng, pools["noise"][int(rng.integers(len(pools["noise"])))])  # noqa: E731
     if CLASSES[label] == "speech":
@@ -103,10 +162,11 @@ def make_segment(rng: np.random.Generator, label: int, pools: dict[str, list[np.
         if rng.random() < 0.85:
             x = mix(x, noise(), rng.uniform(-5, 20))
     elif CLASSES[label] in ("music", "speech_over_music"):
-        track = pools["music"][int(rng.integers(len(pools["music"])))]
-        i = int(rng.integers(0, max(1, len(track) - 2 * SEG)))
+        music = pools["music"]
+        assert isinstance(music, MusicPool)
         # speed (and so pitch and tempo) changed by up to +-20 %: more "tracks" from few
-        x = crop(rng, resample(track[i : i + 2 * SEG], RATE, round(RATE * rng.uniform(0.8, 1.2))))
+        x = crop(rng, resample(music.window(rng, 2 * SEG / RATE), RATE,
+                               round(RATE * rng.uniform(0.8, 1.2))))
         if rng.random() < 0.4:
             x = mix(x, noise(), rng.uniform(5, 30))
         if CLASSES[label] == "speech_over_music":
@@ -131,11 +191,13 @@ def features(x: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def build(rng: np.random.Generator, pools: dict[str, list[np.ndarray]], per_class: int
-          ) -> tuple[np.ndarray, np.ndarray]:
+def build(rng: np.random.Generator, pools: dict[str, object], per_class: int,
+          music_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows of `per_class` segments per class (music: `music_factor` times as many)."""
     xs, ys = [], []
     for label in range(len(CLASSES)):
-        for _ in range(per_class):
+        count = round(per_class * music_factor) if CLASSES[label] == "music" else per_class
+        for _ in range(count):
             f = features(make_segment(rng, label, pools))
             xs.append(f)
             ys.append(np.full(len(f), label))
@@ -172,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_PATH)
     ap.add_argument("--segments", type=int, default=120, help="training segments per class")
     ap.add_argument("--val-segments", type=int, default=40)
+    ap.add_argument("--music-cache", type=Path, default=None,
+                    help="music cache of `denoise-sfu corpus music` (default: its default "
+                         "cache where it exists; 'none' for the corpus's seven recordings only)")
+    ap.add_argument("--music-factor", type=float, default=1.0,
+                    help="music segments per speech segment (default 1)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
@@ -185,12 +252,22 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    split = load_split(args.data)
+    from denoiser.corpus.music_packages import default_cache
+
+    cache = args.music_cache
+    if cache is None and (default_cache() / "manifest.json").is_file():
+        cache = default_cache()
+    elif cache is not None and str(cache) == "none":
+        cache = None
+    args.music_cache = cache
+    split = load_split(args.data, cache)
     rng = np.random.default_rng(args.seed)
     pools = {k: v["train"] for k, v in split.items()}
-    x, y = build(rng, pools, args.segments)
+    x, y = build(rng, pools, args.segments, args.music_factor)
+    print(f"train rows {len(y)} ({time.time() - t0:.0f} s)", flush=True)
     vpools = {k: v["val"] for k, v in split.items()}
-    xv, yv = build(np.random.default_rng(args.seed + 1), vpools, args.val_segments)
+    xv, yv = build(np.random.default_rng(args.seed + 1), vpools, args.val_segments,
+                   args.music_factor)
     weights = train_mlp(x, y, args.hidden, args.epochs, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **weights)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
@@ -202,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(args.held_out_copy, **weights)  # type: ignore[arg-type]  # as above
     report: dict[str, object] = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "files": {k: {s: len(v[s]) for s in v} for k, v in split.items()},
-        "val_music_files": list(VAL_MUSIC),
+        "files": {k: {s: len(v[s]) for s in v} for k, v in split.items()},  # type: ignore[arg-type]
+        "music_groups": {s: {g: len(f) for g, f in p.groups.items()}  # type: ignore[union-attr]
+                         for s, p in split["music"].items()},
+        "val_music_files": list(VAL_MUSIC), "val_music_packages": list(VAL_PACKAGES),
         "train_hops": len(y), "val_hops": len(yv), "seconds": round(time.time() - t0, 1),
     }
     for name, (xs, ys) in {"train": (x, y), "val": (xv, yv)}.items():

@@ -37,7 +37,7 @@ from denoiser.training.losses import LossConfig, TrainingLoss, si_sdr
 CHECKPOINT = "checkpoint.pt"
 SETTINGS = "settings.json"
 LOG = "train_log.jsonl"
-INITS = ("default", "scratch", "tiny")
+INITS = ("default", "scratch", "tiny", "gtcrn")
 
 
 @dataclass
@@ -117,6 +117,8 @@ def build_model(settings: TrainSettings) -> StreamingModel:
     if init == "tiny":
         from denoiser.training.tiny import TinyFIRModel
         return TinyFIRModel()
+    if init == "gtcrn" or (init.endswith(".pt") and _is_gtcrn48(init)):
+        return _gtcrn48(settings).requires_grad_(True).train()
     from denoiser.model.dfn3 import DFN3
     from denoiser.model.dfn3.config import sized_config
 
@@ -136,6 +138,27 @@ def build_model(settings: TrainSettings) -> StreamingModel:
                                          df_lookahead=settings.lookahead)
         return load_dfn3(path, config=config).requires_grad_(True).train()
     return DFN3(config)
+
+
+def _is_gtcrn48(init: str) -> bool:
+    from denoiser.model.gtcrn import is_gtcrn48_checkpoint
+    from denoiser.model.weights import weights_path
+    return is_gtcrn48_checkpoint(torch.load(weights_path(init), map_location="cpu",
+                                            weights_only=True))
+
+
+def _gtcrn48(settings: TrainSettings) -> StreamingModel:
+    """The small rung: GTCRN's published weights (`--init gtcrn`) or a GTCRN48 checkpoint,
+    with the latency `--lookahead` asks for (1: 20 ms, 0: 10 ms; default 20 ms)."""
+    from denoiser.model.gtcrn import GTCRN48Config, load_gtcrn48
+    from denoiser.model.weights import weights_path
+    from denoiser.training.import_gtcrn import published_gtcrn48
+    if settings.init == "gtcrn":
+        hops = 3 if settings.lookahead is None else settings.lookahead + 2
+        return published_gtcrn48(GTCRN48Config(support_hops=hops))
+    if settings.lookahead is not None:
+        raise ValueError("--lookahead with a GTCRN48 checkpoint: the framing is the file's")
+    return load_gtcrn48(weights_path(settings.init))
 
 
 @functools.cache

@@ -129,7 +129,7 @@ def bulk_result_parts(seq: int, handles: np.ndarray, sizes: np.ndarray, status: 
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"RESULT payload of {length} bytes exceeds {MAX_PAYLOAD}")
     head = HEADER.pack(MAGIC, BULK_VERSION, MessageType.RESULT, length)
-    return head + columns, memoryview(data).cast("B"), tail
+    return head + columns, memoryview(data.data).cast("B"), tail
 
 
 def _reason(reason: str) -> bytes:

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (engine, worker, sfu, e2e); end "
                                    "with one JSON line")
     which = parser.add_subparsers(dest="bench", required=True,
-                                  metavar="{engine,worker,sfu,e2e}")
+                                  metavar="{engine,worker,sfu,e2e,placement}")
     from denoiser.bench.engine import register_bench_engine
     from denoiser.bench.worker import register_bench_worker
 
@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _register_unavailable(which, "e2e", str(exc))
     else:
         register_bench_e2e(which)
+    from sfu.bench.placement import register_bench_placement
+
+    register_bench_placement(which)
 
 
 def _register_unavailable(which: argparse._SubParsersAction, name: str,

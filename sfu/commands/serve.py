@@ -1,5 +1,9 @@
 """`denoise-sfu serve`: run the SFU (signalling, rooms, the in-process engine) on one node.
 
+With `--redis URL` the node joins a cluster: it registers its `--public-url`, rooms are placed
+across the nodes, and joins for a room held elsewhere get 307 to its owner (docs/operations.md).
+SIGUSR1 (or `POST /admin/drain` with `--admin-token`) drains the node: no new rooms, the calls
+go on, and it exits when the last room ends or `--drain-deadline` passes. SIGTERM stops it now.
 Every flag also reads `DENOISE_SFU_*`. Without a secret a random one is made for this run and
 a ready demo link (with a token) is printed. Logs are one JSON object per line by default.
 """
@@ -8,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import time
 
@@ -44,8 +50,15 @@ def demo_link(settings: Settings, room: str = "demo", identity: str = "guest") -
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
     from sfu.app import create_app
+    from sfu.context import CONTEXT
 
     app = create_app(settings)
+    ctx = app[CONTEXT]
+    ctx.stop = stop  # a drained node stops itself
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        drainer = ctx.drainer
+        assert drainer is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, drainer.start)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:

@@ -11,12 +11,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from sfu.errors import BadRequest
 from sfu.settings import Settings
+from sfu.signalling.dtls import use_interop_certificate
 
 
 def create_peer_connection(settings: Settings) -> RTCPeerConnection:
-    """A peer connection using the configured STUN/TURN servers (none by default)."""
+    """A peer connection using the configured STUN/TURN servers (none by default), whose DTLS
+    also accepts RSA-keyed peers (sfu/signalling/dtls.py)."""
     servers = [RTCIceServer(urls=url) for url in settings.ice_servers]
-    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+    return use_interop_certificate(RTCPeerConnection(RTCConfiguration(iceServers=servers)))
 
 
 def check_offer(sdp: str) -> str:

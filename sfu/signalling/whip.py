@@ -3,11 +3,17 @@
   POST   /whip/{room}[?mode=auto|on|off]     -> 201, Location /whip/{room}/{session}
   POST   /whep/{room}/{identity}             -> 201, Location /whep/{room}/{identity}/{session}
   DELETE <Location>                          -> 200, the session and all it owns are closed
+                                                (200 "ended" if the server closed it already)
   PATCH  <Location>                          -> 405 (no trickle ICE, no ICE restart)
   OPTIONS on each                            -> 204 with CORS and Accept-Post
 
+The 201 carries the answer as exactly `Content-Type: application/sdp`, `Location`, an `ETag`,
+and one `Link: <url>; rel="ice-server"` per configured STUN/TURN server. docs/whip-whep.md
+checks all of it against RFC 9725 and the WHEP draft, point by point.
+
 Checks run cheapest first and before any peer connection exists: 401 token, 403 room/grant/
-identity, 400 mode, 404 room/participant, 415 content type, 413 size, then 400 SDP.
+identity, 400 mode, then placement (307 to the node that owns the room, 503 + Retry-After when
+placement is unavailable), 404 room/participant, 415 content type, 413 size, then 400 SDP.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection
+from multidict import CIMultiDict
 
 from denoiser.engine import EngineError, EngineFull
 from denoiser.stream.modes import MODES
@@ -33,6 +40,7 @@ from sfu.errors import (
 )
 from sfu.media.receiver import install_for_track
 from sfu.media.switch import SwitchTrack
+from sfu.placement.gate import place_join
 from sfu.rooms import (
     OwnVoice,
     Participant,
@@ -42,6 +50,8 @@ from sfu.rooms import (
     UnknownRoom,
     new_session_id,
 )
+from sfu.signalling.ledger import Issued, SessionLedger
+from sfu.signalling.links import ice_server_links
 from sfu.signalling.peer import answer, apply_offer, create_peer_connection
 
 if TYPE_CHECKING:
@@ -51,7 +61,8 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", Participant, Subscription)
 
 SDP_TYPE = "application/sdp"
-SESSION_METHODS = "DELETE, OPTIONS, PATCH"
+# PATCH (trickle ICE, ICE restart) is answered 405, so it is not listed as allowed.
+SESSION_METHODS = "DELETE, OPTIONS"
 ENDPOINT_METHODS = "POST, OPTIONS"
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -111,6 +122,7 @@ class WhipHandlers:
     def __init__(self, ctx: SfuContext) -> None:
         self.ctx = ctx
         self._watchers: set[asyncio.Task[None]] = set()
+        self.ledger = SessionLedger(ttl=max(3600.0, float(ctx.settings.token_ttl)))
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -141,6 +153,7 @@ class WhipHandlers:
         mode = request.query.get("mode", "auto")
         if mode not in MODES:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}", "bad_mode")
+        await place_join(ctx, room, request.path_qs, create=True)  # 307 / 503 if not here
         sdp = await read_sdp(request, ctx.settings.max_sdp_bytes)
         pc = create_peer_connection(ctx.settings)
         tracks: list = []
@@ -168,11 +181,16 @@ class WhipHandlers:
             await pc.close()
             raise
         self._watch(pc, session_id, "publisher")
+        self.ledger.add(session_id, Issued("publisher", room, claims.identity))
         return self._created(answer_sdp, f"/whip/{room}/{session_id}", session_id)
 
     async def delete_publish(self, request: web.Request) -> web.Response:
+        ended = self._ended_session(request, Issued("publisher", request.match_info["room"], ""))
+        if ended is not None:
+            return ended
         session = self._own_session(request, Participant)
         await self.ctx.registry.leave(session.session_id)
+        self.ledger.pop(session.session_id)
         return web.json_response({"status": "left"})
 
     # -- WHEP ------------------------------------------------------------------------------
@@ -183,6 +201,7 @@ class WhipHandlers:
         authorize(claims, room, "subscribe")
         if target == claims.identity:
             raise Forbidden("a listener never receives their own voice", "own_voice")
+        await place_join(ctx, room, request.path_qs, create=False)  # 307 / 503 if not here
         self._require_participant(room, target)
         sdp = await read_sdp(request, ctx.settings.max_sdp_bytes)
         self._require_participant(room, target)  # it may have left while the body arrived
@@ -213,13 +232,19 @@ class WhipHandlers:
             await sender.close()
             raise
         self._watch(pc, session_id, "subscriber")
+        self.ledger.add(session_id, Issued("subscriber", room, claims.identity, target))
         return self._created(answer_sdp, f"/whep/{room}/{target}/{session_id}", session_id)
 
     async def delete_subscribe(self, request: web.Request) -> web.Response:
+        ended = self._ended_session(request, Issued(
+            "subscriber", request.match_info["room"], "", request.match_info["identity"]))
+        if ended is not None:
+            return ended
         session = self._own_session(request, Subscription)
         if session.target != request.match_info["identity"]:
             raise NotFound("no such session", "unknown_session")
         await self.ctx.registry.leave(session.session_id)
+        self.ledger.pop(session.session_id)
         return web.json_response({"status": "left"})
 
     # -- shared ----------------------------------------------------------------------------
@@ -259,9 +284,33 @@ class WhipHandlers:
             raise Forbidden("this session belongs to another identity", "wrong_identity")
         return session
 
+    def _ended_session(self, request: web.Request, url: Issued) -> web.Response | None:
+        """The answer to a DELETE of a session this server created and has closed already
+        (its publisher left, its peer failed): 200 "ended" for its owner, 403 for others;
+        None while the session is live or unknown (the normal path decides)."""
+        session_id = request.match_info["session"]
+        if self.ctx.registry.find(session_id) is not None:
+            return None
+        claims = authenticate(request, self.ctx.settings.secret)
+        if claims.room != url.room:
+            raise Forbidden(f"token is for room {claims.room!r}, not {url.room!r}", "wrong_room")
+        issued = self.ledger.get(session_id)
+        if issued is None or (issued.kind, issued.room, issued.target) != (
+                url.kind, url.room, url.target):
+            raise NotFound("no such session", "unknown_session")
+        if issued.owner != claims.identity:
+            raise Forbidden("this session belongs to another identity", "wrong_identity")
+        self.ledger.pop(session_id)
+        return web.json_response({"status": "ended"})
+
     def _created(self, sdp: str, location: str, session_id: str) -> web.Response:
-        return web.Response(status=201, text=sdp, content_type=SDP_TYPE, headers={
-            "Location": location, "ETag": f'"{session_id}"', **CORS_HEADERS})
+        # `body=` with an explicit header: `text=` would make it "application/sdp;
+        # charset=utf-8", a parameter RFC 8866 does not define for application/sdp.
+        headers = CIMultiDict({"Content-Type": SDP_TYPE, "Location": location,
+                               "ETag": f'"{session_id}"', **CORS_HEADERS})
+        for link in ice_server_links(self.ctx.settings.ice_servers):
+            headers.add("Link", link)
+        return web.Response(status=201, body=sdp.encode("utf-8"), headers=headers)
 
     def _watch(self, pc: RTCPeerConnection, session_id: str, role: str) -> None:
         """Leave the session when its peer fails, closes, or never connects in time."""

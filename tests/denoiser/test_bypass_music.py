@@ -27,7 +27,7 @@ from denoiser.training.bypass_classifier import is_val
 SR, HOP = 48_000, 480
 MUSIC = sorted((SHARED_DATA_DIR / "music").rglob("*.wav"))
 
-pytestmark = pytest.mark.skipif(not MUSIC, reason="shared data not present")
+pytestmark = pytest.mark.corpus
 
 
 @cache

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from denoiser.paths import SHARED_DATA_DIR
 from sfu.cli import main
+from support.sample_audio import speech_48k
 
 GAIN_MODEL = "support.models:make_gain"  # output = 0.5 x input, 240-sample latency
 TINY_MODEL = "support.models:make_tiny"
@@ -113,10 +113,8 @@ def test_bad_model_and_output_directory(tmp_path: Path,
 
 
 def test_default_model_removes_noise_and_keeps_speech(tmp_path: Path) -> None:
-    rate = 16_000
-    speech = soundfile.read(SHARED_DATA_DIR / "clean" / "vctk_p287" / sorted(
-        (SHARED_DATA_DIR / "clean" / "vctk_p287").glob("*.wav"))[0].name, dtype="float32")[0]
-    speech = speech[: int(1.5 * rate)]
+    rate = 48_000
+    speech = speech_48k()[int(0.6 * rate):int(2.1 * rate)]  # 1.5 s of talking
     noise = np.random.default_rng(0).standard_normal(speech.size).astype(np.float32)
     noise *= 0.3 * np.sqrt(np.mean(speech**2))
     lead = int(0.3 * rate)  # noise alone first

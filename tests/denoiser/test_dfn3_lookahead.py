@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from denoiser.eval.dfn3_reference import noisy_example
 from denoiser.model.dfn3 import DFN3, DFN3Config
 from denoiser.model.dfn3.features import (
     erb_features,
@@ -22,6 +21,7 @@ from denoiser.model.dfn3.features import (
 from denoiser.model.dfn3.retarget import retarget_df_lookahead
 from denoiser.model.weights import load_dfn3
 from denoiser.training.export import export_weights
+from support.sample_audio import noisy_example
 
 torch.set_num_threads(1)
 HOP = 480

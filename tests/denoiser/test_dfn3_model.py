@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from denoiser.eval.dfn3_reference import LibDF, noisy_example
+from denoiser.eval.dfn3_reference import LibDF
 from denoiser.model.dfn3 import DFN3
 from denoiser.model.weights import load_default_model, load_dfn3
+from support.sample_audio import noisy_example
 
 torch.set_num_threads(1)
 HOP = 480

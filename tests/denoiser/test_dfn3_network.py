@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from denoiser.eval.dfn3_reference import OnnxDFN3, noisy_example
+from denoiser.eval.dfn3_reference import OnnxDFN3
 from denoiser.model.dfn3 import DFN3
 from denoiser.model.dfn3.features import erb_features, stft_analysis, unit_norm_features
 from denoiser.model.dfn3.layers import depthwise_freq, depthwise_freq_transposed
 from denoiser.model.weights import load_dfn3
 from denoiser.training.import_onnx import convert
+from support.sample_audio import noisy_example
 
 torch.set_num_threads(1)
 

@@ -292,8 +292,8 @@ async def test_dfn3_codec_frames_equal_single_hops_and_streams_alone() -> None:
     """The shipped DFN3 through the engine: three streams with 2-hop requests (one
     `step_many` call per tick) give what 1-hop requests give and what each stream gives
     stepped alone, within float32 rounding (its features of 2 frames come from one matmul)."""
-    from denoiser.eval.dfn3_reference import noisy_example
     from denoiser.model.weights import load_default_model
+    from support.sample_audio import noisy_example
 
     model = load_default_model("cpu")
     clip = noisy_example(1.0)
@@ -317,7 +317,7 @@ async def test_dfn3_codec_frames_equal_single_hops_and_streams_alone() -> None:
     for i in range(len(inputs)):
         np.testing.assert_allclose(results[1][i], alone[i], atol=1e-6, rtol=0)
         np.testing.assert_allclose(results[2][i], alone[i], atol=1e-6, rtol=0)
-    assert np.abs(alone[0] - alone[1]).max() > 1e-3
+    assert np.abs(alone[0] - alone[1]).max() > 1e-4  # the streams differ: 100x the tolerance
 
 
 async def test_streams_joining_mid_run_grow_the_table_under_held_state(

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from denoiser.engine.local import LocalEngine
-from denoiser.eval.dfn3_reference import noisy_example
 from denoiser.model.traced import TracedSteps
 from denoiser.model.weights import load_default_model
 from support.models import HOP, GainModel, TinyConvGRU
+from support.sample_audio import noisy_example
 
 torch.set_num_threads(1)
 

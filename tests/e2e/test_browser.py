@@ -23,7 +23,8 @@ from sfu.signalling.ws import WS_HUB
 from support.browser.chromium import best_envelope_correlation, launch, noisy_speech_wav
 from support.browser.wsclient import WsPeer
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
+# Its noise (restaurant) and control speech come from the training corpus.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.corpus, pytest.mark.timeout(180)]
 
 SCREENSHOT = Path("/tmp/denoise-sfu-demo.png")
 OTHER_SPEECH = SHARED_DATA_DIR / "clean" / "freesound_48k"

@@ -1,28 +1,26 @@
-"""RNNoise and DFN3 anchors: the real native runtimes on real corpus audio."""
+"""RNNoise and DFN3 anchors: the real native runtimes on real audio (shipped in tests/data)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from denoiser.corpus.devset import corpus_files, load_48k
 from denoiser.eval.anchors import AnchorError, DFN3Anchor, RNNoiseAnchor, make_anchor, measure_delay
+from support.sample_audio import noise_48k, speech_48k
 
 ANCHOR_TYPES = [RNNoiseAnchor, DFN3Anchor]
 
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
-    """4 s of clean 48 kHz speech (the Freesound clip is recorded at 48 kHz)."""
-    path = next(f for f in corpus_files("clean") if f.parent.name == "freesound_48k")
-    return load_48k(path)[: 4 * 48_000]
+    """4 s of clean 48 kHz speech (VCTK p286)."""
+    return speech_48k()[: 4 * 48_000]
 
 
 @pytest.fixture(scope="module")
 def noise() -> np.ndarray:
     """3 s of a real recorded noise (kitchen dishes), at a normal level."""
-    path = next(f for f in corpus_files("noise") if f.name == "doing_the_dishes.wav")
-    audio = load_48k(path)[48_000: 4 * 48_000]
+    audio = noise_48k()[48_000: 4 * 48_000]
     return (audio * (0.05 / np.sqrt(np.mean(audio**2)))).astype(np.float32)
 
 

@@ -1,4 +1,5 @@
-"""The train/dev split of the shared corpus and the dev-set generator."""
+"""The train/dev split of the shared corpus and the dev-set generator (most tests need the
+corpus itself: marked `corpus`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_groups_follow_speakers_and_recordings() -> None:
         group_of("noise/vbd_demand_residual/p287_002.wav")
 
 
+@pytest.mark.corpus
 def test_split_is_by_group_and_works_from_any_root(tmp_path: Path) -> None:
     by_group: dict[str, set[str]] = defaultdict(set)
     for top in ("clean", "noise", "music"):
@@ -48,6 +50,7 @@ def test_split_is_by_group_and_works_from_any_root(tmp_path: Path) -> None:
         split_of(tmp_path / "x.wav")
 
 
+@pytest.mark.corpus
 def test_dev_split_is_a_fair_share() -> None:
     dev, train = speakers("dev"), speakers("train")
     assert not set(dev) & set(train)
@@ -56,6 +59,7 @@ def test_dev_split_is_a_fair_share() -> None:
     assert len(dev_noise) >= 10 and len({f.parent for f in dev_noise}) >= 3
 
 
+@pytest.mark.corpus
 def test_devset_clips(tmp_path: Path) -> None:
     folder, clips = build_devset(4, seed=7, cache_dir=tmp_path)
     assert [c.noise_type for c in clips] == ["noise", "babble", "noise", "talker"]
@@ -83,6 +87,7 @@ def test_devset_clips(tmp_path: Path) -> None:
                 else len(clip.sources) == 1
 
 
+@pytest.mark.corpus
 def test_devset_is_deterministic_and_prefix_stable(tmp_path: Path) -> None:
     folder_a, small = build_devset(2, seed=3, cache_dir=tmp_path / "a")
     folder_b, large = build_devset(3, seed=3, cache_dir=tmp_path / "b")

@@ -21,6 +21,7 @@ from denoiser.eval.quality import si_sdr
 from sfu.cli import main
 
 
+@pytest.mark.corpus
 @pytest.mark.slow
 def test_eval_command_with_anchors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
@@ -54,6 +55,7 @@ def test_eval_command_with_anchors(tmp_path: Path, capsys: pytest.CaptureFixture
         assert all("gap_nr" in scores for scores in clip["scores"].values())
 
 
+@pytest.mark.corpus
 @pytest.mark.slow
 def test_ours_is_aligned_through_the_streaming_path(tmp_path: Path) -> None:
     folder, clips = build_devset(1, seed=0, cache_dir=tmp_path)  # a 0-5 dB "noise" clip

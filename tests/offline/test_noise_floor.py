@@ -12,9 +12,8 @@ from denoiser.corpus.devset import split_of
 from denoiser.eval import noise_floor
 from denoiser.model.streaming import State, StreamingModel
 from denoiser.model.weights import load_default_model
-from denoiser.paths import SHARED_DATA_DIR
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+pytestmark = pytest.mark.corpus
 
 
 class Delay(StreamingModel):

@@ -23,6 +23,7 @@ from denoiser.corpus.screen import (
 STUDIO = "clean/librispeech_train-clean-100"
 
 
+@pytest.mark.corpus
 def test_shipped_table_covers_the_corpus_and_matches_a_fresh_score() -> None:
     files = corpus_files("clean")
     table = _shipped()
@@ -33,6 +34,7 @@ def test_shipped_table_covers_the_corpus_and_matches_a_fresh_score() -> None:
         assert recording_bak(f) == pytest.approx(table[_key(f)], abs=1e-3)
 
 
+@pytest.mark.corpus
 def test_screen_rejects_a_studio_recording_once_noise_is_added(tmp_path: Path) -> None:
     studio = next(f for f in corpus_files("clean") if _key(f).startswith(STUDIO + "/"))
     speech, rate = sf.read(str(studio), dtype="float32")
@@ -58,6 +60,7 @@ def test_files_outside_the_corpus_are_scored_once_and_cached(
     assert cached == {_key(short): None}
 
 
+@pytest.mark.corpus
 def test_dev_set_v2_draws_wanted_speech_only_from_screened_recordings(
         monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[Path] = []
@@ -82,6 +85,7 @@ def test_dev_set_v2_draws_wanted_speech_only_from_screened_recordings(
             [(f.name, table[_key(f)]) for f in wanted]
 
 
+@pytest.mark.corpus
 def test_dev_set_versions_live_in_their_own_folders(tmp_path: Path) -> None:
     folder, _clips = build_devset(2, seed=0, cache_dir=tmp_path)
     assert folder.name == "v2-bak3.5-seed0"
@@ -98,6 +102,7 @@ def test_dev_set_versions_live_in_their_own_folders(tmp_path: Path) -> None:
     assert rms == pytest.approx([0.03383043564887094, 0.039345978746411124], rel=1e-5)
 
 
+@pytest.mark.corpus
 def test_training_can_leave_out_targets_with_room_noise() -> None:
     from denoiser.paths import SHARED_DATA_DIR
     from denoiser.training.data import scan

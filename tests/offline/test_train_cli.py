@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from denoiser.paths import SHARED_DATA_DIR
 from denoiser.training.export import main as export_main
 from sfu.cli import main
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+pytestmark = pytest.mark.corpus
 
 ARGS = ["train", "--init", "tiny", "--batch", "1", "--seconds", "0.3", "--threads", "1",
         "--val-every", "1", "--val-size", "1", "--checkpoint-every", "1", "--no-progress"]

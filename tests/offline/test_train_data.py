@@ -13,7 +13,7 @@ from denoiser.paths import SHARED_DATA_DIR
 from denoiser.training import augment as aug
 from denoiser.training import data
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+pytestmark = pytest.mark.corpus
 
 
 def snr_db(speech: np.ndarray, noise: np.ndarray) -> float:

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from denoiser.paths import SHARED_DATA_DIR
 from denoiser.training.loop import CHECKPOINT, LOG, SETTINGS, Trainer, TrainSettings, lr_factor
 from denoiser.training.losses import si_sdr
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+pytestmark = pytest.mark.corpus
 
 
 def tiny_settings(out: Path, **overrides: object) -> TrainSettings:

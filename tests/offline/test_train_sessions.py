@@ -21,7 +21,7 @@ from denoiser.training import together
 from denoiser.training.loop import LOG, Trainer, TrainSettings
 from denoiser.training.pack import pack
 
-needs_corpus = pytest.mark.skipif(not SHARED_DATA_DIR.is_dir(), reason="shared corpus missing")
+needs_corpus = pytest.mark.corpus
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))

@@ -103,11 +103,16 @@ def test_settings_flags_override_environment_over_defaults() -> None:
     assert Settings(public_url="https://sfu.example/").base_url == "https://sfu.example"
 
 
-def test_serve_refuses_what_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_and_worker_check_their_redis_settings(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
     assert cli.main(["serve", "--redis", "redis://localhost:6379"]) == 2
-    assert "not available yet" in capsys.readouterr().err
-    assert cli.main(["worker", "--redis", "redis://localhost:6379"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "--redis needs --public-url" in capsys.readouterr().err
+    assert cli.main(["serve", "--redis", "localhost:6379", "--public-url", "http://x"]) == 2
+    assert "redis:// URL" in capsys.readouterr().err
+    assert cli.main(["worker", "--redis", "localhost:6379"]) == 2
+    assert "redis:// URL" in capsys.readouterr().err
+    assert cli.main(["worker", "--advertise", "no-port-here:x"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
 
 
 def test_serve_checks_its_worker_settings(capsys: pytest.CaptureFixture[str]) -> None:

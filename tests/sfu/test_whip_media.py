@@ -59,7 +59,9 @@ async def test_publish_subscribe_replace_and_leave(
         before = len(bob.received)
         await wait_for(lambda: len(bob.received) >= before + 75)  # past the file's 0.6 s pause
         assert bob.rms_since(before + 5) > 0.003, "subscriber lost audio after republish"
-        assert await alice.delete() == 404  # the replaced session is gone
+        # the replaced session is gone: its owner's DELETE says so once (200 "ended"), then 404
+        assert await alice.delete() == 200
+        assert await alice.delete() == 404
 
         # metrics saw it all
         async with sfu.session.get(sfu.url("/metrics")) as resp:
@@ -73,6 +75,7 @@ async def test_publish_subscribe_replace_and_leave(
         assert registry.get("room1") is None and registry.room_count == 0
         assert gain_engine.live_streams == 0
         await wait_for(lambda: bob.pc.connectionState in ("closed", "failed"), timeout=40)
+        assert await bob.delete() == 200  # closed with its publisher: "ended", then forgotten
         assert await bob.delete() == 404
         await alice2.close()
     finally:

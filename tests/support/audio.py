@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import pytest
-
-from denoiser.paths import SHARED_DATA_DIR
 from sfu.bench.e2e import RunResult
 from sfu.bench.e2e_scoring import Clip, mix_clip
-
-SPEECH = SHARED_DATA_DIR / "clean" / "vctk_p286" / "p286_011.wav"  # 48 kHz, with a pause
-NOISE = SHARED_DATA_DIR / "noise" / "speech_commands_bg" / "doing_the_dishes.wav"  # dev split
+from support.sample_audio import noise_48k, speech_48k
 
 MIN_NOISE_REDUCTION_DB = 10.0
 MAX_SPEECH_LEVEL_CHANGE_DB = 3.0
@@ -31,13 +26,9 @@ MIN_OFF_WAVEFORM_CORR = 0.6
 
 
 def noisy_test_clip(snr_db: float = 5.0, lead_s: float = 1.5) -> Clip:
-    """Real 48 kHz speech in a real kitchen recording at `snr_db`, after `lead_s` of noise."""
-    from denoiser.corpus.devset import load_48k
-
-    if not SPEECH.is_file() or not NOISE.is_file():
-        pytest.skip(f"shared speech/noise data missing under {SHARED_DATA_DIR}")
-    return mix_clip("p286_011+dishes", load_48k(SPEECH), load_48k(NOISE), snr_db,
-                    lead_s=lead_s)
+    """Real 48 kHz speech (VCTK p286_011, with a pause) in a real kitchen recording (4 s,
+    looped) at `snr_db`, after `lead_s` of noise: both shipped in tests/data."""
+    return mix_clip("p286_011+dishes", speech_48k(), noise_48k(), snr_db, lead_s=lead_s)
 
 
 def report(result: RunResult) -> str:

@@ -33,7 +33,7 @@ class Client:
                                                   "Content-Type": "application/sdp"}) as resp:
             if resp.status != 201:
                 return resp.status
-            assert resp.content_type == "application/sdp"
+            assert resp.headers["Content-Type"] == "application/sdp"  # no parameters
             assert resp.headers["ETag"]
             self.location = resp.headers["Location"]
             answer = await resp.text()

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -44,6 +45,9 @@ class WsHub:
         self.demo_tokens = bool(settings.demo_tokens)
         self.rooms: dict[str, dict[str, Session]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Placement (sfu.placement.gate): called with (session, room) on join; it raises
+        # ProtocolError to send the client to the room's owner, or to say "try later".
+        self.place: Callable[[Session, str], Awaitable[None]] | None = None
         registry.add_listener(self._on_room_event)
 
     def spawn(self, coro: Any) -> None:
@@ -89,6 +93,8 @@ class WsHub:
                                 4403)
         with contextlib.suppress(HttpError):
             authorize(claims, claims.room, "subscribe")
+        if self.place is not None:
+            await self.place(session, claims.room)
         session.room, session.identity = claims.room, claims.identity
         session.grants, session.mode = claims.grants, message.get("mode", "auto")
         room = self.rooms.setdefault(claims.room, {})
@@ -147,6 +153,10 @@ class _RateLimiter:
 
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[WS_HUB]
+    if "room" in request.query:  # a client that names its room is sent to its owner first
+        from sfu.placement.gate import ws_pre_upgrade
+
+        await ws_pre_upgrade(request, request.query["room"])
     ws = web.WebSocketResponse(max_msg_size=HARD_MAX_MESSAGE_BYTES, heartbeat=20.0)
     await ws.prepare(request)
     session = Session(hub, ws)
@@ -225,6 +235,9 @@ def setup(app: web.Application) -> WsHub:
     """Mount `GET /ws` and `POST /demo/token` on an app made by `sfu.app.create_app`."""
     ctx = app[CONTEXT]
     hub = WsHub(ctx.registry, ctx.settings)
+    from sfu.placement.gate import ws_placer
+
+    hub.place = ws_placer(ctx)
     app[WS_HUB] = hub
     app.router.add_get("/ws", ws_handler)
     app.router.add_post("/demo/token", demo_token_handler)
