@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from denoiser.bench.worker_host import parse_cpus
 from denoiser.engine import Engine
 from denoiser.worker.spawn import SpawnedWorker, cpu_seconds, spawn_worker
 from sfu.media.pipeline import DEFAULT_LATENCY_BUDGET, PipelineCounters
@@ -373,21 +374,11 @@ def _spawn_worker(args: argparse.Namespace) -> SpawnedWorker:
 
 
 def _client_cpus(args: argparse.Namespace) -> set[int] | None:
-    server = _cpus(args.server_cpus)
+    server = parse_cpus(args.server_cpus)
     if not server:
         return None
     rest = set(os.sched_getaffinity(0) if not hasattr(args, "_all_cpus") else args._all_cpus)
     return (rest - server) or None
-
-
-def _cpus(text: str | None) -> set[int] | None:
-    if not text:
-        return None
-    cpus: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cpus.update(range(int(low), int(high or low) + 1))
-    return cpus
 
 
 async def _bench(args: argparse.Namespace) -> int:
@@ -395,7 +386,7 @@ async def _bench(args: argparse.Namespace) -> int:
 
     spawned = _spawn_worker(args) if args.engine == "worker-process" else None
     # Pinned after the worker child started: it keeps every CPU (the engine off the server's)
-    server_cpus = _cpus(args.server_cpus)
+    server_cpus = parse_cpus(args.server_cpus)
     if server_cpus:
         args._all_cpus = os.sched_getaffinity(0)
         os.sched_setaffinity(0, server_cpus)
@@ -462,7 +453,7 @@ async def _run_plan(args: argparse.Namespace, engine: Engine,
         "server_cpus": args.server_cpus,
         # the ramp's figure per server core: participants carried / cores the server had
         "participants_per_server_core": (
-            round(max_ok / len(_cpus(args.server_cpus) or args._all_cpus), 1)
+            round(max_ok / len(parse_cpus(args.server_cpus) or args._all_cpus), 1)
             if args.ramp_max and args.server_cpus else None),
         "frames_in": sum(r["pipeline"]["frames_in"] for r in results),
         "hops_in": sum(r["pipeline"]["hops_in"] for r in results),
