@@ -21,6 +21,7 @@ class HttpError(Exception):
 
     status = 500
     code = "internal_error"
+    close = False  # close the connection after the answer (a body left half read)
 
     def __init__(self, message: str, code: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -64,11 +65,13 @@ class MethodNotAllowed(HttpError):
 class RequestTimeout(HttpError):
     status = 408
     code = "request_timeout"
+    close = True
 
 
 class PayloadTooLarge(HttpError):
     status = 413
     code = "payload_too_large"
+    close = True
 
 
 class UnsupportedMediaType(HttpError):
@@ -113,9 +116,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except HttpError as err:
         log.info("request rejected", extra={"method": request.method, "path": request.path,
                                             "status": err.status, "code": err.code})
-        return json_error(err.status, err.code, err.message, err.headers)
+        response = json_error(err.status, err.code, err.message, err.headers)
+        if err.close:
+            response.force_close()
+        return response
     except RequestPayloadError as err:  # a body read elsewhere than sfu.signalling.body
-        return json_error(400, "bad_body", f"cannot read the body: {str(err).strip()[:200]}")
+        response = json_error(400, "bad_body", f"cannot read the body: {str(err).strip()[:200]}")
+        response.force_close()
+        return response
     except web.HTTPException as err:
         if err.status < 400:
             raise

@@ -25,7 +25,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
@@ -124,6 +125,33 @@ class GuardedHandler(RequestHandler):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> StreamResponse:
+        """aiohttp's answer to what it cannot parse (a header line too long, a body that
+        does not inflate...), as this server's JSON error body instead of text."""
+        if request.writer.output_size > 0:  # as aiohttp: too late for another answer
+            raise ConnectionError("response already sent, cannot send the error")
+        if status >= 500:
+            self.log_exception("error handling request from %s", request.remote, exc_info=exc)
+            code, text = "internal_error", "internal server error"
+        else:
+            self.logger.debug("bad request from %s", request.remote, exc_info=exc)
+            code = ("payload_too_large" if status == 413 else
+                    "bad_encoding" if isinstance(exc, ContentEncodingError) else "bad_request")
+            text = (message or str(exc or "") or "bad request").strip()[:200]
+        response = web.json_response({"error": code, "message": text}, status=status)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        # A body that failed to decode is raised again when aiohttp drains the rest of it
+        # after the 400 went out: expected, so not an error in the log.
+        if isinstance(kwargs.get("exc_info"), RequestPayloadError):
+            self.logger.debug(*args, **kwargs)
+        else:
+            super().log_exception(*args, **kwargs)
+
     def _process_keepalive(self) -> None:
         # aiohttp's idle timer (keepalive_timeout = idle_timeout): count the connections it
         # closes. A private aiohttp hook; tests/sfu/test_hostile_http.py checks it still runs.
@@ -150,6 +178,9 @@ class GuardedRunner(web.AppRunner):
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         ctx = app[CONTEXT]
         kwargs.setdefault("keepalive_timeout", ctx.settings.idle_timeout)
+        # After an answer to a request whose body was not read to its end (408, 413, ...),
+        # aiohttp reads and drops the rest for up to this long before closing.
+        kwargs.setdefault("lingering_time", min(10.0, ctx.settings.body_timeout))
         super().__init__(app, **kwargs)
         self.guard = ConnectionGuard(ctx.settings, ctx.metrics)
 

@@ -82,8 +82,10 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float) -> byt
     except RequestPayloadError as err:
         reason = "encoding" if "encoding" in str(err).lower() else "incomplete"
         _count(metrics, reason)
-        raise BadRequest(f"cannot read the body: {str(err).strip()[:200]}",
-                         "bad_encoding" if reason == "encoding" else "bad_body") from None
+        refused = BadRequest(f"cannot read the body: {str(err).strip()[:200]}",
+                             "bad_encoding" if reason == "encoding" else "bad_body")
+        refused.close = True  # what follows on this connection cannot be parsed
+        raise refused from None
     return b"".join(chunks)
 
 

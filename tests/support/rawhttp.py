@@ -34,18 +34,23 @@ def build_request(method: str, path: str, body: bytes = b"",
 
 
 async def read_response(reader: asyncio.StreamReader, timeout: float = 10.0) -> RawResponse:
-    """Read one response (the server closes after it: `Connection: close`)."""
-    data = await asyncio.wait_for(reader.read(), timeout)
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        body = dechunk(body)
-    return RawResponse(status, headers, body)
+    """Read one response: its Content-Length, or up to the server's close."""
+    async def read() -> RawResponse:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        else:
+            body = await reader.read()
+        if headers.get("transfer-encoding") == "chunked":
+            body = dechunk(body)
+        return RawResponse(status, headers, body)
+    return await asyncio.wait_for(read(), timeout)
 
 
 def dechunk(data: bytes) -> bytes:
