@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import gzip
 import json
+import warnings
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -106,8 +107,10 @@ async def make_offer(direction: str) -> str:
 def live_server_peers(exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
     """Peer connections in this process that are not closed (the tests' own excluded)."""
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, RTCPeerConnection)
-               and id(obj) not in exclude and obj.connectionState != "closed")
+    with warnings.catch_warnings():  # isinstance on every object pokes deprecated modules
+        warnings.simplefilter("ignore")
+        return sum(1 for obj in gc.get_objects() if isinstance(obj, RTCPeerConnection)
+                   and id(obj) not in exclude and obj.connectionState != "closed")
 
 
 def json_error(body: bytes) -> dict:
@@ -316,7 +319,7 @@ async def test_json_bodies_are_bounded(start_node: NodeFactory) -> None:
         (b'{"room": "demo", "name": "ada"}', "application/json; charset=bogus", {}, 415),
         (b'{"room": "demo", "name": "\xff"}', "application/json", {}, 400),
         (b"[" * 5000 + b"]" * 5000, "application/json", {}, 400),
-        (b'{"room": {"a": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]}}', "application/json", {}, 400),
+        (b'{"room": ' + b"[" * 20 + b"1" + b"]" * 20 + b"}", "application/json", {}, 400),
         (b"\x1f\x8b\x08broken", "application/json", {"Content-Encoding": "gzip"}, 400),
         (b'{"room": "demo"', "application/json", {}, 400),
         (b'{"room": "demo", "name": "' + b"n" * 20000 + b'"}', "application/json", {}, 413),
