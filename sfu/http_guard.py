@@ -13,7 +13,9 @@ accepts any number of connections. `GuardedRunner` (what `serve` runs, and the t
     which also runs from the moment a connection opens, so a connection that never sends a
     byte goes too).
 
-Bodies have their own deadline (`body_timeout`, sfu.signalling.body). Each drop is counted in
+What aiohttp's parser refuses (not HTTP, a header line over 8190 bytes...) is answered with
+the JSON error body too, counted as `http_requests_total{route="unparsed"}`. Bodies have their
+own deadline (`body_timeout`, sfu.signalling.body). Each drop is counted in
 `denoise_sfu_http_connections_dropped_total{reason}`; `denoise_sfu_http_connections` is the
 number open.
 """
@@ -48,6 +50,11 @@ class ConnectionGuard:
         self.open = 0
         if metrics is not None:
             metrics.http_connections.set_function(lambda: self.open)
+
+    def unparsed(self, status: int) -> None:
+        """A request aiohttp could not parse, counted with the app's requests."""
+        if self.metrics is not None:
+            self.metrics.http_requests.labels("unparsed", "-", str(status)).inc()
 
     def dropped(self, reason: str) -> None:
         if self.metrics is not None:
@@ -140,6 +147,7 @@ class GuardedHandler(RequestHandler):
             code = ("payload_too_large" if status == 413 else
                     "bad_encoding" if isinstance(exc, ContentEncodingError) else "bad_request")
             text = (message or str(exc or "") or "bad request").strip()[:200]
+        self._guard.unparsed(status)
         response = web.json_response({"error": code, "message": text}, status=status)
         response.force_close()
         return response

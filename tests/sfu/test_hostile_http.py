@@ -353,6 +353,16 @@ async def test_tokens_and_headers_never_500(start_node: NodeFactory,
         resp = await send_in_pieces(node.host, node.port, [raw.replace(
             auth.encode("latin-1"), auth.encode("utf-8"))])
         assert resp.status in (400, 401, 431), (auth[:20], resp.status, resp.body)
+    junk = [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,  # TLS hello
+            b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 3\r\n\r\n"]
+    for raw in junk:
+        resp = await send_in_pieces(node.host, node.port, [raw])
+        assert resp.status == 400 and json_error(resp.body)["error"] == "bad_request", raw
+    assert node.metric("http_requests_total", route="unparsed", method="-",
+                       status="400") >= len(junk)
     for path in ("/metrics", "/healthz", "/readyz"):
         raw = build_request("GET", path, b"", {"X-Junk": "\u00ff" * 10})
         resp = await send_in_pieces(node.host, node.port, [raw])
@@ -524,3 +534,44 @@ async def test_websocket_sessions_count_too(start_node: NodeFactory,
             closing = await refused.receive(timeout=5)
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4429
     await wait_for(lambda: node.app[LIMITS].active == 1, "the socket's slot back", 5)
+
+
+async def test_timeouts_spare_websockets(start_node: NodeFactory,
+                                         make_token: Callable[..., str]) -> None:
+    """An upgraded connection is no longer HTTP: neither timer closes a quiet room socket."""
+    node = await start_node(header_timeout=0.3, idle_timeout=0.3)
+    async with node.session.ws_connect(node.url("/ws")) as ws:
+        await ws.send_json({"type": "join", "token": make_token("r1", "ada")})
+        assert json.loads((await ws.receive(timeout=5)).data)["type"] == "joined"
+        await asyncio.sleep(1.2)
+        await ws.send_json({"type": "set_mode", "mode": "off"})
+        reply = json.loads((await ws.receive(timeout=5)).data)
+        assert reply["type"] == "participants", reply
+    assert node.metric("http_connections_dropped_total", reason="idle_timeout") == 0
+    assert node.metric("http_connections_dropped_total", reason="header_timeout") == 0
+
+
+def test_every_limit_is_a_setting() -> None:
+    """Each limit has a flag and a DENOISE_SFU_* variable (the flag wins), and is checked."""
+    import argparse
+
+    from sfu import settings as settings_mod
+    from sfu.settings import SettingsError, from_sources
+
+    limits = {"header_timeout": 2.5, "body_timeout": 3.5, "idle_timeout": 4.5,
+              "max_connections": 7, "max_peer_connections": 8,
+              "max_sessions_per_identity": 9, "max_sessions_per_ip": 10}
+    env = {"DENOISE_SFU_" + name.upper(): str(value) for name, value in limits.items()}
+    got = from_sources(env=env)
+    assert {name: getattr(got, name) for name in limits} == limits
+    parser = argparse.ArgumentParser()
+    settings_mod.add_arguments(parser)
+    args = parser.parse_args(["--max-connections", "11", "--body-timeout", "1.5"])
+    got = from_sources(args, env)
+    assert (got.max_connections, got.body_timeout, got.idle_timeout) == (11, 1.5, 4.5)
+    defaults = Settings()
+    assert (defaults.header_timeout, defaults.body_timeout, defaults.idle_timeout) == (
+        10.0, 10.0, 30.0)
+    for name in limits:
+        with pytest.raises(SettingsError):
+            from_sources(env={"DENOISE_SFU_" + name.upper(): "0"})
