@@ -43,7 +43,9 @@ async def read_response(reader: asyncio.StreamReader, timeout: float = 10.0) -> 
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
+        if status == 101 or status == 204 or status == 304:
+            body = b""
+        elif "content-length" in headers:
             body = await reader.readexactly(int(headers["content-length"]))
         else:
             body = await reader.read()
