@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from sfu.auth import authorize, check_name, issue_token, verify_token
 from sfu.context import CONTEXT
 from sfu.errors import HttpError, NotFound
+from sfu.limits import SessionLimits, SessionSlot
 from sfu.rooms import RoomEvent, RoomRegistry
 from sfu.settings import Settings
 from sfu.signalling.ws.messages import HARD_MAX_MESSAGE_BYTES, MessageRefused, parse_message
@@ -49,6 +50,9 @@ class WsHub:
         # ProtocolError to send the client to the room's owner, or to say "try later".
         self.place: Callable[[Session, str], Awaitable[None]] | None = None
         registry.add_listener(self._on_room_event)
+        # Session caps (sfu.limits, set by create_app): a joined socket holds one slot.
+        self.limits: SessionLimits | None = None
+        self._slots: dict[Session, SessionSlot] = {}
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -82,7 +86,8 @@ class WsHub:
         for session in list(self.rooms.get(room, {}).values()):
             self.spawn(session.send(self.participants_message(session)))
 
-    async def join(self, session: Session, message: dict[str, Any]) -> None:
+    async def join(self, session: Session, message: dict[str, Any],
+                   address: str | None = None) -> None:
         secret = self.settings.secret
         try:
             claims = verify_token(secret, message["token"])
@@ -102,6 +107,11 @@ class WsHub:
         if old is not None:  # the same identity joined again (a reload): the newer one wins
             await old.send({"type": "bye", "reason": "replaced"})
             await self.end(old, 4001)
+        if self.limits is not None:
+            try:
+                self._slots[session] = self.limits.acquire(claims.room, claims.identity, address)
+            except HttpError as err:
+                raise MessageRefused(err.code, err.message, 4429) from err
         room[claims.identity] = session
         log.info("ws joined", extra={"room": claims.room, "identity": claims.identity})
         message_out = self.participants_message(session)
@@ -116,6 +126,9 @@ class WsHub:
             del room[session.identity]
             if not room:
                 del self.rooms[session.room]
+        slot = self._slots.pop(session, None)
+        if slot is not None:
+            slot.release()
         await session.close()
         if not session.ws.closed:
             await session.ws.close(code=close_code or 1000)
@@ -186,7 +199,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 if not joined:
                     if message["type"] != "join":
                         raise MessageRefused("not_joined", "send 'join' first")
-                    await hub.join(session, message)
+                    await hub.join(session, message, request.remote)
                     joined = True
                 else:
                     await session.handle(message)
@@ -213,11 +226,9 @@ async def demo_token_handler(request: web.Request) -> web.Response:
         raise NotFound("this server does not hand out demo tokens; ask for an invitation link",
                        "demo_tokens_disabled")
     from sfu.errors import BadRequest
+    from sfu.signalling.body import read_json
 
-    try:
-        body = await request.json()
-    except ValueError as err:
-        raise BadRequest("body must be JSON {room, name}") from err
+    body = await read_json(request, hub.settings.body_timeout)  # bounded, in time, or 4xx
     if not isinstance(body, dict):
         raise BadRequest("body must be JSON {room, name}")
     try:
