@@ -48,6 +48,8 @@ class Settings:
     max_sdp_bytes: int = 64 * 1024
     max_sessions_per_room: int = 64
     connect_timeout: float = 30.0
+    # -- media limits (issue 14, item 3) --
+    receive_queue_frames: int = 25  # decoded 20 ms frames (and packets) one track may queue
     hop_deadline: float = 0.02
     latency_budget: float | None = None
     token_ttl: int = 3600
@@ -72,6 +74,10 @@ class Settings:
                 raise SettingsError(f"worker address: {err}") from None
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range")
+        if not 0 < self.connect_timeout <= 3600:
+            raise SettingsError("connect_timeout must be in (0, 3600] seconds")
+        if not 1 <= self.receive_queue_frames <= 1000:
+            raise SettingsError("receive_queue_frames must be 1-1000")
         if self.max_sdp_bytes < 1024:
             raise SettingsError("max_sdp_bytes must be at least 1024")
         if not 0 < self.hop_deadline <= 5:
@@ -145,7 +151,10 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "comma-separated in the environment)"),
     ("--max-sdp-bytes", "max_sdp_bytes", int, "largest SDP body accepted"),
     ("--max-sessions-per-room", "max_sessions_per_room", int, "publishers + subscribers per room"),
-    ("--connect-timeout", "connect_timeout", float, "seconds a peer may take to connect"),
+    ("--connect-timeout", "connect_timeout", float, "seconds a peer (WHIP, WHEP or WebSocket "
+     "session, from its join) may take to connect its media before the session is ended"),
+    ("--receive-queue-frames", "receive_queue_frames", int, "decoded 20 ms frames (and "
+     "undecoded packets) a published track may queue before the oldest is dropped (counted)"),
     ("--hop-deadline", "hop_deadline", float, "seconds a hop may wait for the engine before "
      "the original audio goes out instead"),
     ("--latency-budget", "latency_budget", float, "wall seconds from packet in to packet out "

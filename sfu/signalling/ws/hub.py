@@ -22,6 +22,8 @@ from aiohttp import WSMsgType, web
 from sfu.auth import authorize, check_name, issue_token, verify_token
 from sfu.context import CONTEXT
 from sfu.errors import HttpError, NotFound
+from sfu.media.metrics import register_media_metrics
+from sfu.metrics import Metrics
 from sfu.rooms import RoomEvent, RoomRegistry
 from sfu.settings import Settings
 from sfu.signalling.ws.messages import HARD_MAX_MESSAGE_BYTES, MessageRefused, parse_message
@@ -39,9 +41,11 @@ DEMO_TOKEN_TTL_S = 3600
 class WsHub:
     """The sessions of one app, keyed by room and identity; listens to the registry."""
 
-    def __init__(self, registry: RoomRegistry, settings: Settings) -> None:
+    def __init__(self, registry: RoomRegistry, settings: Settings,
+                 metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.settings = settings
+        self.metrics = metrics
         self.demo_tokens = bool(settings.demo_tokens)
         self.rooms: dict[str, dict[str, Session]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -55,8 +59,16 @@ class WsHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def count_peer_failure(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.peer_failures.labels(reason).inc()
+
     def _on_room_event(self, event: RoomEvent) -> None:
         for session in list(self.rooms.get(event.room, {}).values()):
+            if event.reason == "pipeline_failed" and event.session_id is not None \
+                    and session.publish_session == event.session_id:
+                self.spawn(session.publish_failed())
+                continue
             if event.kind == "mode" and session.identity == event.identity and event.mode:
                 session.mode = event.mode
             if event.kind == "mode":
@@ -103,6 +115,9 @@ class WsHub:
             await old.send({"type": "bye", "reason": "replaced"})
             await self.end(old, 4001)
         room[claims.identity] = session
+        # Media must connect in time, offer or not: otherwise the session ends (and what it
+        # holds is released) even while the socket answers pings.
+        session.start_deadline(self.settings.connect_timeout)
         log.info("ws joined", extra={"room": claims.room, "identity": claims.identity})
         message_out = self.participants_message(session)
         await session.send({"type": "joined", "room": claims.room, "identity": claims.identity,
@@ -234,7 +249,10 @@ async def demo_token_handler(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> WsHub:
     """Mount `GET /ws` and `POST /demo/token` on an app made by `sfu.app.create_app`."""
     ctx = app[CONTEXT]
-    hub = WsHub(ctx.registry, ctx.settings)
+    hub = WsHub(ctx.registry, ctx.settings, ctx.metrics)
+    register_media_metrics(ctx.metrics)
+    for reason in ("failed", "timeout"):
+        ctx.metrics.peer_failures.labels(reason)
     from sfu.placement.gate import ws_placer
 
     hub.place = ws_placer(ctx)
