@@ -133,7 +133,8 @@ class Subscription:
 class RoomEvent:
     """Something listeners may want to tell clients: kind is joined, left, or mode.
 
-    A `left` the server caused says why in `reason` (`pipeline_failed`) and names the session."""
+    A `left` the server caused says why in `reason` (`pipeline_failed`, `track_ended`) and
+    names the session."""
 
     kind: str
     room: str
@@ -245,9 +246,15 @@ class RoomRegistry:
                                   owns_pc)
         room.participants[identity] = participant
         self._sessions[session_id] = participant
-        if hasattr(pipeline, "on_failure"):  # SpeakerPipeline: it gave up after a failure
+        # SpeakerPipeline says when it gave up after a failure, or its track ended: the
+        # participant is removed (never left registered and silent).
+        if hasattr(pipeline, "on_failure"):
             setattr(pipeline, "on_failure",  # noqa: B010 (not every Pipeline has it)
                     lambda exc, sid=session_id: self._pipeline_failed(sid, exc))
+        if hasattr(pipeline, "on_ended"):
+            setattr(pipeline, "on_ended",  # noqa: B010
+                    lambda sid=session_id: self._close_later(
+                        self._leave_quietly(sid, "track_ended")))
         pipeline.start()
         if old is not None:
             self._sessions.pop(old.session_id, None)

@@ -32,6 +32,7 @@ MEDIA_EVENTS = (
     "packet_out",        # denoised packet handed to the subscribers' senders
     "raw_packet_out",    # undenoised comparison packet handed to senders
     "hop_degraded",      # hop sent out original because its pipeline restarted after a failure
+    "track_ended",       # a publisher's track ended under a running pipeline (RTCP BYE)
 )
 #: Values of the `reason` label the audio path uses on `denoise_sfu_frames_dropped_total`.
 DROP_REASONS = ("input_late", "input_bad", "subscriber_queue",

@@ -18,6 +18,8 @@ A task that raises is never left silent (issue 14): the failure is logged and co
 fresh per-frame state in pass-through (hops skip the denoiser, counted `hop_degraded`: the
 call goes on undenoised rather than dropping); a second failure stops it and calls
 `on_failure(exc)`, with which the room registry removes the participant and tells its client.
+A publisher's track that ends while the pipeline runs (an RTCP BYE: aiortc never decodes that
+track again) calls `on_ended()` the same way: a registered participant is never silent.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class SpeakerPipeline:
         self.failure: BaseException | None = None  # what stopped the task for good
         #: Called (from the task) when the pipeline gave up; the registry removes the speaker.
         self.on_failure: Callable[[BaseException], None] | None = None
+        #: Called (from the task) when the publisher's track ended while the pipeline ran.
+        self.on_ended: Callable[[], None] | None = None
         self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
         self.record_latencies = False
         # The stream's own deadline per hop, tightened so that no packet waits past the budget.
@@ -192,7 +196,8 @@ class SpeakerPipeline:
             while True:
                 try:
                     await self._pump()
-                    return  # the publisher's track ended
+                    self._ended()  # the publisher's track ended (RTCP BYE, decoder stopped)
+                    return
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -217,6 +222,15 @@ class SpeakerPipeline:
             if not isinstance(frame, av.AudioFrame):
                 raise TypeError(f"an audio track gave a {type(frame).__name__}")
             await self._handle_frame(frame)
+
+    def _ended(self) -> None:
+        self._count("track_ended")
+        logger.info("speaker track ended; its participant is removed")
+        if self.on_ended is not None:
+            try:
+                self.on_ended()
+            except Exception:
+                logger.exception("pipeline end handler failed")
 
     def _give_up(self, exc: Exception) -> None:
         self.failure = exc

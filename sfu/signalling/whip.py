@@ -330,8 +330,8 @@ class WhipHandlers:
 
         async def on_state() -> None:
             state = pc.connectionState
-            if state in ("connected", "failed", "closed"):
-                task.cancel()
+            if state == "connected":  # not on "closed": the deadline's own leave closes the
+                task.cancel()         # peer, and cancelling it there lost its count
             if state in ("failed", "closed") and await ctx.registry.leave(session_id):
                 if state == "failed":
                     ctx.metrics.peer_failures.labels("failed").inc()

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpByePacket, RtpPacket
 from prometheus_client.parser import text_string_to_metric_families
 
 from denoiser.engine import Engine
@@ -237,7 +237,77 @@ async def test_ssrc_spray_keeps_routing_and_statistics_bounded(
         await alice.close()
 
 
-# -- item 4: the WebSocket media-connect deadline --------------------------------------------
+async def test_late_packets_are_exported(
+        sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str],
+        speech_opus: Path) -> None:
+    sfu = await sfu_factory(gain_engine, hop_deadline=2.0, latency_budget=4.0)
+    alice = Client(sfu, make_token("r", "alice"))
+    held: list[bytes] = []
+    reordered: list[int] = []
+    try:
+        assert await alice.publish("r", speech_opus, mode="on") == 201
+        # A reordering network: every 5th RTP packet of alice arrives after the one behind it.
+        # (Duplicates would not do: SRTP's replay check drops them before RTP is parsed.)
+        dtls = alice.pc.getSenders()[0].transport
+        send = dtls._send_rtp
+        count = 0
+
+        async def reorder(data: bytes) -> None:
+            nonlocal count
+            if 192 <= data[1] <= 223:  # RTCP packet types: untouched
+                await send(data)
+                return
+            count += 1
+            if count % 5 == 0:
+                held.append(data)
+                return
+            await send(data)
+            while held:
+                await send(held.pop())
+                reordered.append(1)
+
+        dtls._send_rtp = reorder
+        late_before = await metric(sfu, *rtp("late"))
+        released_before = await metric(sfu, *rtp("released"))
+        await wait_for(lambda: len(reordered) >= 40, timeout=30)
+        await asyncio.sleep(0.3)
+        late = await metric(sfu, *rtp("late")) - late_before
+        released = await metric(sfu, *rtp("released")) - released_before
+        assert late >= 38 and released >= 150, (late, released, len(reordered))
+        # The late packets never reached the pipeline (one lost packet each, concealed).
+        pipeline = sfu.ctx.registry.get("r").participants["alice"].pipeline
+        assert pipeline.counters.frames_late == 0
+        assert await metric(sfu, *rtp("missing")) >= 38
+    finally:
+        await alice.close()
+
+
+async def test_rtcp_bye_from_a_publisher_removes_it_and_tells_it(
+        sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str]) -> None:
+    sfu = await sfu_factory(gain_engine)
+    registry = sfu.ctx.registry
+    ada = WsPeer(sfu.session, sfu.base_url, make_token("r", "ada"), ToneTrack(300.0))
+    try:
+        assert (await ada.join())["type"] == "joined"
+        await ada.publish()
+        participant = registry.get("r").participants["ada"]
+        await wait_for(lambda: participant.pipeline.counters.frames_in >= 25)
+        assert gain_engine.live_streams == 1
+        sender = ada.pc.getSenders()[0]
+        await sender.transport._send_rtp(bytes(RtcpByePacket(sources=[sender._ssrc])))
+        # aiortc stops decoding that track for good: the participant must not stay, silent.
+        bye = await ada.wait_message(lambda m: m["type"] == "bye", timeout=10)
+        assert bye["reason"] == "media_ended"
+        closed = await ada.wait_message(lambda m: m["type"] == "_closed", timeout=5)
+        assert closed["code"] == 4500
+        assert registry.get("r") is None
+        await wait_for(lambda: gain_engine.live_streams == 0)
+        assert await metric(sfu, "denoise_sfu_media_events_total", event="track_ended") == 1
+    finally:
+        await ada.close()
+
+
+# -- item 4: the media-connect deadline ------------------------------------------------------
 
 def without_candidates(sdp: str) -> str:
     """An offer whose ICE can never complete: no candidates and no end-of-candidates (a
@@ -286,6 +356,42 @@ async def test_ws_session_whose_media_never_connects_is_ended(
         await idle.close()
 
 
+async def test_whip_and_whep_sessions_that_never_connect_are_released(
+        sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str],
+        speech_opus: Path) -> None:
+    sfu = await sfu_factory(gain_engine, connect_timeout=2.0)
+    registry = sfu.ctx.registry
+    alice = await publisher(sfu, make_token, "r", "alice", speech_opus)
+    pcs = [RTCPeerConnection(), RTCPeerConnection()]
+    try:
+        before = await metric(sfu, "denoise_sfu_peer_failures_total", reason="timeout")
+        pcs[0].addTrack(ToneTrack(440.0))
+        pcs[1].addTransceiver("audio", direction="recvonly")
+        sessions = []
+        for pc, path, identity in ((pcs[0], "/whip/r", "ghost"),
+                                   (pcs[1], "/whep/r/alice", "shade")):
+            await pc.setLocalDescription(await pc.createOffer())
+            async with sfu.session.post(
+                    sfu.url(path), data=without_candidates(pc.localDescription.sdp),
+                    headers={"Authorization": f"Bearer {make_token('r', identity)}",
+                             "Content-Type": "application/sdp"}) as resp:
+                assert resp.status == 201, await resp.text()
+                sessions.append(resp.headers["Location"].rsplit("/", 1)[1])
+        ghost, shade = (registry.find(s) for s in sessions)
+        server_pcs = [ghost.pc, shade.pc.pc]
+        assert gain_engine.live_streams == 2
+        await wait_for(lambda: all(registry.find(s) is None for s in sessions), timeout=10)
+        await wait_for(lambda: all(p.connectionState == "closed" for p in server_pcs))
+        await wait_for(lambda: gain_engine.live_streams == 1)  # alice's alone
+        after = await metric(sfu, "denoise_sfu_peer_failures_total", reason="timeout")
+        assert after - before == 2
+        assert set(registry.get("r").participants) == {"alice"}
+    finally:
+        for pc in pcs:
+            await pc.close()
+        await alice.close()
+
+
 # -- item 6: re-join during the first offer --------------------------------------------------
 
 async def test_rejoin_during_first_offer_leaks_no_udp_socket(
@@ -328,7 +434,7 @@ def level(x: np.ndarray) -> float:
 async def test_dead_pipeline_restarts_in_pass_through_then_removes_and_tells(
         sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str]) -> None:
     sfu = await sfu_factory(gain_engine, hop_deadline=2.0, latency_budget=4.0)
-    hub, registry = sfu.app[WS_HUB], sfu.ctx.registry
+    registry = sfu.ctx.registry
     ada = WsPeer(sfu.session, sfu.base_url, make_token("r", "ada"), ToneTrack(300.0))
     bob = WsPeer(sfu.session, sfu.base_url, make_token("r", "bob", grants=("subscribe",)))
     try:
@@ -339,8 +445,7 @@ async def test_dead_pipeline_restarts_in_pass_through_then_removes_and_tells(
         await bob.wait_participants(lambda ps: "ada" in ps and ps["ada"]["mid"] is not None)
         await wait_for(lambda: bob.received("ada").size >= 48_000, timeout=30)
         pipeline = registry.get("r").participants["ada"].pipeline
-        session = hub.rooms["r"]["ada"]
-        inbound = session.inbound
+        inbound = pipeline.source  # the real receive track of ada's peer connection
         mark = bob.mark()
         await asyncio.sleep(1.0)
         denoised = level(bob.received_since("ada", mark))

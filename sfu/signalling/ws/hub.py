@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 10.0
 RATE_LIMIT_PER_S = 50
 DEMO_TOKEN_TTL_S = 3600
+#: Why the server removed a client's participant -> the `bye` reason the client gets.
+SERVER_ENDED = {"pipeline_failed": "media_failed", "track_ended": "media_ended"}
 
 
 # -- all sockets of one app ------------------------------------------------------------------
@@ -65,9 +67,9 @@ class WsHub:
 
     def _on_room_event(self, event: RoomEvent) -> None:
         for session in list(self.rooms.get(event.room, {}).values()):
-            if event.reason == "pipeline_failed" and event.session_id is not None \
+            if event.reason in SERVER_ENDED and event.session_id is not None \
                     and session.publish_session == event.session_id:
-                self.spawn(session.publish_failed())
+                self.spawn(session.publish_ended(SERVER_ENDED[event.reason]))
                 continue
             if event.kind == "mode" and session.identity == event.identity and event.mode:
                 session.mode = event.mode

@@ -312,11 +312,13 @@ class Session:
         await self.send({"type": "bye", "reason": "connect_timeout"})
         await self.hub.end(self, 4408)
 
-    async def publish_failed(self) -> None:
-        """The server removed this client's participant (its pipeline failed): say so, end."""
+    async def publish_ended(self, reason: str) -> None:
+        """The server removed this client's participant (its pipeline failed, or its track
+        ended): say so (`bye` with `reason`) and end the session (close code 4500)."""
         if self.closed:
             return
-        await self.send({"type": "bye", "reason": "media_failed"})
+        self.publish_session = None  # already gone from the registry
+        await self.send({"type": "bye", "reason": reason})
         await self.hub.end(self, 4500)
 
     async def _drop_pc(self) -> None:
