@@ -8,6 +8,8 @@ is counted in `denoise_sfu_media_events_total{event}`, added here to the same re
 Also here (issue 14: every drop counted):
   denoise_sfu_rtp_packets_total{outcome}        every RTP packet a receiver got, by what became
                                                 of it (RTP_OUTCOMES)
+  denoise_sfu_rtcp_packets_total{outcome}       every RTCP packet (or datagram, when dropped
+                                                whole) of a peer, by RTCP_OUTCOMES
   denoise_sfu_pipeline_failures_total{action}   a speaker's pipeline task that raised:
                                                 `restarted` (once, in pass-through) or `removed`
                                                 (the participant was taken out and told)
@@ -45,6 +47,14 @@ RTP_OUTCOMES = (
     "unread",              # on a track the server does not consume: dropped undecoded
     "decoder_queue_full",  # the decoder thread fell behind: oldest packet dropped
     "ssrc_rejected",       # from one SSRC too many on this receiver: dropped
+    "rate_limited",        # beyond the receiver's packet rate (a flood): dropped undecoded
+)
+#: Values of the `outcome` label of `denoise_sfu_rtcp_packets_total`.
+RTCP_OUTCOMES = (
+    "handled",        # routed to aiortc's receivers and senders as usual
+    "rate_limited",   # a datagram beyond the peer's RTCP rate: dropped unparsed
+    "malformed",      # a datagram that does not parse: dropped
+    "nack_limited",   # a NACK asking for more retransmissions than the peer's budget: dropped
 )
 PIPELINE_FAILURE_ACTIONS = ("restarted", "removed")
 
@@ -88,6 +98,12 @@ def rtp_packets(registry: CollectorRegistry) -> Counter:
                     "became of them", "outcome", RTP_OUTCOMES)
 
 
+def rtcp_packets(registry: CollectorRegistry) -> Counter:
+    """The `denoise_sfu_rtcp_packets_total{outcome}` counter of `registry` (created once)."""
+    return _counter(registry, "denoise_sfu_rtcp_packets", "RTCP from peers, by what became "
+                    "of it", "outcome", RTCP_OUTCOMES)
+
+
 def pipeline_failures(registry: CollectorRegistry) -> Counter:
     """The `denoise_sfu_pipeline_failures_total{action}` counter of `registry`."""
     return _counter(registry, "denoise_sfu_pipeline_failures", "Speaker pipeline tasks that "
@@ -98,6 +114,7 @@ def register_media_metrics(metrics: MetricsLike) -> None:
     """Create every media series on `metrics` (so /metrics shows them at 0 from the start)."""
     media_events(metrics.registry)
     rtp_packets(metrics.registry)
+    rtcp_packets(metrics.registry)
     pipeline_failures(metrics.registry)
     for reason in DROP_REASONS:
         metrics.frames_dropped.labels(reason)

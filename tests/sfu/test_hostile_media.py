@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtcpByePacket, RtpPacket
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpByePacket, RtcpRtpfbPacket, RtpPacket
 from prometheus_client.parser import text_string_to_metric_families
 
 from denoiser.engine import Engine
@@ -234,6 +234,55 @@ async def test_ssrc_spray_keeps_routing_and_statistics_bounded(
         frames = participant.pipeline.counters.frames_in
         await wait_for(lambda: participant.pipeline.counters.frames_in >= frames + 25)
     finally:
+        await alice.close()
+
+
+async def test_nack_flood_gets_a_bounded_number_of_retransmissions(
+        sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str],
+        speech_opus: Path) -> None:
+    sfu = await sfu_factory(gain_engine, hop_deadline=2.0, latency_budget=4.0)
+    alice = await publisher(sfu, make_token, "r", "alice", speech_opus)
+    bob = Client(sfu, make_token("r", "bob"))
+    try:
+        assert await bob.subscribe("r", "alice") == 201
+        await wait_for(lambda: len(bob.received) >= 25)
+        receiver = bob.pc.getReceivers()[0]
+        streams = receiver._RTCRtpReceiver__remote_streams
+        media_ssrc, stats = next(iter(streams.items()))
+        dtls = receiver.transport
+        handled_before = await metric(sfu, "denoise_sfu_rtcp_packets_total", outcome="handled")
+
+        async def arrivals_during(seconds: float, flood: bool) -> int:
+            """Datagrams bob received in `seconds` (of RTP, RTCP and retransmissions)."""
+            start = dtls._RTCDtlsTransport__rx_packets
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end:
+                if flood:  # each NACK asks for the last 100 packets, 20 of them a tick
+                    top = stats.max_seq
+                    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=media_ssrc,
+                                           lost=[(top - i) & 0xFFFF for i in range(100, 0, -1)])
+                    for _ in range(20):
+                        await dtls._send_rtp(bytes(nack))
+                await asyncio.sleep(0.01)
+            return dtls._RTCDtlsTransport__rx_packets - start
+
+        quiet = await arrivals_during(2.0, flood=False)
+        flooded = await arrivals_during(2.0, flood=True)
+        # Unbounded, aiortc would retransmit up to 100 packets per NACK: ~200,000 in 2 s.
+        # Bounded: at most 100 a second (plus a burst of 200) on top of the stream itself.
+        assert flooded - quiet <= 2 * 100 + 200 + 50, (quiet, flooded)
+        dropped = (await metric(sfu, "denoise_sfu_rtcp_packets_total", outcome="nack_limited")
+                   + await metric(sfu, "denoise_sfu_rtcp_packets_total",
+                                  outcome="rate_limited"))
+        assert dropped >= 1000, dropped
+        assert await metric(sfu, "denoise_sfu_rtcp_packets_total",
+                            outcome="handled") > handled_before
+        # bob still hears alice
+        heard = len(bob.received)
+        await wait_for(lambda: len(bob.received) >= heard + 25)
+    finally:
+        await bob.close()
         await alice.close()
 
 
