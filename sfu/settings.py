@@ -56,6 +56,8 @@ class Settings:
     max_sessions_per_identity: int = 16  # sessions of one identity in one room
     max_sessions_per_ip: int = 64  # sessions from one client address
     connect_timeout: float = 30.0
+    # -- media limits (issue 14, item 3) --
+    receive_queue_frames: int = 25  # decoded 20 ms frames (and packets) one track may queue
     hop_deadline: float = 0.02
     latency_budget: float | None = None
     token_ttl: int = 3600
@@ -80,6 +82,10 @@ class Settings:
                 raise SettingsError(f"worker address: {err}") from None
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range")
+        if not 0 < self.connect_timeout <= 3600:
+            raise SettingsError("connect_timeout must be in (0, 3600] seconds")
+        if not 1 <= self.receive_queue_frames <= 1000:
+            raise SettingsError("receive_queue_frames must be 1-1000")
         if self.max_sdp_bytes < 1024:
             raise SettingsError("max_sdp_bytes must be at least 1024")
         for name in ("header_timeout", "body_timeout", "idle_timeout"):
@@ -160,7 +166,10 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "comma-separated in the environment)"),
     ("--max-sdp-bytes", "max_sdp_bytes", int, "largest SDP body accepted"),
     ("--max-sessions-per-room", "max_sessions_per_room", int, "publishers + subscribers per room"),
-    ("--connect-timeout", "connect_timeout", float, "seconds a peer may take to connect"),
+    ("--connect-timeout", "connect_timeout", float, "seconds a peer (WHIP, WHEP or WebSocket "
+     "session, from its join) may take to connect its media before the session is ended"),
+    ("--receive-queue-frames", "receive_queue_frames", int, "decoded 20 ms frames (and "
+     "undecoded packets) a published track may queue before the oldest is dropped (counted)"),
     ("--header-timeout", "header_timeout", float, "seconds from a request's first byte to the "
      "end of its headers; slower connections are dropped"),
     ("--body-timeout", "body_timeout", float, "seconds a request body (SDP, JSON) may take to "

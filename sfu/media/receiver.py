@@ -11,19 +11,81 @@ so that the pipeline can measure server-added latency from the moment the packet
 
 The patch is one attribute on one receiver (`install_low_latency_audio`); aiortc's decoder
 thread, RTCP statistics and everything else stay as they are.
+
+Bounded, counted receive path (issue 14): aiortc queues everything a receiver gets without
+limit, whether or not anyone reads its track. So:
+- a track the server consumes gets a bounded packet queue to its decoder thread and a bounded
+  queue of decoded frames, both dropping the oldest when full (a reader that fell behind wants
+  the newest audio, not a growing delay), counted;
+- every other audio receiver (a WHEP `sendrecv` offer, extra m-lines, a WebSocket client
+  without the publish grant) gets `DiscardJitterBuffer`: its packets are counted and never
+  decoded or queued;
+- a receiver accepts at most `MAX_SSRCS` distinct SSRCs: aiortc's router and receiver keep one
+  entry (statistics, routing) per SSRC that a packet names, so a peer spraying SSRCs would grow
+  them without bound; and at most `MAX_RTP_RATE` packets a second (audio sends 50), so a flood
+  costs no decoding;
+- the peer's RTCP is bounded too (`RtcpGuard`): `MAX_RTCP_RATE` datagrams a second, and NACKs
+  may ask for at most `MAX_NACK_RATE` retransmissions a second (aiortc retransmits every
+  sequence number a NACK names, up to its 128-packet history: one datagram could ask for
+  hundreds); the rest is dropped and counted in `denoise_sfu_rtcp_packets_total{outcome}`;
+- every outcome is a sample of `denoise_sfu_rtp_packets_total{outcome}` (sfu/media/metrics.py),
+  decoded frames dropped are `denoise_sfu_frames_dropped_total{reason="receive_queue"}`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import queue
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
+from prometheus_client import Counter
+
+from sfu.media.metrics import MetricsLike, rtcp_packets, rtp_packets
+
+log = logging.getLogger(__name__)
 
 _PRIVATE_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_PRIVATE_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_PRIVATE_STARTED = "_RTCRtpReceiver__started"
+#: Decoded 20 ms frames (and undecoded packets) a consumed track may queue: 500 ms.
+DEFAULT_RECEIVE_QUEUE = 25
+#: Distinct SSRCs one receiver accepts (a browser sends one per m-line; a restart may add one).
+MAX_SSRCS = 4
+#: RTP packets a second one receiver accepts (burst: twice that). Opus sends 50 (20 ms), or
+#: 100 with 10 ms packets.
+MAX_RTP_RATE = 200
+#: RTCP datagrams a second one peer's transport handles (burst: twice that). A browser sends a
+#: few a second per stream.
+MAX_RTCP_RATE = 200
+#: Sequence numbers a second a peer's NACKs may have retransmitted (burst: twice that).
+MAX_NACK_RATE = 100
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `2 * rate` saved up (bursts after a quiet spell)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = 2.0 * rate
+        self.tokens = self.capacity
+        self._last = time.monotonic()
+
+    def take(self, n: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
 _RESET_DISTANCE = 1000  # a sequence jump back by more than this is a restarted sender
 _FRAME = 960
 
@@ -55,8 +117,9 @@ class ImmediateAudioJitterBuffer:
 
     capacity = 1  # aiortc reads nothing else from a jitter buffer
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Counter | None = None) -> None:
         self.arrivals = PacketArrivals()
+        self._counter = counter
         self._last_seq: int | None = None
         self._last_rtp_ts = 0
         self._last_out_ts = 0
@@ -76,45 +139,295 @@ class ImmediateAudioJitterBuffer:
             ahead = (seq - self._last_seq) & 0xFFFF
             if ahead == 0 or (ahead >= 0x8000 and 0x10000 - ahead <= _RESET_DISTANCE):
                 self.packets_late += 1
+                self._count("late")
                 return False, None
             if ahead >= 0x8000:  # far behind: the sender restarted its sequence
                 self.restarts += 1
                 out_ts = self._last_out_ts + _FRAME
             else:
                 self.packets_missing += ahead - 1
+                if ahead > 1:
+                    self._count("missing", ahead - 1)
                 out_ts = self._last_out_ts + ((packet.timestamp - self._last_rtp_ts) & 0xFFFFFFFF)
         self._last_seq = seq
         self._last_rtp_ts = packet.timestamp
         self._last_out_ts = out_ts
         self.arrivals.record(out_ts, arrived)
         self.packets_released += 1
+        self._count("released")
         return False, JitterFrame(data=packet._data, timestamp=out_ts)  # type: ignore[attr-defined]
 
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if self._counter is not None:
+            self._counter.labels(outcome=outcome).inc(n)
 
-def install_low_latency_audio(receiver: RTCRtpReceiver) -> ImmediateAudioJitterBuffer:
+
+class DiscardJitterBuffer:
+    """The jitter buffer of a receiver whose track nobody reads: counts packets, keeps none.
+
+    Nothing reaches aiortc's decoder thread, so nothing is decoded or queued; RTCP receiver
+    reports still go out (aiortc keeps its statistics before the jitter buffer).
+    """
+
+    capacity = 1
+
+    def __init__(self, counter: Counter | None = None) -> None:
+        self._unread = counter.labels(outcome="unread") if counter is not None else None
+        self.packets_discarded = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        self.packets_discarded += 1
+        if self._unread is not None:
+            self._unread.inc()
+        return False, None
+
+
+class DropOldestQueue(asyncio.Queue):
+    """The decoded-frame queue of a consumed track (aiortc's `RemoteStreamTrack._queue`):
+    at most `limit` items; a new one pushes out the oldest, and `on_drop()` counts it.
+
+    aiortc's decoder thread puts with `run_coroutine_threadsafe(queue.put(frame))`, so `put`
+    must never wait (a waiting put per frame would be the unbounded queue again)."""
+
+    def __init__(self, limit: int, on_drop: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError("a receive queue must hold at least one frame")
+        self.limit = limit
+        self.dropped = 0
+        self._on_drop = on_drop
+
+    def put_nowait(self, item: Any) -> None:
+        while self.qsize() >= self.limit:
+            self.get_nowait()
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
+        super().put_nowait(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+
+class DropOldestPacketQueue(queue.Queue):
+    """The packet queue to aiortc's decoder thread, bounded the same way (thread-safe).
+
+    `None` (aiortc's stop sentinel) always gets in."""
+
+    def __init__(self, limit: int, on_drop: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError("a decoder queue must hold at least one packet")
+        self.limit = limit
+        self.dropped = 0
+        self._on_drop = on_drop
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        dropped = 0
+        with self.mutex:
+            while item is not None and len(self.queue) >= self.limit \
+                    and self.queue[0] is not None:
+                self.queue.popleft()
+                dropped += 1
+            self._put(item)
+            self.unfinished_tasks += 1 - dropped
+            self.not_empty.notify()
+        if dropped:
+            self.dropped += dropped
+            if self._on_drop is not None:
+                for _ in range(dropped):
+                    self._on_drop()
+
+
+class RtpGuard:
+    """Wraps a receiver's `_handle_rtp_packet`: packets beyond `MAX_RTP_RATE` a second
+    (`rate_limited`) or of more than `MAX_SSRCS` distinct SSRCs (`ssrc_rejected`) are dropped
+    and counted; a rejected SSRC's entry in the transport's RTP router is removed again, so
+    neither aiortc's router nor its per-SSRC statistics grow."""
+
+    def __init__(self, receiver: RTCRtpReceiver, counter: Counter | None,
+                 limit: int = MAX_SSRCS, rate: float = MAX_RTP_RATE) -> None:
+        self.receiver = receiver
+        self.ssrcs: set[int] = set()
+        self.limit = limit
+        self.bucket = TokenBucket(rate)
+        self.rejected = 0
+        self.rate_limited = 0
+        self._rejected = counter.labels(outcome="ssrc_rejected") if counter is not None else None
+        self._limited = counter.labels(outcome="rate_limited") if counter is not None else None
+        self._inner = receiver._handle_rtp_packet
+
+    async def __call__(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if packet.ssrc not in self.ssrcs:
+            if len(self.ssrcs) >= self.limit:
+                self.rejected += 1
+                if self._rejected is not None:
+                    self._rejected.inc()
+                router = getattr(self.receiver.transport, "_rtp_router", None)
+                table = getattr(router, "ssrc_table", None)
+                if isinstance(table, dict) and table.get(packet.ssrc) is self.receiver:
+                    del table[packet.ssrc]
+                return
+            self.ssrcs.add(packet.ssrc)
+        if not self.bucket.take():
+            self.rate_limited += 1
+            if self._limited is not None:
+                self._limited.inc()
+            return
+        await self._inner(packet, arrival_time_ms=arrival_time_ms)
+
+
+def _guard_ssrcs(receiver: RTCRtpReceiver, counter: Counter | None) -> None:
+    if not isinstance(receiver.__dict__.get("_handle_rtp_packet"), RtpGuard):
+        receiver._handle_rtp_packet = RtpGuard(receiver, counter)  # type: ignore[method-assign]
+
+
+class RtcpGuard:
+    """Wraps an `RTCDtlsTransport`'s `_handle_rtcp_data` (what aiortc calls for every RTCP
+    datagram of the peer) with the same routing, bounded: see the module docstring."""
+
+    def __init__(self, transport: Any, counter: Counter | None,
+                 rate: float = MAX_RTCP_RATE, nack_rate: float = MAX_NACK_RATE) -> None:
+        self.transport = transport
+        self.datagrams = TokenBucket(rate)
+        self.nacks = TokenBucket(nack_rate)
+        self._counter = counter
+        self.dropped = 0
+
+    def _count(self, outcome: str) -> None:
+        if outcome != "handled":
+            self.dropped += 1
+        if self._counter is not None:
+            self._counter.labels(outcome=outcome).inc()
+
+    async def __call__(self, data: bytes) -> None:
+        if not self.datagrams.take():
+            self._count("rate_limited")
+            return
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            self._count("malformed")
+            return
+        router = self.transport._rtp_router
+        for packet in packets:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK \
+                    and not self.nacks.take(len(packet.lost)):
+                self._count("nack_limited")
+                continue
+            for recipient in router.route_rtcp(packet):
+                await recipient._handle_rtcp_packet(packet)
+            self._count("handled")
+
+
+def guard_rtcp(pc: RTCPeerConnection, metrics: MetricsLike | None = None) -> int:
+    """Put an `RtcpGuard` on every DTLS transport of `pc` (idempotent; after the remote
+    description is set, when the transports exist). Returns how many it added."""
+    counter = rtcp_packets(metrics.registry) if metrics is not None else None
+    added = 0
+    for transceiver in pc.getTransceivers():
+        for side in (transceiver.receiver, transceiver.sender):
+            transport = getattr(side, "transport", None)
+            if transport is None or not hasattr(transport, "_handle_rtcp_data"):
+                continue
+            if isinstance(transport.__dict__.get("_handle_rtcp_data"), RtcpGuard):
+                continue
+            transport._handle_rtcp_data = RtcpGuard(transport, counter)
+            added += 1
+    return added
+
+
+def _bound_queues(receiver: RTCRtpReceiver, limit: int, metrics: MetricsLike | None) -> bool:
+    """Bound the decoder's packet queue and the track's frame queue (only possible before
+    the receiver starts: aiortc hands both to its decoder thread then). False if too late."""
+    if getattr(receiver, _PRIVATE_STARTED, True) or not hasattr(receiver, _PRIVATE_DECODER_QUEUE):
+        log.warning("receiver already started: its queues stay as aiortc made them")
+        return False
+    counter = rtp_packets(metrics.registry) if metrics is not None else None
+    packet_drop = counter.labels(outcome="decoder_queue_full").inc if counter else None
+    frame_drop = metrics.frames_dropped.labels("receive_queue").inc if metrics else None
+    setattr(receiver, _PRIVATE_DECODER_QUEUE, DropOldestPacketQueue(limit, packet_drop))
+    receiver.track._queue = DropOldestQueue(limit, frame_drop)  # type: ignore[attr-defined]
+    return True
+
+
+def install_low_latency_audio(receiver: RTCRtpReceiver, metrics: MetricsLike | None = None,
+                              max_queue: int = DEFAULT_RECEIVE_QUEUE
+                              ) -> ImmediateAudioJitterBuffer:
     """Replace the audio jitter buffer of `receiver` (before or after media starts).
 
     Also attaches the arrival times to the receiver's track as `track.packet_arrivals`,
-    where `SpeakerPipeline` finds them.
+    where `SpeakerPipeline` finds them. Before the receiver starts (WHIP, WebSocket: right
+    after the remote offer is set) its queues are also bounded to `max_queue`. With
+    `metrics`, every packet's outcome is counted there.
     """
     track = receiver.track
     if track is None or track.kind != "audio":
         raise ValueError("install_low_latency_audio needs an audio receiver")
     if not hasattr(receiver, _PRIVATE_JITTER_BUFFER):
         raise RuntimeError("this aiortc version has no RTCRtpReceiver jitter buffer to replace")
-    buffer = ImmediateAudioJitterBuffer()
+    counter = rtp_packets(metrics.registry) if metrics is not None else None
+    buffer = ImmediateAudioJitterBuffer(counter)
     setattr(receiver, _PRIVATE_JITTER_BUFFER, buffer)
     track.packet_arrivals = buffer.arrivals  # type: ignore[attr-defined]
+    if not getattr(receiver, _PRIVATE_STARTED, True):
+        _bound_queues(receiver, max_queue, metrics)
+    _guard_ssrcs(receiver, counter)
     return buffer
 
 
-def install_for_track(pc: RTCPeerConnection, track: MediaStreamTrack
-                      ) -> ImmediateAudioJitterBuffer:
+def install_discard(receiver: RTCRtpReceiver, metrics: MetricsLike | None = None
+                    ) -> DiscardJitterBuffer:
+    """Make `receiver` drop (and count) everything it gets: nobody reads its track."""
+    if not hasattr(receiver, _PRIVATE_JITTER_BUFFER):
+        raise RuntimeError("this aiortc version has no RTCRtpReceiver jitter buffer to replace")
+    current = getattr(receiver, _PRIVATE_JITTER_BUFFER)
+    if isinstance(current, DiscardJitterBuffer):
+        return current
+    counter = rtp_packets(metrics.registry) if metrics is not None else None
+    buffer = DiscardJitterBuffer(counter)
+    setattr(receiver, _PRIVATE_JITTER_BUFFER, buffer)
+    _guard_ssrcs(receiver, counter)
+    return buffer
+
+
+def install_for_track(pc: RTCPeerConnection, track: MediaStreamTrack,
+                      metrics: MetricsLike | None = None,
+                      max_queue: int = DEFAULT_RECEIVE_QUEUE) -> ImmediateAudioJitterBuffer:
     """Convenience for `pc.on("track")`: find the receiver of `track` and install on it."""
     for receiver in pc.getReceivers():
         if receiver.track is track:
-            return install_low_latency_audio(receiver)
+            return install_low_latency_audio(receiver, metrics, max_queue)
     raise ValueError("track does not belong to this peer connection")
+
+
+def discard_unread(pc: RTCPeerConnection, keep: Iterable[MediaStreamTrack] = (),
+                   metrics: MetricsLike | None = None) -> int:
+    """Give every receiver of `pc` whose track is not in `keep` a `DiscardJitterBuffer`,
+    and bound the RTCP of its transports (`guard_rtcp`). Idempotent: call it after each remote
+    description. Returns how many receivers it changed."""
+    guard_rtcp(pc, metrics)
+    kept = {id(track) for track in keep}
+    changed = 0
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if receiver is None or receiver.track is None or id(receiver.track) in kept:
+            continue
+        if not isinstance(getattr(receiver, _PRIVATE_JITTER_BUFFER, None), DiscardJitterBuffer):
+            install_discard(receiver, metrics)
+            changed += 1
+    return changed
+
+
+def prepare_receivers(pc: RTCPeerConnection, publish: MediaStreamTrack | None,
+                      metrics: MetricsLike | None = None,
+                      max_queue: int = DEFAULT_RECEIVE_QUEUE
+                      ) -> ImmediateAudioJitterBuffer | None:
+    """After the remote offer is set: the one track the server consumes (`publish`, if any)
+    gets the low-latency, bounded receive path, every other receiver discards."""
+    buffer = install_for_track(pc, publish, metrics, max_queue) if publish is not None else None
+    discard_unread(pc, [publish] if publish is not None else [], metrics)
+    return buffer
 
 
 class RecordingJitterBuffer(JitterBuffer):

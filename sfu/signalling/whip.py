@@ -39,7 +39,7 @@ from sfu.errors import (
     ServiceUnavailable,
 )
 from sfu.limits import SessionLimits, SessionSlot
-from sfu.media.receiver import install_for_track
+from sfu.media.receiver import discard_unread, prepare_receivers
 from sfu.media.switch import SwitchTrack
 from sfu.placement.gate import place_join
 from sfu.rooms import (
@@ -149,7 +149,8 @@ class WhipHandlers:
             if not audio:
                 raise BadRequest("the offer sends no audio (direction must be sendonly or "
                                  "sendrecv)", "bad_sdp")
-            install_for_track(pc, audio[0])  # decode each packet as it arrives
+            # Decode each packet as it arrives, bounded; other audio sections: discarded.
+            prepare_receivers(pc, audio[0], ctx.metrics, ctx.settings.receive_queue_frames)
             answer_sdp = await answer(pc)
             try:
                 ctx.registry.publish(room, claims.identity, pc, audio[0], mode, session_id)
@@ -195,6 +196,7 @@ class WhipHandlers:
         sender: WhepSender | None = None
         try:
             await apply_offer(pc, sdp)
+            discard_unread(pc, (), ctx.metrics)  # a sendrecv offer's audio: nobody reads it
             sender = WhepSender(pc)
             try:
                 ctx.registry.subscribe(room, claims.identity, target, sender, session_id)
@@ -326,8 +328,8 @@ class WhipHandlers:
 
         async def on_state() -> None:
             state = pc.connectionState
-            if state in ("connected", "failed", "closed"):
-                task.cancel()
+            if state == "connected":  # not on "closed": the deadline's own leave closes the
+                task.cancel()         # peer, and cancelling it there lost its count
             if state in ("failed", "closed") and await ctx.registry.leave(session_id):
                 if state == "failed":
                     ctx.metrics.peer_failures.labels("failed").inc()

@@ -23,6 +23,8 @@ from sfu.auth import authorize, check_name, issue_token, verify_token
 from sfu.context import CONTEXT
 from sfu.errors import HttpError, NotFound
 from sfu.limits import SessionLimits, SessionSlot
+from sfu.media.metrics import register_media_metrics
+from sfu.metrics import Metrics
 from sfu.rooms import RoomEvent, RoomRegistry
 from sfu.settings import Settings
 from sfu.signalling.ws.messages import HARD_MAX_MESSAGE_BYTES, MessageRefused, parse_message
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 10.0
 RATE_LIMIT_PER_S = 50
 DEMO_TOKEN_TTL_S = 3600
+#: Why the server removed a client's participant -> the `bye` reason the client gets.
+SERVER_ENDED = {"pipeline_failed": "media_failed", "track_ended": "media_ended"}
 
 
 # -- all sockets of one app ------------------------------------------------------------------
@@ -40,9 +44,11 @@ DEMO_TOKEN_TTL_S = 3600
 class WsHub:
     """The sessions of one app, keyed by room and identity; listens to the registry."""
 
-    def __init__(self, registry: RoomRegistry, settings: Settings) -> None:
+    def __init__(self, registry: RoomRegistry, settings: Settings,
+                 metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.settings = settings
+        self.metrics = metrics
         self.demo_tokens = bool(settings.demo_tokens)
         self.rooms: dict[str, dict[str, Session]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -59,8 +65,16 @@ class WsHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def count_peer_failure(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.peer_failures.labels(reason).inc()
+
     def _on_room_event(self, event: RoomEvent) -> None:
         for session in list(self.rooms.get(event.room, {}).values()):
+            if event.reason in SERVER_ENDED and event.session_id is not None \
+                    and session.publish_session == event.session_id:
+                self.spawn(session.publish_ended(SERVER_ENDED[event.reason]))
+                continue
             if event.kind == "mode" and session.identity == event.identity and event.mode:
                 session.mode = event.mode
             if event.kind == "mode":
@@ -113,6 +127,9 @@ class WsHub:
             except HttpError as err:
                 raise MessageRefused(err.code, err.message, 4429) from err
         room[claims.identity] = session
+        # Media must connect in time, offer or not: otherwise the session ends (and what it
+        # holds is released) even while the socket answers pings.
+        session.start_deadline(self.settings.connect_timeout)
         log.info("ws joined", extra={"room": claims.room, "identity": claims.identity})
         message_out = self.participants_message(session)
         await session.send({"type": "joined", "room": claims.room, "identity": claims.identity,
@@ -245,7 +262,10 @@ async def demo_token_handler(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> WsHub:
     """Mount `GET /ws` and `POST /demo/token` on an app made by `sfu.app.create_app`."""
     ctx = app[CONTEXT]
-    hub = WsHub(ctx.registry, ctx.settings)
+    hub = WsHub(ctx.registry, ctx.settings, ctx.metrics)
+    register_media_metrics(ctx.metrics)
+    for reason in ("failed", "timeout"):
+        ctx.metrics.peer_failures.labels(reason)
     from sfu.placement.gate import ws_placer
 
     hub.place = ws_placer(ctx)
