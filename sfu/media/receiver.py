@@ -423,9 +423,14 @@ def prepare_receivers(pc: RTCPeerConnection, publish: MediaStreamTrack | None,
                       metrics: MetricsLike | None = None,
                       max_queue: int = DEFAULT_RECEIVE_QUEUE
                       ) -> ImmediateAudioJitterBuffer | None:
-    """After the remote offer is set: the one track the server consumes (`publish`, if any)
-    gets the low-latency, bounded receive path, every other receiver discards."""
+    """After the remote offer is set, on a peer connection that only receives (WHIP): the one
+    track the server consumes (`publish`, if any) gets the low-latency, bounded receive path;
+    every other section is answered `inactive` (its sender stops; aiortc starts nothing for
+    it) and discards whatever arrives anyway."""
     buffer = install_for_track(pc, publish, metrics, max_queue) if publish is not None else None
+    for transceiver in pc.getTransceivers():
+        if transceiver.receiver.track is not publish:
+            transceiver.direction = "inactive"
     discard_unread(pc, [publish] if publish is not None else [], metrics)
     return buffer
 
