@@ -413,8 +413,9 @@ async def test_drop_oldest_queues_keep_the_newest_and_count() -> None:
 
 def test_token_bucket_allows_its_rate_and_a_burst() -> None:
     bucket = TokenBucket(100.0)
-    assert sum(bucket.take() for _ in range(1000)) == 200  # the burst: twice the rate
-    assert not bucket.take(1)
+    taken = sum(bucket.take() for _ in range(1000))
+    assert 200 <= taken <= 210, taken  # the burst (twice the rate), plus what the loop took
+    assert not bucket.take(50)
 
 
 # -- item 4: the media-connect deadline ------------------------------------------------------
@@ -493,7 +494,12 @@ async def test_whip_and_whep_sessions_that_never_connect_are_released(
         await wait_for(lambda: all(registry.find(s) is None for s in sessions), timeout=10)
         await wait_for(lambda: all(p.connectionState == "closed" for p in server_pcs))
         await wait_for(lambda: gain_engine.live_streams == 1)  # alice's alone
-        after = await metric(sfu, "denoise_sfu_peer_failures_total", reason="timeout")
+        # (counted when the deadline's leave returns, a moment after the peer is closed)
+        for _ in range(50):
+            after = await metric(sfu, "denoise_sfu_peer_failures_total", reason="timeout")
+            if after - before >= 2:
+                break
+            await asyncio.sleep(0.1)
         assert after - before == 2
         assert set(registry.get("r").participants) == {"alice"}
     finally:
