@@ -32,13 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from denoiser.engine import Engine
 from sfu.bench.harness import ToneTrack
-from sfu.media.receiver import (
-    MAX_SSRCS,
-    DiscardJitterBuffer,
-    DropOldestPacketQueue,
-    DropOldestQueue,
-    TokenBucket,
-)
+from sfu.media.guards import MAX_SSRCS, TokenBucket
+from sfu.media.receiver import DiscardJitterBuffer, DropOldestPacketQueue, DropOldestQueue
 from sfu.signalling.peer import MAX_MEDIA_SECTIONS
 from sfu.signalling.ws import WS_HUB
 from support.browser.wsclient import WsPeer
