@@ -57,7 +57,7 @@ class Settings:
     max_sessions_per_ip: int = 64  # sessions from one client address
     connect_timeout: float = 30.0
     # -- media limits (issue 14, item 3) --
-    receive_queue_frames: int = 25  # decoded 20 ms frames (and packets) one track may queue
+    receive_queue_frames: int = 50  # decoded 20 ms frames (and packets) one track may queue
     hop_deadline: float = 0.02
     latency_budget: float | None = None
     token_ttl: int = 3600

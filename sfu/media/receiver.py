@@ -20,14 +20,8 @@ limit, whether or not anyone reads its track. So:
 - every other audio receiver (a WHEP `sendrecv` offer, extra m-lines, a WebSocket client
   without the publish grant) gets `DiscardJitterBuffer`: its packets are counted and never
   decoded or queued;
-- a receiver accepts at most `MAX_SSRCS` distinct SSRCs: aiortc's router and receiver keep one
-  entry (statistics, routing) per SSRC that a packet names, so a peer spraying SSRCs would grow
-  them without bound; and at most `MAX_RTP_RATE` packets a second (audio sends 50), so a flood
-  costs no decoding;
-- the peer's RTCP is bounded too (`RtcpGuard`): `MAX_RTCP_RATE` datagrams a second, and NACKs
-  may ask for at most `MAX_NACK_RATE` retransmissions a second (aiortc retransmits every
-  sequence number a NACK names, up to its 128-packet history: one datagram could ask for
-  hundreds); the rest is dropped and counted in `denoise_sfu_rtcp_packets_total{outcome}`;
+- every receiver and transport also gets the per-peer bounds of sfu/media/guards.py: a few
+  SSRCs and a packet rate per receiver, an RTCP rate and a NACK-retransmission budget per peer;
 - every outcome is a sample of `denoise_sfu_rtp_packets_total{outcome}` (sfu/media/metrics.py),
   decoded frames dropped are `denoise_sfu_frames_dropped_total{reason="receive_queue"}`.
 """
@@ -45,47 +39,22 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
+from aiortc.rtp import RtpPacket
 from prometheus_client import Counter
 
-from sfu.media.metrics import MetricsLike, rtcp_packets, rtp_packets
+from sfu.media.guards import guard_rtcp, guard_rtp
+from sfu.media.metrics import MetricsLike, rtp_packets
 
 log = logging.getLogger(__name__)
 
 _PRIVATE_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _PRIVATE_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _PRIVATE_STARTED = "_RTCRtpReceiver__started"
-#: Decoded 20 ms frames (and undecoded packets) a consumed track may queue: 500 ms.
-DEFAULT_RECEIVE_QUEUE = 25
-#: Distinct SSRCs one receiver accepts (a browser sends one per m-line; a restart may add one).
-MAX_SSRCS = 4
-#: RTP packets a second one receiver accepts (burst: twice that). Opus sends 50 (20 ms), or
-#: 100 with 10 ms packets.
-MAX_RTP_RATE = 200
-#: RTCP datagrams a second one peer's transport handles (burst: twice that). A browser sends a
-#: few a second per stream.
-MAX_RTCP_RATE = 200
-#: Sequence numbers a second a peer's NACKs may have retransmitted (burst: twice that).
-MAX_NACK_RATE = 100
-
-
-class TokenBucket:
-    """`rate` tokens a second, at most `2 * rate` saved up (bursts after a quiet spell)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = 2.0 * rate
-        self.tokens = self.capacity
-        self._last = time.monotonic()
-
-    def take(self, n: float = 1.0) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self.tokens < n:
-            return False
-        self.tokens -= n
-        return True
+#: Decoded 20 ms frames (and undecoded packets) a consumed track may queue: 1 s. The bound is
+#: for memory; latency is the pipeline's guard's job. Only an event loop stalled for longer
+#: than this (the decoder threads go on meanwhile) makes it drop: 25 (500 ms) dropped audio
+#: in tests on a 2-core machine under load 12.
+DEFAULT_RECEIVE_QUEUE = 50
 _RESET_DISTANCE = 1000  # a sequence jump back by more than this is a restarted sender
 _FRAME = 960
 
@@ -239,104 +208,6 @@ class DropOldestPacketQueue(queue.Queue):
                     self._on_drop()
 
 
-class RtpGuard:
-    """Wraps a receiver's `_handle_rtp_packet`: packets beyond `MAX_RTP_RATE` a second
-    (`rate_limited`) or of more than `MAX_SSRCS` distinct SSRCs (`ssrc_rejected`) are dropped
-    and counted; a rejected SSRC's entry in the transport's RTP router is removed again, so
-    neither aiortc's router nor its per-SSRC statistics grow."""
-
-    def __init__(self, receiver: RTCRtpReceiver, counter: Counter | None,
-                 limit: int = MAX_SSRCS, rate: float = MAX_RTP_RATE) -> None:
-        self.receiver = receiver
-        self.ssrcs: set[int] = set()
-        self.limit = limit
-        self.bucket = TokenBucket(rate)
-        self.rejected = 0
-        self.rate_limited = 0
-        self._rejected = counter.labels(outcome="ssrc_rejected") if counter is not None else None
-        self._limited = counter.labels(outcome="rate_limited") if counter is not None else None
-        self._inner = receiver._handle_rtp_packet
-
-    async def __call__(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        if packet.ssrc not in self.ssrcs:
-            if len(self.ssrcs) >= self.limit:
-                self.rejected += 1
-                if self._rejected is not None:
-                    self._rejected.inc()
-                router = getattr(self.receiver.transport, "_rtp_router", None)
-                table = getattr(router, "ssrc_table", None)
-                if isinstance(table, dict) and table.get(packet.ssrc) is self.receiver:
-                    del table[packet.ssrc]
-                return
-            self.ssrcs.add(packet.ssrc)
-        if not self.bucket.take():
-            self.rate_limited += 1
-            if self._limited is not None:
-                self._limited.inc()
-            return
-        await self._inner(packet, arrival_time_ms=arrival_time_ms)
-
-
-def _guard_ssrcs(receiver: RTCRtpReceiver, counter: Counter | None) -> None:
-    if not isinstance(receiver.__dict__.get("_handle_rtp_packet"), RtpGuard):
-        receiver._handle_rtp_packet = RtpGuard(receiver, counter)  # type: ignore[method-assign]
-
-
-class RtcpGuard:
-    """Wraps an `RTCDtlsTransport`'s `_handle_rtcp_data` (what aiortc calls for every RTCP
-    datagram of the peer) with the same routing, bounded: see the module docstring."""
-
-    def __init__(self, transport: Any, counter: Counter | None,
-                 rate: float = MAX_RTCP_RATE, nack_rate: float = MAX_NACK_RATE) -> None:
-        self.transport = transport
-        self.datagrams = TokenBucket(rate)
-        self.nacks = TokenBucket(nack_rate)
-        self._counter = counter
-        self.dropped = 0
-
-    def _count(self, outcome: str) -> None:
-        if outcome != "handled":
-            self.dropped += 1
-        if self._counter is not None:
-            self._counter.labels(outcome=outcome).inc()
-
-    async def __call__(self, data: bytes) -> None:
-        if not self.datagrams.take():
-            self._count("rate_limited")
-            return
-        try:
-            packets = RtcpPacket.parse(data)
-        except ValueError:
-            self._count("malformed")
-            return
-        router = self.transport._rtp_router
-        for packet in packets:
-            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK \
-                    and not self.nacks.take(len(packet.lost)):
-                self._count("nack_limited")
-                continue
-            for recipient in router.route_rtcp(packet):
-                await recipient._handle_rtcp_packet(packet)
-            self._count("handled")
-
-
-def guard_rtcp(pc: RTCPeerConnection, metrics: MetricsLike | None = None) -> int:
-    """Put an `RtcpGuard` on every DTLS transport of `pc` (idempotent; after the remote
-    description is set, when the transports exist). Returns how many it added."""
-    counter = rtcp_packets(metrics.registry) if metrics is not None else None
-    added = 0
-    for transceiver in pc.getTransceivers():
-        for side in (transceiver.receiver, transceiver.sender):
-            transport = getattr(side, "transport", None)
-            if transport is None or not hasattr(transport, "_handle_rtcp_data"):
-                continue
-            if isinstance(transport.__dict__.get("_handle_rtcp_data"), RtcpGuard):
-                continue
-            transport._handle_rtcp_data = RtcpGuard(transport, counter)
-            added += 1
-    return added
-
-
 def _bound_queues(receiver: RTCRtpReceiver, limit: int, metrics: MetricsLike | None) -> bool:
     """Bound the decoder's packet queue and the track's frame queue (only possible before
     the receiver starts: aiortc hands both to its decoder thread then). False if too late."""
@@ -372,7 +243,7 @@ def install_low_latency_audio(receiver: RTCRtpReceiver, metrics: MetricsLike | N
     track.packet_arrivals = buffer.arrivals  # type: ignore[attr-defined]
     if not getattr(receiver, _PRIVATE_STARTED, True):
         _bound_queues(receiver, max_queue, metrics)
-    _guard_ssrcs(receiver, counter)
+    guard_rtp(receiver, counter)
     return buffer
 
 
@@ -387,7 +258,7 @@ def install_discard(receiver: RTCRtpReceiver, metrics: MetricsLike | None = None
     counter = rtp_packets(metrics.registry) if metrics is not None else None
     buffer = DiscardJitterBuffer(counter)
     setattr(receiver, _PRIVATE_JITTER_BUFFER, buffer)
-    _guard_ssrcs(receiver, counter)
+    guard_rtp(receiver, counter)
     return buffer
 
 
@@ -423,9 +294,14 @@ def prepare_receivers(pc: RTCPeerConnection, publish: MediaStreamTrack | None,
                       metrics: MetricsLike | None = None,
                       max_queue: int = DEFAULT_RECEIVE_QUEUE
                       ) -> ImmediateAudioJitterBuffer | None:
-    """After the remote offer is set: the one track the server consumes (`publish`, if any)
-    gets the low-latency, bounded receive path, every other receiver discards."""
+    """After the remote offer is set, on a peer connection that only receives (WHIP): the one
+    track the server consumes (`publish`, if any) gets the low-latency, bounded receive path;
+    every other section is answered `inactive` (its sender stops; aiortc starts nothing for
+    it) and discards whatever arrives anyway."""
     buffer = install_for_track(pc, publish, metrics, max_queue) if publish is not None else None
+    for transceiver in pc.getTransceivers():
+        if transceiver.receiver.track is not publish:
+            transceiver.direction = "inactive"
     discard_unread(pc, [publish] if publish is not None else [], metrics)
     return buffer
 

@@ -13,6 +13,25 @@ from sfu.errors import BadRequest
 from sfu.settings import Settings
 from sfu.signalling.dtls import use_interop_certificate
 
+#: Media sections (m-lines) an offer may have. aiortc gives each its own decoder thread, and
+#: without BUNDLE its own ICE transport and UDP sockets: a 64 KB offer could hold hundreds.
+#: Real clients send one or two (audio, maybe video); extras up to this still connect.
+MAX_MEDIA_SECTIONS = 16
+
+
+def media_sections(sdp: str) -> int:
+    """How many m-lines `sdp` has."""
+    text = sdp.replace("\r\n", "\n")
+    return text.count("\nm=") + int(text.startswith("m="))
+
+
+def check_media_sections(sdp: str) -> None:
+    """`BadRequest` (bad_sdp) when `sdp` has more than `MAX_MEDIA_SECTIONS` m-lines."""
+    count = media_sections(sdp)
+    if count > MAX_MEDIA_SECTIONS:
+        raise BadRequest(f"the offer has {count} media sections; at most "
+                         f"{MAX_MEDIA_SECTIONS} are accepted", "bad_sdp")
+
 
 def create_peer_connection(settings: Settings) -> RTCPeerConnection:
     """A peer connection using the configured STUN/TURN servers (none by default), whose DTLS
@@ -28,6 +47,7 @@ def check_offer(sdp: str) -> str:
                          "bad_sdp")
     if "\nm=audio " not in sdp.replace("\r\n", "\n"):
         raise BadRequest("the offer has no audio section", "bad_sdp")
+    check_media_sections(sdp)
     return sdp
 
 

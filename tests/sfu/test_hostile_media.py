@@ -32,7 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from denoiser.engine import Engine
 from sfu.bench.harness import ToneTrack
-from sfu.media.receiver import MAX_SSRCS, DiscardJitterBuffer, DropOldestQueue
+from sfu.media.guards import MAX_SSRCS, TokenBucket
+from sfu.media.receiver import DiscardJitterBuffer, DropOldestPacketQueue, DropOldestQueue
+from sfu.signalling.peer import MAX_MEDIA_SECTIONS
 from sfu.signalling.ws import WS_HUB
 from support.browser.wsclient import WsPeer
 from support.peers import Client, wait_for
@@ -165,6 +167,9 @@ async def test_whip_extra_audio_sections_connect_and_are_discarded(
     client.pc.addTrack(ToneTrack(990.0))  # and a third
     try:
         assert await client.post("/whip/r") == 201
+        # The extra sections are answered inactive: the client does not even send them.
+        assert [t.currentDirection for t in client.pc.getTransceivers()] == [
+            "sendonly", "inactive", "inactive"]
         participant = sfu.ctx.registry.get("r").participants["alice"]
         server_pc = participant.pc
         receivers = [r for r in server_pc.getReceivers() if r.track is not None]
@@ -355,6 +360,59 @@ async def test_rtcp_bye_from_a_publisher_removes_it_and_tells_it(
         await ada.close()
 
 
+async def test_offer_with_too_many_media_sections_is_refused(
+        sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str]) -> None:
+    sfu = await sfu_factory(gain_engine)
+    baseline = udp_sockets()
+    pc = RTCPeerConnection()
+    for i in range(MAX_MEDIA_SECTIONS + 1):
+        pc.addTrack(ToneTrack(300.0 + 10 * i))
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    try:
+        async with sfu.session.post(sfu.url("/whip/r"), data=sdp, headers={
+                "Authorization": f"Bearer {make_token('r', 'many')}",
+                "Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"] == "bad_sdp"
+        ws = WsPeer(sfu.session, sfu.base_url, make_token("r", "many"))
+        assert (await ws.join())["type"] == "joined"
+        await ws.send({"type": "offer", "sdp": sdp})
+        err = await ws.wait_message(lambda m: m["type"] == "error")
+        assert err["code"] == "bad_sdp"
+        assert sfu.app[WS_HUB].rooms["r"]["many"].pc is None
+        await ws.close()
+    finally:
+        await pc.close()
+    assert sfu.ctx.registry.get("r") is None
+    await wait_for(lambda: udp_sockets() <= baseline)
+
+
+# -- bounded queues, as units ----------------------------------------------------------------
+
+async def test_drop_oldest_queues_keep_the_newest_and_count() -> None:
+    drops: list[int] = []
+    frames = DropOldestQueue(3, lambda: drops.append(1))
+    for i in range(10):
+        await frames.put(i)  # what aiortc's decoder thread schedules: never waits
+    assert frames.qsize() == 3 and [frames.get_nowait() for _ in range(3)] == [7, 8, 9]
+    assert frames.dropped == 7 and len(drops) == 7
+    packets = DropOldestPacketQueue(2, lambda: drops.append(1))
+    for i in range(5):
+        packets.put(i)
+    packets.put(None)  # aiortc's stop sentinel always gets in, and is never dropped
+    packets.put(99)
+    assert [packets.get_nowait() for _ in range(packets.qsize())] == [None, 99]
+    assert packets.dropped == 5
+
+
+def test_token_bucket_allows_its_rate_and_a_burst() -> None:
+    bucket = TokenBucket(100.0)
+    taken = sum(bucket.take() for _ in range(1000))
+    assert 200 <= taken <= 210, taken  # the burst (twice the rate), plus what the loop took
+    assert not bucket.take(50)
+
+
 # -- item 4: the media-connect deadline ------------------------------------------------------
 
 def without_candidates(sdp: str) -> str:
@@ -431,7 +489,12 @@ async def test_whip_and_whep_sessions_that_never_connect_are_released(
         await wait_for(lambda: all(registry.find(s) is None for s in sessions), timeout=10)
         await wait_for(lambda: all(p.connectionState == "closed" for p in server_pcs))
         await wait_for(lambda: gain_engine.live_streams == 1)  # alice's alone
-        after = await metric(sfu, "denoise_sfu_peer_failures_total", reason="timeout")
+        # (counted when the deadline's leave returns, a moment after the peer is closed)
+        for _ in range(50):
+            after = await metric(sfu, "denoise_sfu_peer_failures_total", reason="timeout")
+            if after - before >= 2:
+                break
+            await asyncio.sleep(0.1)
         assert after - before == 2
         assert set(registry.get("r").participants) == {"alice"}
     finally:

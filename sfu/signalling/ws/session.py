@@ -24,7 +24,7 @@ from sfu.errors import HttpError
 from sfu.media.receiver import discard_unread, install_for_track
 from sfu.media.switch import SwitchTrack
 from sfu.rooms import RoomError, RoomRegistry, Subscription
-from sfu.signalling.peer import create_peer_connection
+from sfu.signalling.peer import check_media_sections, create_peer_connection
 from sfu.signalling.sdp import create_reoffer, extmap_ids, rtpmap_pts
 from sfu.signalling.ws.messages import MessageRefused
 
@@ -127,6 +127,10 @@ class Session:
     async def _on_offer(self, sdp: str) -> None:
         if self.offered_first:
             raise MessageRefused("bad_state", "after the first exchange only the server offers")
+        try:
+            check_media_sections(sdp)
+        except HttpError as err:
+            raise MessageRefused("bad_sdp", err.message) from err
         pc = self.pc = create_peer_connection(self.hub.settings)
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
