@@ -106,6 +106,9 @@ class Metrics:
             registry=reg)
         for reason in SESSION_CAPS:
             self.sessions_refused.labels(reason)
+        self.ws_messages_refused = Counter(
+            PREFIX + "ws_messages_refused", "Room-socket messages answered `error`, by code "
+            "(internal_error: a bug, never the client's fault)", ["code"], registry=reg)
 
         self._hops_seen: dict[str, dict[str, int]] = {}
 

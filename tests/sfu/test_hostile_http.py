@@ -301,6 +301,30 @@ async def test_bad_sdp_is_4xx_and_closes_its_peer(start_node: NodeFactory,
         "alice", "{identity}"), method="POST", status="500") == 0
 
 
+async def test_bad_sdp_over_the_room_socket_is_bad_sdp_not_internal_error(
+        start_node: NodeFactory, make_token: Callable[..., str]) -> None:
+    """Failed before: the room socket caught only some of aiortc's exceptions, so offers
+    without `a=setup` or with duplicate mids (AttributeError) were answered `internal_error`;
+    and no refusal was counted."""
+    node = await start_node(max_sdp_bytes=64 * 1024)
+    offer = await make_offer("sendonly")
+    for index, (name, mutate) in enumerate(MUTATIONS.items()):
+        if not isinstance(mutate(offer), str):  # bytes: a JSON message carries text only
+            continue
+        async with node.session.ws_connect(node.url("/ws")) as ws:
+            await ws.send_json({"type": "join", "token": make_token("r1", f"p{index}")})
+            assert (await ws.receive_json(timeout=5))["type"] == "joined"
+            await ws.send_json({"type": "offer", "sdp": mutate(offer)})
+            while True:
+                reply = await ws.receive_json(timeout=10)
+                if reply["type"] in ("error", "answer"):
+                    break
+            assert reply.get("code") != "internal_error", (name, reply)
+            await ws.send_json({"type": "leave"})
+    assert node.metric("ws_messages_refused_total", code="internal_error") == 0
+    assert node.metric("ws_messages_refused_total", code="bad_sdp") >= 2
+
+
 async def test_static_paths_the_os_refuses_are_404(start_node: NodeFactory) -> None:
     """Failed before: a NUL byte (ValueError) or a name over 255 bytes (OSError) was a 500."""
     node = await start_node()

@@ -65,6 +65,11 @@ class WsHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def count_refused(self, code: str) -> None:
+        """Count a message answered `error` (codes are the server's own, a bounded set)."""
+        if self.metrics is not None:
+            self.metrics.ws_messages_refused.labels(code).inc()
+
     def count_peer_failure(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.peer_failures.labels(reason).inc()
@@ -221,12 +226,14 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 else:
                     await session.handle(message)
             except MessageRefused as err:
+                hub.count_refused(err.code)
                 await session.error(err.code, err.message)
                 if err.close_code is not None:
                     await ws.close(code=err.close_code, message=err.code.encode())
                     break
             except Exception:
                 log.exception("ws message failed", extra={"room": session.room})
+                hub.count_refused("internal_error")
                 await session.error("internal_error", "the server could not handle that")
     finally:
         if joined:

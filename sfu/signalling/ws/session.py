@@ -138,9 +138,10 @@ class Session:
         self.extmap, self.payload_types = extmap_ids(sdp), rtpmap_pts(sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, KeyError, IndexError, AssertionError, TypeError) as err:
+        except Exception as err:  # aiortc's parser raises anything (AttributeError, ...)
             await self._drop_pc()
-            raise MessageRefused("bad_sdp", f"cannot use this offer: {err}") from err
+            raise MessageRefused("bad_sdp", f"cannot use this offer: "
+                                 f"{str(err)[:200] or type(err).__name__}") from err
         if self.closed:  # closed while the offer was set: `close` tears down what we made
             return
         audio = [t for t in tracks if t.kind == "audio"]
@@ -156,9 +157,10 @@ class Session:
         discard_unread(pc, audio[:1] if publishing else [], self.hub.metrics)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, KeyError, AssertionError) as err:
+        except Exception as err:  # as above: the offer it answers came from the network
             await self._drop_pc()
-            raise MessageRefused("bad_sdp", f"cannot answer this offer: {err}") from err
+            raise MessageRefused("bad_sdp", f"cannot answer this offer: "
+                                 f"{str(err)[:200] or type(err).__name__}") from err
         if self.closed:
             return
         if publishing:
@@ -184,8 +186,9 @@ class Session:
             raise MessageRefused("bad_state", "no offer is waiting for an answer")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-        except (ValueError, KeyError, IndexError, AssertionError, TypeError) as err:
-            raise MessageRefused("bad_sdp", f"cannot use this answer: {err}") from err
+        except Exception as err:  # as above
+            raise MessageRefused("bad_sdp", f"cannot use this answer: "
+                                 f"{str(err)[:200] or type(err).__name__}") from err
         if self.pc is None:
             return
         discard_unread(self.pc, [self.inbound] if self.inbound is not None else [],
