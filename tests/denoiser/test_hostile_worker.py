@@ -381,3 +381,28 @@ async def test_a_flood_of_silent_connections_is_capped_and_a_node_keeps_being_se
         for writer in flood:
             writer.close()
         await good.close()
+
+
+# -- item 8c: no compile while serving -------------------------------------------------------------
+
+async def test_no_graph_is_compiled_while_serving_any_hop_count(worker) -> None:
+    """Before: the first request of a new hop count (a 3-hop entry: a stream that sent more
+    than a frame in a tick) traced a graph on the live tick and every stream waited ~1 s. Now
+    the worker traces its graphs at start and makes every other count of them; a compile that
+    still happens while serving is counted in engine_compiles_total{when="serving"}."""
+    spawned, metrics = worker
+    key = 'denoise_sfu_engine_compiles_total{when="%s"}'
+    start = scrape(metrics)
+    assert start[key % "start"] >= 1 and start[key % "serving"] == 0
+    node = RemoteEngine(spawned.address, node="shapes", secret=SECRET)
+    await node.start()
+    try:
+        hop = node.hop_size
+        node.open_stream("t")
+        for hops in (1, 2, 3, 4, 5, 6, 3, 1):
+            x = np.resize(frame(hops), hops * hop)
+            out = await node.process("t", x)
+            assert out.size == hops * hop and np.isfinite(out).all()
+    finally:
+        await node.close()
+    assert scrape(metrics)[key % "serving"] == 0
