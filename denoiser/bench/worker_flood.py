@@ -1,14 +1,15 @@
 """A good node's round trips to a worker, with and without a flood of bad connections.
 
-    python -m denoiser.bench.worker_flood [--seconds 10] [--flooders 16] [--streams 2]
+    python -m denoiser.bench.worker_flood [--seconds 10] [--flooders 8] [--streams 2]
 
 Starts `denoise-sfu worker` (the shipped model, on CPU, with a secret) as a child. A good node
 (`RemoteEngine`, in this process) sends every stream's 20 ms frame every 20 ms and times each
 request from `process` to its answer: first with no flood, then while a flood process keeps
 `--flooders` connections busy at once, each over and over: a HELLO that declares 8 MiB and
 sends it, a handshake with a wrong answer, garbage, a connection that says nothing. Prints one
-JSON line: p50/p99/max of both phases, and how many bad connections the flood made. Loopback
-only; the flood runs in its own process, so it takes CPU as a real attacker's packets would.
+JSON line: p50/p99/max of both phases, the worker's CPU seconds in each, and how many bad
+connections the flood made. Loopback only; the flood runs in its own process, so it takes CPU
+as a real attacker's packets would.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from denoiser.worker import protocol as wire
-from denoiser.worker.spawn import spawn_worker
+from denoiser.worker.spawn import cpu_seconds, spawn_worker
 
 SECRET = "flood-bench-secret"
 FRAME = 960
@@ -119,13 +120,18 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.streams):
             node.open_stream(f"s{i}")
         await _phase(node, args.streams, 2.0)  # warm
+        pid = worker.proc.pid
+        cpu = cpu_seconds(pid)
         quiet = _summary(await _phase(node, args.streams, args.seconds))
+        quiet["worker_cpu_s"] = round(cpu_seconds(pid) - cpu, 2)
         flood = subprocess.Popen(
-            [sys.executable, "-m", "denoiser.bench.worker_flood", "--flood-only",
+            [sys.executable, os.path.abspath(__file__), "--flood-only",
              worker.address, "--flooders", str(args.flooders), "--seconds",
              str(args.seconds + 1)], stdout=subprocess.PIPE, text=True, env=env)
         await asyncio.sleep(0.5)
+        cpu = cpu_seconds(pid)
         flooded = _summary(await _phase(node, args.streams, args.seconds))
+        flooded["worker_cpu_s"] = round(cpu_seconds(pid) - cpu, 2)
         out, _ = flood.communicate(timeout=60)
         made = json.loads(out.strip().splitlines()[-1])["connections"] if out.strip() else 0
     finally:
@@ -139,7 +145,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m denoiser.bench.worker_flood")
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--flooders", type=int, default=16)
+    p.add_argument("--flooders", type=int, default=8)
     p.add_argument("--streams", type=int, default=2)
     p.add_argument("--flood-only", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
