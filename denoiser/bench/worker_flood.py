@@ -39,7 +39,8 @@ def _bad_messages() -> list[bytes]:
     if hasattr(wire, "encode_auth"):  # protocol 3: a HELLO, then a wrong answer
         wrong = wire.encode_hello("flood") + wire.encode_auth(os.urandom(wire.MAC_BYTES))
     else:  # protocol 1/2: a HELLO with a wrong token
-        wrong = wire.encode_hello("flood", f"{int(time.time())}:{'0' * 64}")
+        token = f"{int(time.time())}:{'0' * 64}"
+        wrong = wire.encode_hello("flood", token)  # type: ignore[arg-type]
     return [big, wrong, os.urandom(64), b""]
 
 
