@@ -186,7 +186,8 @@ class RemoteEngine(Engine):
         """Seconds of silence after which the worker counts as lost."""
         if self.heartbeat_timeout is not None:
             return self.heartbeat_timeout
-        return self.welcome.heartbeat_ms / 1000 if self.welcome else 5.0
+        # (At least 0.2 s, whatever a worker announces: the node pings 4 times as often.)
+        return max(0.2, self.welcome.heartbeat_ms / 1000) if self.welcome else 5.0
 
     async def _heartbeat(self, writer: asyncio.StreamWriter) -> None:
         """PING the worker; hang up on it once it has been silent past the timeout."""
@@ -195,7 +196,7 @@ class RemoteEngine(Engine):
         while self._writer is writer:
             # Often enough for the worker's timeout and for this side's own.
             worker_s = self.welcome.heartbeat_ms / 1000 if self.welcome else self.heartbeat_s
-            await asyncio.sleep(min(self.heartbeat_s, worker_s) / 4)
+            await asyncio.sleep(max(0.05, min(self.heartbeat_s, worker_s) / 4))
             if self._writer is not writer:
                 return
             silent = loop.time() - self._heard

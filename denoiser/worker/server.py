@@ -130,7 +130,7 @@ class WorkerServer:
         """Drop every node not heard from for `heartbeat_timeout` (checked 4 times as often)."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.heartbeat_timeout / 4)
+            await asyncio.sleep(max(0.025, self.heartbeat_timeout / 4))
             now = loop.time()
             for conn in list(self._connections):
                 if conn.heard and now - conn.heard > self.heartbeat_timeout:
