@@ -13,6 +13,8 @@ Also here (issue 14: every drop counted):
   denoise_sfu_pipeline_failures_total{action}   a speaker's pipeline task that raised:
                                                 `restarted` (once, in pass-through) or `removed`
                                                 (the participant was taken out and told)
+  denoise_sfu_udp_datagrams_dropped_total{reason}  datagrams at the media sockets dropped
+                                                before DTLS/SRTP (UDP_DROP_REASONS)
 `register_media_metrics(registry)` creates them all (and their label values) at app start.
 """
 
@@ -57,6 +59,14 @@ RTCP_OUTCOMES = (
     "nack_limited",   # a NACK asking for more retransmissions than the peer's budget: dropped
 )
 PIPELINE_FAILURE_ACTIONS = ("restarted", "removed")
+#: Values of the `reason` label of `denoise_sfu_udp_datagrams_dropped_total` (sfu.media.
+#: datagram_guard: before DTLS and SRTP see a datagram).
+UDP_DROP_REASONS = (
+    "size",            # empty, or over 1,500 bytes
+    "malformed_stun",  # looks like STUN, does not parse
+    "unknown_source",  # not STUN, from an address ICE does not know for this peer
+    "queue_full",      # the peer's DTLS transport fell behind
+)
 
 
 class MetricsLike(Protocol):
@@ -110,11 +120,19 @@ def pipeline_failures(registry: CollectorRegistry) -> Counter:
                     "raised, by what was done", "action", PIPELINE_FAILURE_ACTIONS)
 
 
+def udp_datagrams_dropped(registry: CollectorRegistry) -> Counter:
+    """The `denoise_sfu_udp_datagrams_dropped_total{reason}` counter of `registry`."""
+    return _counter(registry, "denoise_sfu_udp_datagrams_dropped", "UDP datagrams at the "
+                    "media sockets dropped before DTLS and SRTP, by reason", "reason",
+                    UDP_DROP_REASONS)
+
+
 def register_media_metrics(metrics: MetricsLike) -> None:
     """Create every media series on `metrics` (so /metrics shows them at 0 from the start)."""
     media_events(metrics.registry)
     rtp_packets(metrics.registry)
     rtcp_packets(metrics.registry)
     pipeline_failures(metrics.registry)
+    udp_datagrams_dropped(metrics.registry)
     for reason in DROP_REASONS:
         metrics.frames_dropped.labels(reason)

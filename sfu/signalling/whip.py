@@ -39,6 +39,7 @@ from sfu.errors import (
     ServiceUnavailable,
 )
 from sfu.limits import SessionLimits, SessionSlot
+from sfu.media.datagram_guard import guard_datagrams
 from sfu.media.receiver import discard_unread, prepare_receivers
 from sfu.media.switch import SwitchTrack
 from sfu.placement.gate import place_join
@@ -152,6 +153,7 @@ class WhipHandlers:
             # Decode each packet as it arrives, bounded; other audio sections: discarded.
             prepare_receivers(pc, audio[0], ctx.metrics, ctx.settings.receive_queue_frames)
             answer_sdp = await answer(pc)
+            guard_datagrams(pc, ctx.metrics)  # its ICE sockets exist now
             try:
                 ctx.registry.publish(room, claims.identity, pc, audio[0], mode, session_id)
             except RoomFull as err:
@@ -208,6 +210,7 @@ class WhipHandlers:
                 raise ServiceUnavailable(str(err), err.code) from err
             registered = True
             answer_sdp = await answer(pc)
+            guard_datagrams(pc, ctx.metrics)  # its ICE sockets exist now
             transceiver = next((t for t in pc.getTransceivers()
                                 if t.sender.track is sender.track), None)
             if transceiver is None or transceiver.currentDirection not in ("sendonly",

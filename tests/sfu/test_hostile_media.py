@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -591,3 +592,48 @@ async def test_dead_pipeline_restarts_in_pass_through_then_removes_and_tells(
     finally:
         await ada.close()
         await bob.close()
+
+
+async def test_garbage_datagrams_at_the_media_port_do_not_end_the_call(
+        sfu_factory: Any, gain_engine: Engine, make_token: Callable[..., str],
+        speech_opus: Path) -> None:
+    """Failed before: aioice passed every non-STUN datagram, from any address, to DTLS, whose
+    transport ended the whole peer connection on an empty datagram (IndexError) or on an
+    SRTP-range one over 1,500 bytes (libsrtp's ValueError); found by `bench fuzz`."""
+    sfu = await sfu_factory(gain_engine)
+    alice = Client(sfu, make_token("r", "alice"))
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert await alice.publish("r", speech_opus, mode="on") == 201
+        participant = sfu.ctx.registry.get("r").participants["alice"]
+        server_pc = participant.pc
+        ports = [(host, int(port)) for host, port in re.findall(
+            r"a=candidate:\S+ 1 udp \d+ (\d+\.\d+\.\d+\.\d+) (\d+) typ host",
+            alice.pc.remoteDescription.sdp)]
+        assert ports
+        # What a fuzzer sends: empty, too long in the SRTP range, STUN that does not parse,
+        # short junk in the SRTP and DTLS ranges; from a stranger's socket and from alice's
+        # own (the address ICE validated).
+        junk = [b"", b"\x80" * 1600, b"\x00\x01\x00\x08" + b"\x21\x12\xa4\x42" + b"\x00" * 12
+                + b"\x00\x24\x00\x02\x00\x00\x00\x00", b"\x80\x60" + bytes(10), b"\x16\xfe\xfd"]
+        own = next(p for p in alice.pc.getTransceivers()[0].sender.transport.transport
+                   .iceGatherer._connection._protocols)
+        hops_before = participant.pipeline.counters.hops_in
+        for _ in range(3):
+            for data in junk:
+                for addr in ports:
+                    stranger.sendto(data, addr)
+                    own.transport.sendto(data, addr)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        assert server_pc.connectionState == "connected"
+        assert "alice" in sfu.ctx.registry.get("r").participants
+        await wait_for(lambda: participant.pipeline.counters.hops_in > hops_before + 50,
+                       timeout=10)
+        dropped = "denoise_sfu_udp_datagrams_dropped_total"
+        assert await metric(sfu, dropped, reason="size") >= 6
+        assert await metric(sfu, dropped, reason="unknown_source") >= 6
+        assert await metric(sfu, dropped, reason="malformed_stun") >= 3
+    finally:
+        stranger.close()
+        await alice.close()

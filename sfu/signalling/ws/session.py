@@ -21,6 +21,7 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 
 from sfu.errors import HttpError
+from sfu.media.datagram_guard import guard_datagrams
 from sfu.media.receiver import discard_unread, install_for_track
 from sfu.media.switch import SwitchTrack
 from sfu.rooms import RoomError, RoomRegistry, Subscription
@@ -161,6 +162,7 @@ class Session:
             await self._drop_pc()
             raise MessageRefused("bad_sdp", f"cannot answer this offer: "
                                  f"{str(err)[:200] or type(err).__name__}") from err
+        guard_datagrams(pc, self.hub.metrics)  # its ICE sockets exist now
         if self.closed:
             return
         if publishing:
