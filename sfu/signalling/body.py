@@ -79,6 +79,11 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float) -> byt
         _count(metrics, "timeout")
         raise RequestTimeout(f"the body did not arrive within {timeout:g} s",
                              "body_timeout") from None
+    except ConnectionResetError:  # the client went away mid-body: nobody reads the answer
+        _count(metrics, "incomplete")
+        gone = BadRequest("the connection was lost before the body was complete", "bad_body")
+        gone.close = True
+        raise gone from None
     except RequestPayloadError as err:
         reason = "encoding" if "encoding" in str(err).lower() else "incomplete"
         _count(metrics, reason)

@@ -154,6 +154,27 @@ async def test_offer_split_across_segments_gets_a_real_answer(
         await client.close()
 
 
+async def test_client_that_vanishes_mid_body_is_not_a_server_error(
+        start_node: NodeFactory, make_token: Callable[..., str]) -> None:
+    """Failed before: the lost connection (ConnectionResetError) escaped as a 500, logged as an
+    unhandled error and counted as a server error; found by `bench fuzz --targets split`."""
+    node = await start_node()
+    offer = (await make_offer("sendonly")).encode()
+    request = build_request("POST", "/whip/r1", offer, {
+        "Authorization": f"Bearer {make_token('r1', 'alice')}",
+        "Content-Type": "application/sdp"})
+    for _ in range(3):
+        _reader, writer = await node.open()
+        writer.write(request[: len(request) - len(offer) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.transport.abort()  # gone, mid-body
+    await wait_for(lambda: node.metric("http_bodies_refused_total", reason="incomplete") >= 3,
+                   "the lost bodies to be counted")
+    assert node.metric("http_requests_total", route="/whip/{room}", method="POST",
+                       status="500") == 0
+
+
 async def test_body_that_never_ends_is_408(start_node: NodeFactory,
                                           make_token: Callable[..., str]) -> None:
     node = await start_node(body_timeout=0.5)
