@@ -35,7 +35,7 @@ def reference_class(commit: str, folder: Path) -> type:
         text = text.replace("denoiser.model.gtcrn.network", "gtcrn_ref.network")
         (package / f"{name}.py").write_text(text)
     sys.path.insert(0, str(folder))
-    from gtcrn_ref.model import GTCRN48  # type: ignore[import-not-found]
+    from gtcrn_ref.model import GTCRN48
 
     return GTCRN48
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     new = load_default_model(weights="small")
     with tempfile.TemporaryDirectory() as tmp:
-        old = reference_class(args.ref, Path(tmp))(new.cfg)  # type: ignore[attr-defined]
+        old = reference_class(args.ref, Path(tmp))(new.cfg)
         old.load_state_dict(new.state_dict())
         old.eval().requires_grad_(False)
         with torch.inference_mode():

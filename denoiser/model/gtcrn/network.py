@@ -209,7 +209,7 @@ class GTConvBlock(nn.Module):
         # c * 3 + j is channel c of bin f + j - 1: kernel tap j); each batch norm is folded
         # into the map before it (`Affine.fold`)
         w1, b1 = self.bn1.fold(self.point1.weight.reshape(CHANNELS, half, 1, 3),
-                               self.point1.bias)
+                               _bias(self.point1))
         h1 = self.act1(freq_conv(x1, w1, b1, 1, 1))
         padded = torch.cat([cache, h1], dim=1)  # [B, 2d + T, F, C]
         frames = h1.shape[1]
@@ -221,7 +221,7 @@ class GTConvBlock(nn.Module):
         h1 = F.conv2d(padded.permute(0, 3, 1, 2), weight, bias, padding=(0, 1),
                       dilation=(self.dilation, 1), groups=CHANNELS).permute(0, 2, 3, 1)
         h1 = self.act_depth(h1)
-        h1 = F.linear(h1, *self.bn2.fold(self.point2.weight.flatten(1), self.point2.bias))
+        h1 = F.linear(h1, *self.bn2.fold(self.point2.weight.flatten(1), _bias(self.point2)))
         h1, h = self.tra(h1, h)
         y = torch.stack([h1, x2], dim=-1).flatten(3)  # channels h0 x0 h1 x1 ... (the shuffle)
         return y, new_cache, h
