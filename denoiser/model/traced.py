@@ -88,6 +88,10 @@ class TracedSteps:
     def _trace(self, hop_count: int) -> StepMany:
         eager = self.model.step_many
         try:
+            # one eager call first: what a model derives once from its weights (GTCRN48's
+            # folded and fused matrices, `gtcrn.network.derived`) then exists before the
+            # trace, which holds it as a constant instead of recomputing it every call
+            eager(*self._example(2, hop_count, 0))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about Python ints from sizes
                 graph = torch.jit.trace(_StepMany(self.model), self._example(2, hop_count, 0),

@@ -101,3 +101,23 @@ def test_fused_grus_equal_torch_grus() -> None:
     for s in range(5):
         expected_h = cell(inputs[:, s], expected_h)
         assert (ys[:, s] - expected_h).abs().max() < 1e-5
+
+
+def test_derived_weights_follow_the_parameters() -> None:
+    """Folded/fused weights are kept between inference calls, remade when the parameters
+    change (load_state_dict), and made on the autograd graph in training."""
+    fresh = load_default_model(weights="small")
+    block = fresh.core.encoder[0]  # type: ignore[attr-defined]
+    x = torch.randn(2, 3, 33, 16)
+    cache, h = torch.zeros(2, 2, 33, 16), torch.zeros(2, 16)
+    with torch.inference_mode():
+        before = block(x, cache, h)[0]
+        assert block(x, cache, h)[0].equal(before)
+    weights = {k: v.clone() for k, v in block.state_dict().items()}
+    weights["bn2.scale"] = weights["bn2.scale"] * 0.5
+    block.load_state_dict(weights)
+    with torch.inference_mode():
+        assert not block(x, cache, h)[0].equal(before)  # the kept weights were remade
+    block.requires_grad_(True).train()
+    block(x, cache, h)[0].square().sum().backward()
+    assert block.point1.weight.grad is not None and block.bn1.scale.grad is not None
