@@ -60,6 +60,8 @@ def child_worker_flags(settings: Settings) -> list[str]:
         flags += ["--max-streams", str(settings.max_streams)]
     if settings.model_weights is not None:
         flags += ["--model-weights", settings.model_weights]
+    if settings.cpu_model_weights is not None:
+        flags += ["--cpu-model-weights", settings.cpu_model_weights]
     if settings.model_lookahead is not None:
         flags += ["--model-lookahead", str(settings.model_lookahead)]
     return flags
@@ -83,10 +85,12 @@ async def build_engine(settings: Settings) -> Engine:
         return ChildWorkerPool(child_worker_flags(settings), secret=settings.secret)
     from denoiser.engine.capacity import Admission, measure_tick_cost
     from denoiser.engine.local import LocalEngine
-    from denoiser.model.weights import load_default_model
+    from denoiser.model.weights import load_default_model, weights_for_device
 
+    weights = weights_for_device(settings.device, settings.model_weights,
+                                 settings.cpu_model_weights)
     model = await asyncio.to_thread(load_default_model, settings.device,
-                                    settings.model_lookahead, settings.model_weights)
+                                    settings.model_lookahead, weights)
     max_streams = settings.max_streams
     admission = None
     if max_streams is None and not settings.device.startswith("cuda"):
@@ -100,7 +104,7 @@ async def build_engine(settings: Settings) -> Engine:
     log.info("engine capacity", extra={
         "max_streams": engine.max_streams, "measured": admission is not None,
         "admitted": admission.limit if admission else engine.max_streams,
-        "traced": engine.trace})
+        "traced": engine.trace, "model_weights": weights or "default"})
     return engine
 
 

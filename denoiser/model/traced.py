@@ -120,6 +120,10 @@ class TracedSteps:
         if self.sealed:
             log.warning("tracing step_many for %d hops on a live tick", hop_count)
         try:
+            # one eager call first: what a model derives once from its weights (GTCRN48's
+            # folded and fused matrices, `gtcrn.network.derived`) then exists before the
+            # trace, which holds it as a constant instead of recomputing it every call
+            eager(*self._example(2, hop_count, 0))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about Python ints from sizes
                 graph = torch.jit.trace(_StepMany(self.model), self._example(2, hop_count, 0),

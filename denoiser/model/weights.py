@@ -97,6 +97,17 @@ def weights_path(weights: str | Path | None = None) -> Path:
     return path if path.is_file() or path.is_absolute() else MODELS_DIR / path
 
 
+def weights_for_device(device: torch.device | str, weights: str | None = None,
+                       cpu_weights: str | None = None) -> str | None:
+    """The rung a device runs: `cpu_weights` (`--cpu-model-weights`, e.g. `small`) on CPU when
+    it is set, else `weights` (`--model-weights`; None: the default, full model) on every
+    device. So the full model stays on CUDA and an operator without GPUs picks the CPU rung,
+    with one configuration for both kinds of machine."""
+    if cpu_weights and torch.device(device).type == "cpu":
+        return cpu_weights
+    return weights
+
+
 def load_default_model(device: torch.device | str = "cpu", lookahead: int | None = None,
                        weights: str | Path | None = None) -> StreamingModel:
     """The default denoiser on `device`, ready for `step`: DFN3 fine-tuned at look-ahead 1

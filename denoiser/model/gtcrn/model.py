@@ -10,8 +10,9 @@ the network was trained on. What changes is the framing:
   is non-zero only on the last `support` samples, so that the algorithmic latency is
   `support - hop` (20 ms for the shipped support of three hops, 10 ms for two) instead of the
   window length;
-- frames every 10 ms instead of 16 ms: the temporal layers see a faster frame rate, which the
-  fine-tune on our corpus adapts to (models/MODEL_CARD.md).
+- frames every 10 ms instead of 16 ms: the temporal layers see a faster frame rate than they
+  were trained at (the shipped weights are GTCRN's own, not yet fine-tuned at this framing;
+  models/MODEL_CARD.md).
 
 Above 8 kHz (bins 257-768) the network says nothing; those bins get one gain per frame from
 the network's own mask: the mean mask magnitude over 5-8 kHz, within [0, 1]. A narrowband

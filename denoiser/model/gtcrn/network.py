@@ -23,6 +23,8 @@ of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -100,6 +102,25 @@ def freq_deconv(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
     return y.permute(0, 2, 3, 1)
 
 
+def derived(module: nn.Module, make: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """Weights `make` computes from `module`'s parameters (folded batch norms, fused GRU
+    matrices). While no gradient is recorded they are made once and kept as long as the
+    parameters are the same tensors at the same version (`load_state_dict` and optimiser steps
+    bump it), so an inference step pays none of these small operations (a traced graph holds
+    them as constants); in training they are made on every call, on the autograd graph."""
+    params = list(module.parameters())
+    if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or any(
+            p.is_inference() for p in params):  # inference tensors keep no version
+        return make()
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    kept = module.__dict__.get("_derived")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    value = tuple(t.detach() for t in make())
+    module.__dict__["_derived"] = (key, value)
+    return value
+
+
 class Affine(nn.Module):
     """A batch norm in inference form: y = x * scale + shift per channel (the last dim)."""
 
@@ -110,6 +131,14 @@ class Affine(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
+
+    def fold(self, weight: Tensor, bias: Tensor, out_dim: int = 0) -> tuple[Tensor, Tensor]:
+        """(weight, bias) of a linear map followed by this affine, as one map: its output
+        channels run along `out_dim` of `weight`. Costs a few operations on the weights
+        instead of two passes over the activations (the same function, in training too)."""
+        shape = [1] * weight.dim()
+        shape[out_dim] = -1
+        return weight * self.scale.reshape(shape), bias * self.scale + self.shift
 
 
 def _gates(rnn: nn.GRU, suffix: str = "") -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -128,17 +157,20 @@ def gru_scan(inputs: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Ten
         gh = torch.addmm(b_hh, h, w_hh.t())
         rz = torch.sigmoid(gi[:, :2 * hidden] + gh[:, :2 * hidden])
         r, z = rz[:, :hidden], rz[:, hidden:]
-        n = torch.tanh(gi[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
-        h = n + z * (h - n)
+        n = torch.tanh(torch.addcmul(gi[:, 2 * hidden:], r, gh[:, 2 * hidden:]))
+        h = torch.lerp(n, h, z)  # n + z * (h - n), one operation instead of three
         outs.append(h)
     return torch.stack(outs, dim=1), h
 
 
-def fused_projection(parts: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """Input projections of several GRUs, gate-major: parts are (x [N, S, K], w_ih [3h, K],
-    b_ih [3h]) -> [N, S, 3H] (all r, then all z, then all n)."""
-    projected = [F.linear(x, w, b) for x, w, b in parts]
-    return torch.cat([p.chunk(3, dim=-1)[g] for g in range(3) for p in projected], dim=-1)
+def fused_input(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """(w_ih [3H, sum K] block-diagonal per gate, b_ih [3H]) of several GRUs, gate-major: one
+    product of the GRUs' inputs side by side gives all r, then all z, then all n (no copies
+    to reorder the outputs)."""
+    w = torch.cat([torch.block_diag(*[wi.chunk(3, dim=0)[g] for wi, _ in parts])
+                   for g in range(3)], dim=0)
+    b = torch.cat([bi.chunk(3)[g] for g in range(3) for _, bi in parts])
+    return w, b
 
 
 def fused_hidden(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -189,24 +221,35 @@ class GTConvBlock(nn.Module):
         self.bn2 = Affine(half)
         self.tra = TRA(half)
 
+    def _weights(self) -> tuple[Tensor, ...]:
+        """(w1, b1, w_depth, b_depth, w2, b2): SFE then a point conv is one conv of kernel 3
+        over frequency (GTCRN's SFE channel c * 3 + j is channel c of bin f + j - 1: kernel
+        tap j); each batch norm is folded into the map before it (`Affine.fold`); the
+        decoder's stride-1 transposed depthwise conv is a conv with the kernel reversed."""
+        half = CHANNELS // 2
+        w1, b1 = self.bn1.fold(self.point1.weight.reshape(CHANNELS, half, 1, 3),
+                               _bias(self.point1))
+        depth = self.depth_weight.flip(2, 3) if self.deconv else self.depth_weight
+        wd, bd = self.bn_depth.fold(depth, self.depth_bias)
+        w2, b2 = self.bn2.fold(self.point2.weight.flatten(1), _bias(self.point2))
+        return w1, b1, wd, bd, w2, b2
+
     def forward(self, x: Tensor, cache: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, 33, 16], cache [B, 2d, 33, 16] (past inputs of the depthwise conv),
         h [B, 16] (TRA) -> (y, new cache, new h)."""
         half = CHANNELS // 2
         x1, x2 = x[..., :half], x[..., half:]
-        h1 = F.linear(sfe(x1), sfe_weight(self.point1.weight.flatten(1), half),
-                      self.point1.bias)
-        h1 = self.act1(self.bn1(h1))
+        w1, b1, wd, bd, w2, b2 = derived(self, self._weights)
+        h1 = self.act1(freq_conv(x1, w1, b1, 1, 1))
         padded = torch.cat([cache, h1], dim=1)  # [B, 2d + T, F, C]
         frames = h1.shape[1]
         new_cache = padded[:, frames:]
         # depthwise over (time, frequency), channels-last like `freq_conv`
         # (the decoder's stride-1 transposed conv is a conv with the kernel reversed)
-        weight = self.depth_weight.flip(2, 3) if self.deconv else self.depth_weight
-        h1 = F.conv2d(padded.permute(0, 3, 1, 2), weight, self.depth_bias, padding=(0, 1),
+        h1 = F.conv2d(padded.permute(0, 3, 1, 2), wd, bd, padding=(0, 1),
                       dilation=(self.dilation, 1), groups=CHANNELS).permute(0, 2, 3, 1)
-        h1 = self.act_depth(self.bn_depth(h1))
-        h1 = self.bn2(F.linear(h1, self.point2.weight.flatten(1), self.point2.bias))
+        h1 = self.act_depth(h1)
+        h1 = F.linear(h1, w2, b2)
         h1, h = self.tra(h1, h)
         y = torch.stack([h1, x2], dim=-1).flatten(3)  # channels h0 x0 h1 x1 ... (the shuffle)
         return y, new_cache, h
@@ -223,24 +266,28 @@ class GroupedGRU(nn.Module):
         self.rnn2 = nn.GRU(input_size // 2, hidden_size // 2, batch_first=True,
                            bidirectional=bidirectional)
 
+    def _weights(self) -> tuple[Tensor, ...]:
+        """(w_ih, b_ih, w_hh, b_hh) of the layer's GRUs as one gate-major recurrence: the two
+        halves, or with both directions (x1, x1 reversed, x2, x2 reversed) for the inputs."""
+        if self.bidirectional:
+            grus = [_gates(rnn, sfx) for rnn in (self.rnn1, self.rnn2)
+                    for sfx in ("", "_reverse")]
+        else:
+            grus = [_gates(self.rnn1), _gates(self.rnn2)]
+        return (*fused_input([(g[0], g[2]) for g in grus]),
+                *fused_hidden([(g[1], g[3]) for g in grus]))
+
     def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x [N, S, C] -> (y [N, S, hidden], last h [N, hidden]). Bidirectional (h must be
         None, zeros): y is [rnn1 forward, rnn1 backward, rnn2 forward, rnn2 backward]."""
+        w_ih, b_ih, w_hh, b_hh = derived(self, self._weights)
+        if not self.bidirectional:  # x is [x1, x2] already
+            assert h is not None
+            return gru_scan(F.linear(x, w_ih, b_ih), h, w_hh, b_hh)
         half = x.shape[-1] // 2
         xs = (x[..., :half], x[..., half:])
-        if not self.bidirectional:
-            grus = [_gates(self.rnn1), _gates(self.rnn2)]
-            inputs = fused_projection([(xi, g[0], g[2]) for xi, g in zip(xs, grus, strict=True)])
-            w_hh, b_hh = fused_hidden([(g[1], g[3]) for g in grus])
-            assert h is not None
-            return gru_scan(inputs, h, w_hh, b_hh)
-        grus = [_gates(rnn, sfx) for rnn in (self.rnn1, self.rnn2) for sfx in ("", "_reverse")]
         # One projection for all four GRUs (gate-major columns) from [x, x reversed]: the
         # backward GRUs read the reversed sequence, and their outputs are put back in order.
-        w_ih = torch.cat([torch.block_diag(*[g[0].chunk(3)[gate] for g in grus])
-                          for gate in range(3)])  # [3H, 4 * C/2]: (x1, x1 rev, x2, x2 rev)
-        b_ih = torch.cat([g[2].chunk(3)[gate] for gate in range(3) for g in grus])
-        w_hh, b_hh = fused_hidden([(g[1], g[3]) for g in grus])
         sources = torch.cat([xs[0], xs[0].flip(1), xs[1], xs[1].flip(1)], dim=-1)
         y, last = gru_scan(F.linear(sources, w_ih, b_ih),
                            x.new_zeros(x.shape[0], w_hh.shape[1]), w_hh, b_hh)
@@ -345,10 +392,16 @@ class GTCRNCore(nn.Module):
             x, new[f"dec{i}"], h = block(x + skips[len(skips) - 1 - i], state[f"dec{i}"],
                                          tra[:, 3 + i])
             new_tra.append(h)
-        x = freq_deconv(x + skips[1], self.de3.weight, _bias(self.de3), 2)
-        x = self.de3_act(self.de3_bn(x))
-        m = freq_deconv(x + skips[0], self.de4.weight, _bias(self.de4), 1)
-        mask = self._unbands(torch.tanh(self.de4_bn(m)))  # [B, T, 257, 2]
+        # a transposed conv's weight is [Cin, Cout / groups, 1, k]: with 2 groups, output
+        # channel g * 8 + j is weight[g * 8:(g + 1) * 8, j]
+        w3 = self.de3.weight.reshape(2, CHANNELS // 2, CHANNELS // 2, 1, -1)
+        w3 = (w3 * self.de3_bn.scale.reshape(2, 1, CHANNELS // 2, 1, 1)).reshape(
+            self.de3.weight.shape)
+        b3 = _bias(self.de3) * self.de3_bn.scale + self.de3_bn.shift
+        x = self.de3_act(freq_deconv(x + skips[1], w3, b3, 2))
+        w4, b4 = self.de4_bn.fold(self.de4.weight, _bias(self.de4), out_dim=1)
+        m = freq_deconv(x + skips[0], w4, b4, 1)
+        mask = self._unbands(torch.tanh(m))  # [B, T, 257, 2]
         new["tra"] = torch.stack(new_tra, dim=1)
         new["inter"] = torch.stack(new_inter, dim=1)
         return mask, new
