@@ -2,7 +2,9 @@
 softmax, in numpy (a few thousand multiply-adds per hop).
 
 A file may hold several such models (an ensemble: keys `members` = k and `mean_0`, `w1_0`, ...,
-one set per member); their probabilities are averaged. All members' first layers run as one
+one set per member); their probabilities are averaged, or with `combine` = "max" each class
+takes its largest member (music where any member hears music: members trained on different
+music each know their own). All members' first layers run as one
 product (inputs a member was not trained on get zero weights), so a member costs little more
 than its hidden units.
 """
@@ -33,6 +35,9 @@ class MusicClassifier:
                     else [""])
             members = [{n: z[n + k].astype(np.float32) for n in ("mean", "std", "w1", "b1",
                                                                  "w2", "b2")} for k in keys]
+            self.combine = str(z["combine"]) if "combine" in z.files else "mean"
+        if self.combine not in ("mean", "max"):
+            raise ValueError(f"{path}: combine must be mean or max, got {self.combine!r}")
         m = members[0]
         self.mean, self.std, self.w1, self.b1, self.w2, self.b2 = (
             m["mean"], m["std"], m["w1"], m["b1"], m["w2"], m["b2"])
@@ -65,8 +70,13 @@ class MusicClassifier:
             z -= z.max(axis=-1, keepdims=True)
             np.exp(z, out=z)
             z /= z.sum(axis=-1, keepdims=True)
-            out = z if out is None else out + z
+            if out is None:
+                out = z
+            elif self.combine == "max":
+                np.maximum(out, z, out=out)
+            else:
+                out += z
         assert out is not None
-        if self.members > 1:
+        if self.members > 1 and self.combine == "mean":
             out /= self.members
         return out
