@@ -6,9 +6,9 @@ corpus needed."""
 from __future__ import annotations
 
 import numpy as np
-from support.sample_audio import noisy_example
 
 from denoiser.bypass import BypassDetector
+from support.sample_audio import noisy_example
 
 SR, HOP = 48_000, 480
 
@@ -25,9 +25,11 @@ def keyboard_music(seconds: float, seed: int = 0) -> np.ndarray:
         seg = np.zeros(n)
         for semi in chords[(k // 4) % 4]:
             f = 220 * 2 ** (semi / 12)
-            seg += sum(0.6**h * np.sin(2 * np.pi * f * h * tt) for h in range(1, 8)) * np.exp(-3 * tt)
+            partials = sum(0.6**h * np.sin(2 * np.pi * f * h * tt) for h in range(1, 8))
+            seg += partials * np.exp(-3 * tt)
         mel = 440 * 2 ** (int(rng.choice((0, 2, 4, 5, 7, 9, 11, 12))) / 12)
-        seg += sum(0.8 * 0.5**h * np.sin(2 * np.pi * mel * h * tt) for h in range(1, 6)) * np.exp(-2 * tt)
+        partials = sum(0.8 * 0.5**h * np.sin(2 * np.pi * mel * h * tt) for h in range(1, 6))
+        seg += partials * np.exp(-2 * tt)
         seg += 2 * np.sin(2 * np.pi * 60 * tt * np.exp(-20 * tt)) * np.exp(-25 * tt)
         i = k * n
         out[i : i + n] += seg[: max(0, len(out) - i)].astype(np.float32)
