@@ -23,10 +23,13 @@ Each has its own hysteresis so decisions do not flicker:
   music) < `music_off` (0.3); silent frames change nothing. So an announcement over hold music
   keeps the bypass and passes with the music intact, while speech over a music-like noise does
   not start one. In the first 2 s of a music bypass only P(music) keeps it (off after 0.3 s
-  below 0.3): speech right after a short music-like sound is speech over noise. A drone (a mel
-  spectrum that has not moved by 2 dB in 280 ms: a buzzer, hum, engine) is not music: for 1 s
-  after one it cannot start a music bypass nor keep a young one, and a young one found over a
-  drone ends at once. In a stream's first 280 ms the drone check compares with the stream's
+  below 0.3): speech right after a short music-like sound is speech over noise. A drone (a
+  buzzer, hum, engine) is not music: for 3 s after one it cannot start a music bypass nor keep
+  a young one, and a young one found over a drone ends at once. A mel spectrum that has not
+  moved by 2 dB in 280 ms is still; a still stretch is a drone only when it is the same
+  spectrum as a recent one that never went away meanwhile, lasts 1.2 s, or the stream opened on
+  a drone (`DroneGuard`, denoiser/bypass/drone.py): a held note is still too, but music moves
+  on to other notes. In a stream's first 280 ms the drone check compares with the stream's
   first whole frame (>= 120 ms back, 1 dB); all along, a spectrum that has not moved by 0.5 dB
   in 120 ms is a drone too; and a stream that opens on a drone is found from its 20 ms
   spectra within 100 ms (`OpeningDrone`), before the early music bypass below can start.
@@ -48,9 +51,11 @@ import numpy as np
 
 from denoiser.bypass.analysis import RATE, Decimator, SlidingSpectrum
 from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
+from denoiser.bypass.drone import DroneGuard
 from denoiser.bypass.dtmf import DtmfReceiver
 from denoiser.bypass.features import (
     FRAME_HOPS,
+    N_MELS,
     STATIC_LAG,
     ContextFeatures,
     OpeningDrone,
@@ -65,7 +70,6 @@ _PROV_MUTE = 100
 _STATIC_DB = 2.0  # see ContextFeatures.static_db
 _STATIC_DB_START = 1.0  # at the shorter lags of a stream's first 280 ms (music: 1 % below 1.2)
 _STATIC_DB_SHORT = 0.5  # at 120 ms, all along
-_STATIC_FRAMES = frames(80)
 _CP_ON, _CP_HOLD = frames(80), frames(4500)
 _TONE_ON, _TONE_OFF = frames(80), frames(120)
 _EARLY = frames(500)
@@ -85,7 +89,7 @@ class BypassDetector:
                  classifier: MusicClassifier | None = None, use_music: bool = True,
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
                  music_frames: int = frames(160), start_hold_ms: float = 120.0,
-                 start_release: float = 0.2) -> None:
+                 start_release: float = 0.2, start_on_music_only: bool = False) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
@@ -101,11 +105,13 @@ class BypassDetector:
         self.classifier = (classifier or default_classifier()) if use_music else None
         self._features = ContextFeatures(long)
         self._opening = OpeningDrone(short)
+        self._drone = DroneGuard(N_MELS)
         self.music_on, self.hold_on = music_on, hold_on
         self.music_off, self.music_frames = music_off, music_frames
         # A stream's first hops pass untouched until the classifier has had its say (module doc)
         self.start_hops = round(start_hold_ms / 10) if self.classifier is not None else 0
         self.start_release = start_release
+        self.start_on_music_only = start_on_music_only
         self._starting = self.start_hops > 0
         self._start_against = 0
         self.p_music = 0.0
@@ -139,6 +145,11 @@ class BypassDetector:
         self.analysed = False  # whether this hop moved the 80 ms analysis on (a frame)
         self._cp_active = self._tone_active = self._music_active = False
         self.provisional_failed = 0
+
+    @property
+    def drone(self) -> bool:
+        """Whether the drone guard holds now (a drone found within the last 3 s)."""
+        return self._since_static < _DRONE
 
     @property
     def digits(self) -> list[str]:
@@ -175,6 +186,7 @@ class BypassDetector:
             self._dtmf_hold = max(0, self._dtmf_hold - 1)
         if self._opening.active and self.classifier is not None and self._opening.update():
             self._since_static = 0  # the stream opens on a drone: the drone guard from now
+            self._drone.opened_on_drone = True
             self._starting = False
         if frame:
             self._last_frame_ms, self._frame_ms = self._frame_ms / FRAME_HOPS, 0.0
@@ -278,15 +290,19 @@ class BypassDetector:
         if self._starting:
             # the start hold ends on clear evidence against music: one frame far below
             # `start_release`, or two in a row below it (a stream's first frames are unsure,
-            # and one unsure frame must not fade music in denoised)
-            if self.p_hold < self.start_release / 2:
+            # and one unsure frame must not fade music in denoised). The evidence is
+            # P(music) + P(speech over music), or with `start_on_music_only` P(music) alone
+            # (early frames of speech in noise often look like an announcement over music).
+            ev = self.p_music if self.start_on_music_only else self.p_hold
+            if ev < self.start_release / (4 if self.start_on_music_only else 2):
                 self._starting = False
-            elif self.p_hold < self.start_release:
+            elif ev < self.start_release:
                 self._start_against += 1
                 self._starting = self._start_against < 2
             else:
                 self._start_against = 0
         if 10 * np.log10(frame_ms + 1e-10) < _SILENT_DB:
+            self._drone.gap()
             return self._music_on  # a silent frame says nothing either way
         # A spectrum that has not moved for 260 ms is a drone (buzz, hum), not music: it cannot
         # start a bypass nor keep a young one; speech over it must be cleaned.
@@ -296,7 +312,8 @@ class BypassDetector:
         limit = _STATIC_DB if f.static_lag == STATIC_LAG else _STATIC_DB_START
         still = f.static_db < limit or f.static_short_db < _STATIC_DB_SHORT
         self._static_run = self._static_run + 1 if still else 0
-        self._since_static = 0 if self._static_run >= _STATIC_FRAMES else self._since_static + 1
+        drone = self._drone.update(still, f.last_top)
+        self._since_static = 0 if drone else self._since_static + 1
         static = self._since_static < _DRONE
         if static:
             self._starting = False

@@ -209,6 +209,12 @@ class ContextFeatures:
         self.acc[1] = r[(np.arange(self.count - SHORT, self.count)) % LONG].sum(0)
 
     @property
+    def last_top(self) -> np.ndarray:
+        """The latest frame's log-mel spectrum (log10), bands 30 dB under the loudest floored:
+        what `static_db` compares."""
+        return self._lm_ring[(self.count - 1) % STATIC_LAG]
+
+    @property
     def context_max_db(self) -> float:
         n = min(self.count, LONG)
         return float(self.ring[:n, 0, self._E].max()) if n else -100.0

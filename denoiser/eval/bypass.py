@@ -161,38 +161,86 @@ def all_clips(quick: bool = False, kinds: tuple[str, ...] = KINDS) -> list[Clip]
     return [c for c in clips if c.kind in kinds]
 
 
-async def run_streams(model: StreamingModel, jobs: list[tuple[np.ndarray, str]]
-                      ) -> list[tuple[np.ndarray, dict[str, int]]]:
-    """Each (audio, mode) through its own `DenoisedStream`, all on one `LocalEngine`; returns
-    the outputs aligned to the inputs (latency removed) and each stream's hop counters."""
-    from denoiser.engine.local import LocalEngine
+async def _through(engine: object, i: int, x: np.ndarray, mode: str
+                   ) -> tuple[np.ndarray, dict[str, int]]:
+    """One clip through its own `DenoisedStream` on `engine`; returns the whole output (not
+    yet aligned) and the stream's hop counters, with `_raw_path` per input hop."""
     from denoiser.stream import DenoisedStream
 
-    async with LocalEngine(model, device="cpu", max_streams=max(1, len(jobs)),
-                           threads=1) as engine:
-        lat = engine.latency_samples
+    lat = engine.latency_samples  # type: ignore[attr-defined]
+    n = len(x) + lat
+    n += -n % HOP
+    padded = np.zeros(n, np.float32)
+    padded[: len(x)] = x
+    det = BypassDetector() if mode == "auto" else None
+    stream = DenoisedStream(engine, f"eval{i}", mode=mode, detector=det,  # type: ignore[arg-type]
+                            deadline=None)
+    out, raw_path = [], []
+    try:
+        for k in range(0, n, HOP):
+            before = stream.counters["denoised"]
+            out.append(await stream.process_hop(padded[k : k + HOP]))
+            raw_path.append(stream.counters["denoised"] == before)
+    finally:
+        stream.close()
+    counters = dict(stream.counters)
+    # per input hop: did its output pass raw (the output lags the input by `lat`)
+    counters["_raw_path"] = raw_path[lat // HOP : lat // HOP + len(x) // HOP]  # type: ignore[assignment]
+    return np.concatenate(out), counters
 
-        async def one(i: int, x: np.ndarray, mode: str) -> tuple[np.ndarray, dict[str, int]]:
-            n = len(x) + lat
-            n += -n % HOP
-            padded = np.zeros(n, np.float32)
-            padded[: len(x)] = x
-            det = BypassDetector() if mode == "auto" else None
-            stream = DenoisedStream(engine, f"eval{i}", mode=mode, detector=det, deadline=None)
-            out, raw_path = [], []
-            try:
-                for k in range(0, n, HOP):
-                    before = stream.counters["denoised"]
-                    out.append(await stream.process_hop(padded[k : k + HOP]))
-                    raw_path.append(stream.counters["denoised"] == before)
-            finally:
-                stream.close()
-            counters = dict(stream.counters)
-            # per input hop: did its output pass raw (the output lags the input by `lat`)
-            counters["_raw_path"] = raw_path[lat // HOP : lat // HOP + len(x) // HOP]  # type: ignore[assignment]
-            return np.concatenate(out)[lat : lat + len(x)], counters
 
-        return list(await asyncio.gather(*(one(i, x, m) for i, (x, m) in enumerate(jobs))))
+async def run_streams(model: StreamingModel, jobs: list[tuple[np.ndarray, str]],
+                      on_cache: Path | None = None
+                      ) -> list[tuple[np.ndarray, dict[str, int]]]:
+    """Each (audio, mode) through its own `DenoisedStream`, all on one `LocalEngine`; returns
+    the outputs aligned to the inputs (latency removed) and each stream's hop counters.
+
+    With `on_cache` (a folder) the model runs only for clips whose mode-`on` output is not yet
+    cached there; `auto` is then replayed over the cached output (denoiser/eval/replay.py),
+    which gives what the full run gives (keep_warm: the engine sees every hop either way)."""
+    from denoiser.engine.local import LocalEngine
+    from denoiser.eval.replay import OnCache, ReplayEngine
+
+    cache = None
+    need = list(range(len(jobs)))
+    if on_cache is not None:
+        from denoiser.model.weights import weights_path
+
+        wp = weights_path(None)
+        cache = OnCache(on_cache, f"{wp.name}:{wp.stat().st_size if wp.is_file() else 0}")
+        need = [i for i, (x, _) in enumerate(jobs) if cache.get(x) is None]
+        # one `on` run per distinct clip is enough
+        seen: dict[str, int] = {}
+        for i in need:
+            seen.setdefault(cache.path(jobs[i][0]).name, i)
+        need = sorted(seen.values())
+    results: dict[int, tuple[np.ndarray, dict[str, int]]] = {}
+    lat = 0
+    if need:
+        async with LocalEngine(model, device="cpu", max_streams=max(1, len(need)),
+                               threads=1) as engine:
+            lat = engine.latency_samples
+            todo = [(i, jobs[i][0], "on" if cache is not None else jobs[i][1]) for i in need]
+            outs = await asyncio.gather(*(_through(engine, i, x, m) for i, x, m in todo))
+            for (i, x, _), r in zip(todo, outs, strict=True):
+                results[i] = r
+                if cache is not None:
+                    cache.put(x, r[0])
+    else:
+        lat = model.latency_samples
+    if cache is not None:
+        full = {f"eval{i}": cache.get(x) for i, (x, _) in enumerate(jobs)}
+        replay = ReplayEngine({k: v for k, v in full.items() if v is not None}, SR, HOP, lat)
+        results = {}
+        for i, (x, mode) in enumerate(jobs):
+            f = full[f"eval{i}"]
+            assert f is not None
+            if mode == "on":
+                results[i] = (f, {"denoised": len(f) // HOP})
+            else:
+                results[i] = await _through(replay, i, x, mode)
+    return [(results[i][0][lat : lat + len(x)], results[i][1])
+            for i, (x, _) in enumerate(jobs)]
 
 
 def hop_cost(seconds: float = 20.0) -> dict[str, float]:
@@ -393,7 +441,8 @@ def format_summary(summary: dict[str, object]) -> str:
 
 
 async def evaluate(quick: bool = False, verbose: bool = True,
-                   kinds: tuple[str, ...] = KINDS) -> dict[str, object]:
+                   kinds: tuple[str, ...] = KINDS, on_cache: Path | None = None
+                   ) -> dict[str, object]:
     import torch
 
     from denoiser.model.weights import load_default_model
@@ -405,7 +454,8 @@ async def evaluate(quick: bool = False, verbose: bool = True,
     model = load_default_model("cpu")
     clips = all_clips(quick, kinds)
     t0 = time.monotonic()
-    outs = await run_streams(model, [(c.audio, m) for c in clips for m in ("auto", "on")])
+    outs = await run_streams(model, [(c.audio, m) for c in clips for m in ("auto", "on")],
+                             on_cache)
     rows = []
     for i, clip in enumerate(clips):
         row = _score(clip, outs[2 * i], outs[2 * i + 1])
@@ -418,10 +468,10 @@ async def evaluate(quick: bool = False, verbose: bool = True,
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def run(out: Path | None, quick: bool = False, kinds: tuple[str, ...] = KINDS
-        ) -> dict[str, object]:
+def run(out: Path | None, quick: bool = False, kinds: tuple[str, ...] = KINDS,
+        on_cache: Path | None = None) -> dict[str, object]:
     """Evaluate; print the rows, the per-type table and (last) the summary as one JSON line."""
-    report = asyncio.run(evaluate(quick, kinds=kinds))
+    report = asyncio.run(evaluate(quick, kinds=kinds, on_cache=on_cache))
     print(format_summary(report["summary"]))  # type: ignore[arg-type]
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -438,11 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     ap.add_argument("--kinds", default=",".join(KINDS),
                     help=f"comma-separated clip types among {','.join(KINDS)} (default: all)")
+    ap.add_argument("--on-cache", type=Path, default=None,
+                    help="folder of cached mode-on outputs: run the model only for clips not "
+                         "yet there and replay `auto` over them (to iterate on the detector)")
     args = ap.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     if not kinds or set(kinds) - set(KINDS):
         ap.error(f"--kinds: choose among {','.join(KINDS)}")
-    run(args.out, args.quick, kinds)
+    run(args.out, args.quick, kinds, args.on_cache)
     return 0
 
 
