@@ -23,6 +23,7 @@ MEDIA_EVENTS = (
     "publisher_pause",   # gap > 100 ms: nothing sent, timestamps jump over it
     "packet_out",        # denoised packet handed to the subscribers' senders
     "raw_packet_out",    # undenoised comparison packet handed to senders
+    "packet_forwarded",  # the publisher's own payload sent on undecoded (mode off)
 )
 #: Values of the `reason` label the audio path uses on `denoise_sfu_frames_dropped_total`.
 DROP_REASONS = ("input_late", "input_bad", "subscriber_queue")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
@@ -65,6 +66,9 @@ class ImmediateAudioJitterBuffer:
         self.packets_late = 0  # arrived after a newer packet had been released (or duplicate)
         self.packets_missing = 0  # sequence numbers skipped over (lost, or late later)
         self.restarts = 0
+        # (packet, unwrapped timestamp, arrival) -> whether to decode it; set by the pipeline
+        # to forward payloads without decoding them (sfu.media.forward)
+        self.tap: Callable[[RtpPacket, int, float], bool] | None = None
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         self.packets_in += 1
@@ -88,6 +92,8 @@ class ImmediateAudioJitterBuffer:
         self._last_out_ts = out_ts
         self.arrivals.record(out_ts, arrived)
         self.packets_released += 1
+        if self.tap is not None and not self.tap(packet, out_ts, arrived):
+            return False, None
         return False, JitterFrame(data=packet._data, timestamp=out_ts)  # type: ignore[attr-defined]
 
 
@@ -105,6 +111,7 @@ def install_low_latency_audio(receiver: RTCRtpReceiver) -> ImmediateAudioJitterB
     buffer = ImmediateAudioJitterBuffer()
     setattr(receiver, _PRIVATE_JITTER_BUFFER, buffer)
     track.packet_arrivals = buffer.arrivals  # type: ignore[attr-defined]
+    track.rtp_buffer = buffer  # type: ignore[attr-defined]
     return buffer
 
 
