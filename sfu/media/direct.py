@@ -24,6 +24,7 @@ import asyncio
 import logging
 from typing import Any
 
+from aioice.ice import StunProtocol
 from aiortc import RTCRtpSender, clock
 from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
@@ -54,6 +55,7 @@ class DirectRtpSender:
         self.packets_sent = 0
         self.octets_sent = 0
         self.packets_failed = 0
+        self.packets_relayed = 0  # sent through a TURN relay's coroutine (a task each)
         self.last_timestamp: int | None = None  # RTP timestamp of the last packet sent
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -106,11 +108,12 @@ class DirectRtpSender:
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             return False
-        udp = getattr(pair.protocol, "transport", None)
-        if isinstance(udp, asyncio.DatagramTransport):
-            udp.sendto(protected, pair.remote_addr)
+        protocol = pair.protocol
+        if type(protocol).send_data is StunProtocol.send_data:  # plain UDP: send at once
+            protocol.transport.sendto(protected, pair.remote_addr)
         else:  # a TURN relay: its send is a coroutine
-            task = asyncio.ensure_future(pair.protocol.send_data(protected, pair.remote_addr))
+            self.packets_relayed += 1
+            task = asyncio.ensure_future(protocol.send_data(protected, pair.remote_addr))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
         setattr(dtls, _D + "tx_bytes", getattr(dtls, _D + "tx_bytes", 0) + len(protected))

@@ -158,11 +158,14 @@ async def test_mode_off_forwards_payloads_bit_exact_same_bytes_to_every_subscrib
         counters = call.pipeline.counters
         stats = [await o.receiver.getStats() for o in call.listeners]
         sender_stats = [await s.getStats() for s in call.senders]
+        directs = [getattr(t, "direct", None) for t in call.tracks]
     finally:
         await call.close()
 
     # every listener's track was written directly (no sender task per packet)
     assert all(isinstance(t, PacketTrack) and t.packets_sent > 50 for t in call.tracks)
+    assert all(d is not None and d.packets_sent > 50 and d.packets_relayed == 0
+               for d in directs), "every packet straight to sendto, no task each"
     sent = [p.payload for p in call.sent]
     received = [[p.payload for p in o.rtp] for o in call.listeners]
     assert counters.packets_forwarded > 80
