@@ -142,9 +142,11 @@ def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
                                 warm_when_off=False,
                                 deadline=ctx.settings.hop_deadline)
         budget = ctx.settings.latency_budget
+        complexity = ctx.settings.opus_complexity
         if budget is None:
-            return SpeakerPipeline(track, stream, ctx.metrics)
-        return SpeakerPipeline(track, stream, ctx.metrics, latency_budget=budget)
+            return SpeakerPipeline(track, stream, ctx.metrics, complexity=complexity)
+        return SpeakerPipeline(track, stream, ctx.metrics, latency_budget=budget,
+                               complexity=complexity)
     return make
 
 

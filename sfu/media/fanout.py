@@ -152,12 +152,15 @@ class FanOut:
             self._tracks.discard(track)
             track.stop()
 
-    def publish(self, packet: av.Packet, audio_level: int | None = None) -> None:
-        """The same packet (and the same payload bytes) to every subscriber."""
+    def publish(self, packet: av.Packet, audio_level: int | None = None,
+                payload: bytes | None = None) -> None:
+        """The same packet (and the same payload bytes: `payload`, else the packet's) to
+        every subscriber."""
         self.packets_published += 1
         if not self._tracks:
             return
-        payload = bytes(packet)
+        if payload is None:
+            payload = bytes(packet)
         for track in list(self._tracks):
             track.put(packet, payload, audio_level)
 

@@ -6,7 +6,9 @@ quality. `ForwardGate` decides, per RTP packet as it arrives (before aiortc's de
 sees it), whether the packet is forwarded as it is, decoded for the pipeline, or both:
 
 - mode `off`, once the pipeline has processed one frame in that mode (the stream has
-  crossfaded onto its raw path): forward, do not decode;
+  crossfaded onto its raw path): forward, do not decode. Packets sent to the decoder whose
+  frames the pipeline has not finished yet go out first, forwarded too, so that no
+  re-encoded packet ever follows a forwarded one (their frames are then not encoded);
 - mode `on`/`auto` after forwarding: keep forwarding while also decoding for as many frames
   as the stream's delay line holds (`latency_samples`), so that the first re-encoded frame
   carries fresh audio, never what the delay line held before forwarding began;
@@ -23,9 +25,11 @@ delay line's last `latency_samples` are skipped, at off -> on they are heard twi
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 _KEEP_RANGES = 64
+_KEEP_DECODED = 16  # payloads of packets sent to the decoder, kept for a switch to forwarding
 
 # Samples per Opus frame by TOC configuration (RFC 6716, 3.1), at 48 kHz.
 _CONFIG_SAMPLES = (
@@ -54,6 +58,15 @@ def opus_packet_samples(payload: bytes) -> int:
     return samples if samples <= 5760 else 0  # at most 120 ms per packet
 
 
+class Payload(NamedTuple):
+    """One publisher packet as forwarded: its timeline position, duration, bytes, level."""
+
+    timestamp: int
+    samples: int
+    data: bytes
+    audio_level: int | None  # -dBov from the publisher's header extension, if it sent one
+
+
 class ForwardGate:
     """Per-speaker decision: forward the publisher's payload, decode it, or both."""
 
@@ -63,40 +76,54 @@ class ForwardGate:
         self.forwarding = False
         self._off_processed = False  # the pipeline processed a frame in mode off
         self._refresh_until: int | None = None  # forward (and decode) packets before this ts
+        self._processed_to: int | None = None  # end of the last frame the pipeline processed
+        self._decoding: deque[Payload] = deque(maxlen=_KEEP_DECODED)
         self._ranges: deque[tuple[int, int]] = deque(maxlen=_KEEP_RANGES)
         self.packets_forwarded = 0
         self.switches = 0
 
-    def frame_processed(self, mode: str) -> None:
-        """The pipeline finished one decoded frame in `mode`."""
+    def frame_processed(self, mode: str, end: int | None = None) -> None:
+        """The pipeline finished one decoded frame in `mode`, ending at `end` (48 kHz)."""
         self._off_processed = mode == "off"
+        if end is not None:
+            self._processed_to = end
 
-    def route(self, timestamp: int, samples: int, mode: str) -> tuple[bool, bool]:
-        """(forward, decode) for the packet at `timestamp` of `samples` (48 kHz)."""
+    def route(self, packet: Payload, mode: str) -> tuple[list[Payload], bool]:
+        """(what to forward now, in order; whether to decode `packet`)."""
         if mode == "off":
             self._refresh_until = None
-            if self.forwarding or self._off_processed:
-                if not self.forwarding:
-                    self.switches += 1
+            if self.forwarding:
+                self._mark(packet)
+                return [packet], False
+            if self._off_processed:
                 self.forwarding = True
-                self._mark(timestamp, samples)
-                return True, False
-            return False, True
+                self.switches += 1
+                done = self._processed_to
+                backlog = [p for p in self._decoding if done is None or p.timestamp >= done]
+                self._decoding.clear()
+                for earlier in backlog:
+                    self._mark(earlier)
+                self._mark(packet)
+                return [*backlog, packet], False
+            self._decoding.append(packet)
+            return [], True
         self._off_processed = False
         if self.forwarding:
             self.forwarding = False
             self.switches += 1
-            self._refresh_until = timestamp + self.refresh_frames * FRAME_SAMPLES
+            self._refresh_until = packet.timestamp + self.refresh_frames * FRAME_SAMPLES
+        self._decoding.append(packet)
         if self._refresh_until is not None:
-            if timestamp < self._refresh_until:
-                self._mark(timestamp, samples)
-                return True, True
+            if packet.timestamp < self._refresh_until:
+                self._mark(packet)
+                return [packet], True
             self._refresh_until = None
-        return False, True
+        return [], True
 
-    def _mark(self, timestamp: int, samples: int) -> None:
+    def _mark(self, packet: Payload) -> None:
         self.packets_forwarded += 1
-        end = timestamp + max(samples, 1)
+        timestamp = packet.timestamp
+        end = timestamp + max(packet.samples, 1)
         if self._ranges and self._ranges[-1][1] == timestamp:
             self._ranges[-1] = (self._ranges[-1][0], end)
         else:

@@ -31,7 +31,7 @@ from aiortc.rtp import RtpPacket
 from sfu.media.direct import audio_level_dbov
 from sfu.media.encoder import DEFAULT_COMPLEXITY, SAMPLE_RATE, TIME_BASE, OpusPacketEncoder
 from sfu.media.fanout import DEFAULT_QUEUE_PACKETS, FanOut, PacketTrack
-from sfu.media.forward import ForwardGate, opus_packet_samples
+from sfu.media.forward import ForwardGate, Payload, opus_packet_samples
 from sfu.media.hops import HOP_SIZE, FrameAssembler, FrameConverter, HopCutter
 from sfu.media.metrics import MetricsLike, media_events
 from sfu.media.receiver import PacketArrivals
@@ -111,6 +111,7 @@ class SpeakerPipeline:
         self._expected_pts: int | None = None  # next input sample (48 kHz) on the timeline
         self._task: asyncio.Task[None] | None = None
         self._events = media_events(metrics.registry)
+        self._forwarded_event = self._events.labels(event="packet_forwarded")
         self._drops = metrics.frames_dropped
         self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
         self.record_latencies = False
@@ -242,30 +243,39 @@ class SpeakerPipeline:
             self._expected_pts = start + samples.shape[0]
         mode = self.stream.mode
         await self._process(samples, concealed=False, arrived=arrived or received)
-        self._gate.frame_processed(mode)
+        self._gate.frame_processed(mode, self._expected_pts)
 
     def _on_packet(self, packet: RtpPacket, timestamp: int, arrived: float) -> bool:
         """Each RTP packet as it arrives, before decoding: forward it (mode off) and say
-        whether it must be decoded too (sfu.media.forward)."""
-        payload = packet.payload
-        samples = opus_packet_samples(payload)
-        forward, decode = self._gate.route(timestamp, samples, self.stream.mode)
-        if forward:
-            out = av.Packet(payload)
-            out.pts = out.dts = timestamp
+        whether it must be decoded too (sfu.media.forward). Runs inside aiortc's receive
+        path, where an exception would end the peer's reception: a failure decodes instead."""
+        try:
+            return self._forward_packet(packet, timestamp, arrived)
+        except Exception:
+            logger.exception("forwarding failed; decoding the packet instead")
+            return True
+
+    def _forward_packet(self, packet: RtpPacket, timestamp: int, arrived: float) -> bool:
+        extension = packet.extensions.audio_level
+        payload = Payload(timestamp, opus_packet_samples(packet.payload), packet.payload,
+                          None if extension is None else extension[1])
+        forwarded, decode = self._gate.route(payload, self.stream.mode)
+        for item in forwarded:
+            out = av.Packet(item.data)
+            out.pts = out.dts = item.timestamp
             out.time_base = TIME_BASE
-            out.duration = samples
-            level = packet.extensions.audio_level
-            self._fanout.publish(out, None if level is None else level[1])
-            self._raw_fanout.publish(out, None if level is None else level[1])
+            out.duration = item.samples
+            self._fanout.publish(out, item.audio_level, item.data)
+            self._raw_fanout.publish(out, item.audio_level, item.data)
             self.counters.packets_forwarded += 1
-            self._count("packet_forwarded")
-            if not decode:  # the stream never sees these hops: count them where it would
-                hops = samples // HOP_SIZE
-                self.counters.hops_forwarded += hops
-                outcomes = getattr(self.stream, "counters", None)
-                if isinstance(outcomes, dict) and "mode_off" in outcomes:
-                    outcomes["mode_off"] += hops
+            self._forwarded_event.inc()
+        if forwarded and not decode:  # the stream never sees these hops: count them where
+            hops = payload.samples // HOP_SIZE  # it would have (its mode_off outcome)
+            self.counters.hops_forwarded += hops
+            outcomes = getattr(self.stream, "counters", None)
+            if isinstance(outcomes, dict) and "mode_off" in outcomes:
+                outcomes["mode_off"] += hops
+        if forwarded:
             latency = time.monotonic() - arrived
             self.metrics.server_latency.observe(latency)
             if self.record_latencies:

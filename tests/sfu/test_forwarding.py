@@ -19,7 +19,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket, is_rtcp
 
 from sfu.bench.harness import ToneTrack
 from sfu.media.fanout import PacketTrack
-from sfu.media.forward import ForwardGate, opus_packet_samples
+from sfu.media.forward import ForwardGate, Payload, opus_packet_samples
 from sfu.media.pipeline import SpeakerPipeline
 from sfu.media.receiver import install_for_track
 from sfu.media.switch import SwitchTrack
@@ -157,7 +157,15 @@ async def test_mode_off_forwards_payloads_bit_exact_same_bytes_to_every_subscrib
         assert call.pipeline is not None
         counters = call.pipeline.counters
         stats = [await o.receiver.getStats() for o in call.listeners]
-        sender_stats = [await s.getStats() for s in call.senders]
+        # the listeners answer the reports (RR with LSR/DLSR): each sender gets a round-trip
+        # time once a receiver report refers to its latest sender report
+        rtts: list[float | None] = []
+        for _ in range(80):
+            rtts = [next((s.roundTripTime for s in (await sender.getStats()).values()
+                          if s.type == "remote-inbound-rtp"), None) for sender in call.senders]
+            if None not in rtts:
+                break
+            await asyncio.sleep(0.1)
         directs = [getattr(t, "direct", None) for t in call.tracks]
     finally:
         await call.close()
@@ -204,10 +212,7 @@ async def test_mode_off_forwards_payloads_bit_exact_same_bytes_to_every_subscrib
         remote = [s for s in report.values() if s.type == "remote-outbound-rtp"]
         assert remote and remote[0].packetsSent == sr.sender_info.packet_count
         assert abs(remote[0].remoteTimestamp.timestamp() - time.time()) < 5  # a real NTP time
-    # the listeners answered the reports (RR with LSR/DLSR): each sender has a round-trip time
-    for report in sender_stats:
-        inbound = [s for s in report.values() if s.type == "remote-inbound-rtp"]
-        assert inbound and inbound[0].roundTripTime is not None and inbound[0].packetsLost == 0
+    assert None not in rtts, rtts
 
 
 @pytest.mark.parametrize("switch_track", [False, True], ids=["track", "switch-track"])
@@ -224,6 +229,8 @@ async def test_mode_switch_on_off_on_keeps_one_continuous_stream(switch_track: b
         counters = call.pipeline.counters
         jb = call.buffer
         direct = [getattr(t, "direct", None) is not None for t in call.tracks]
+        failures = [t.direct.packets_failed for t in call.tracks
+                    if getattr(t, "direct", None) is not None]
         await call.pipeline.stop()
         released = jb.packets_released if jb is not None else 0
         await asyncio.sleep(0.2)
@@ -240,6 +247,9 @@ async def test_mode_switch_on_off_on_keeps_one_continuous_stream(switch_track: b
         assert runs == ["e", "f", "e"], kinds
         assert kinds.count("f") > 40 and kinds.count("e") > 80
     assert all(direct)  # written directly by the publisher's task, through a SwitchTrack too
+    # nothing failed once the senders were bound (a sender whose DTLS is slow to connect
+    # drops its oldest queued packets before: counted, and only then)
+    assert all(failed == 0 for failed in failures)
     # every packet that came in went out once: forwarded, or decoded and encoded; the frames
     # decoded while forwarding (refreshing the delay line) are counted as replaced
     assert jb is not None
@@ -253,23 +263,30 @@ async def test_mode_switch_on_off_on_keeps_one_continuous_stream(switch_track: b
     outcomes = call.pipeline.stream.counters
     assert sum(outcomes.values()) == counters.hops_out + counters.hops_forwarded
     assert outcomes["mode_off"] >= counters.hops_forwarded > 80
-    assert counters.subscriber_drops == 0
     assert counters.publisher_pauses == 0  # the forwarded stretch is not a pause
 
 
 def test_gate_routes_and_covers() -> None:
     gate = ForwardGate(latency_samples=960)
-    assert gate.route(0, 960, "on") == (False, True)
-    gate.frame_processed("on")
-    assert gate.route(960, 960, "off") == (False, True)  # crossfades through the stream
-    gate.frame_processed("off")
-    assert gate.route(1920, 960, "off") == (True, False)
-    assert gate.route(2880, 960, "off") == (True, False)
-    assert gate.route(3840, 960, "on") == (True, True)  # refresh: one frame of delay line
-    assert gate.route(4800, 960, "on") == (False, True)
-    assert gate.covers(1920) and gate.covers(3840) and not gate.covers(960)
-    assert not gate.covers(4800)
-    assert gate.forwarded_through(1920, 4800) and not gate.forwarded_through(960, 2880)
+
+    def route(ts: int, mode: str) -> tuple[list[int], bool]:
+        forwarded, decode = gate.route(Payload(ts, 960, bytes([ts % 251]), None), mode)
+        return [p.timestamp for p in forwarded], decode
+
+    assert route(0, "on") == ([], True)
+    gate.frame_processed("on", 960)
+    assert route(960, "off") == ([], True)  # crossfades through the stream
+    assert route(1920, "off") == ([], True)  # that frame is not processed yet: decode
+    gate.frame_processed("off", 1920)
+    # frame 1920 is still in the pipeline: it is forwarded first, so that no re-encoded
+    # packet follows a forwarded one (and its frame is not encoded)
+    assert route(2880, "off") == ([1920, 2880], False)
+    assert route(3840, "off") == ([3840], False)
+    assert route(4800, "on") == ([4800], True)  # refresh: one frame of delay line
+    assert route(5760, "on") == ([], True)
+    assert gate.covers(1920) and gate.covers(4800) and not gate.covers(960)
+    assert not gate.covers(5760)
+    assert gate.forwarded_through(1920, 5760) and not gate.forwarded_through(960, 2880)
 
 
 def test_opus_packet_samples() -> None:
