@@ -63,6 +63,7 @@ class Settings:
     secret_generated: bool = field(default=False, compare=False)
     # -- media path (issue 13, fastpath) --
     opus_complexity: int = 10  # libopus complexity of each speaker's encoder, 0-10
+    forward_mode_off: bool = True  # mode off sends the publisher's own Opus (no re-encode)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -161,6 +162,9 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--opus-complexity", "opus_complexity", int, "libopus complexity of each speaker's "
      "encoder, 0-10: lower costs less CPU per speaker for a little quality (measured in "
      "docs/benchmarks.md); mode off forwards the publisher's own Opus and encodes nothing"),
+    ("--forward-mode-off", "forward_mode_off", "bool", "mode off sends the publisher's own Opus "
+     "payloads as they came (yes, the default: transparent, nearly free) or decodes and "
+     "re-encodes them like denoised audio (no: one codec pass more, as before)"),
     ("--demo-tokens", "demo_tokens", "bool", "hand out tokens on POST /demo/token: yes or no "
      "(default: yes only when no secret is configured)"),
 )

@@ -22,6 +22,9 @@ def test_flag_and_environment() -> None:
     assert from_sources(args, env={"DENOISE_SFU_OPUS_COMPLEXITY": "3"}).opus_complexity == 5
     with pytest.raises(SettingsError):
         from_sources(parser.parse_args(["--opus-complexity", "11"]), env={})
+    assert from_sources(parser.parse_args([]), env={}).forward_mode_off is True
+    assert from_sources(parser.parse_args([]), env={"DENOISE_SFU_FORWARD_MODE_OFF": "no"}
+                        ).forward_mode_off is False
 
 
 def test_complexity_reaches_libopus() -> None:
