@@ -25,6 +25,7 @@ from denoiser.engine import Engine
 from denoiser.engine.prometheus import EngineCollector
 from sfu.context import CONTEXT, SfuContext
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
+from sfu.limits import LIMITS, SessionLimits
 from sfu.metrics import CONTENT_TYPE, Metrics
 from sfu.placement import Placement
 from sfu.placement.drain import drain_handler
@@ -217,13 +218,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         task.add_done_callback(lost_rooms.discard)
 
     ctx.placement.on_lost(on_lost)
-    whip = WhipHandlers(ctx)
+    limits = SessionLimits(settings.max_sessions_per_identity, settings.max_sessions_per_ip,
+                           settings.max_peer_connections, metrics)
+    app[LIMITS] = limits
+    metrics.sessions.set_function(lambda: limits.active)
+    whip = WhipHandlers(ctx, limits)
     app.router.add_routes(whip.routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/admin/drain", drain_handler)
-    ws.setup(app)
+    ws.setup(app).limits = limits
     _add_static(app, settings)
 
     owns_engine = engine is None
@@ -310,6 +315,16 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+MAX_STATIC_PATH = 1024  # bytes; each part at most 255 (NAME_MAX)
+
+
+def _plausible_path(name: str) -> bool:
+    """False for a path no file of the demo page can have (NUL, a part over 255 bytes...)."""
+    raw = name.encode("utf-8", "surrogatepass")
+    return (len(raw) <= MAX_STATIC_PATH and b"\x00" not in raw
+            and all(len(part) <= 255 for part in raw.split(b"/")))
+
+
 def _add_static(app: web.Application, settings: Settings) -> None:
     """The demo page: `/` is index.html, other GETs are files under web_dir (JSON 404 else)."""
     root = settings.web_dir.resolve()
@@ -318,9 +333,16 @@ def _add_static(app: web.Application, settings: Settings) -> None:
         return
 
     async def serve_file(request: web.Request) -> web.FileResponse:
-        target = (root / (request.match_info["path"] or "index.html")).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
-            raise NotFound(f"no such page: {request.path}", "not_found")
+        name = request.match_info["path"] or "index.html"
+        if not _plausible_path(name):
+            raise NotFound("no such page", "not_found")
+        try:
+            target = (root / name).resolve()
+            found = target.is_relative_to(root) and target.is_file()
+        except (OSError, ValueError):  # what the OS refuses to look up is not a page
+            found = False
+        if not found:
+            raise NotFound(f"no such page: {request.path[:200]}", "not_found")
         return web.FileResponse(target)
 
     # Registered last; WHIP/WHEP paths stay theirs (a GET there is 405, not a missing page).

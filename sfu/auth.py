@@ -66,6 +66,8 @@ def verify_token(secret: str, token: str) -> Claims:
     """The claims of `token`, or `Unauthorized` (bad signature, expired, malformed)."""
     if len(token) > MAX_TOKEN_CHARS:
         raise Unauthorized("token too long", "invalid_token")
+    if not token.isascii():  # PyJWT would fail to encode it (a 500), and no JWT is
+        raise Unauthorized("invalid token: not ASCII", "invalid_token")
     try:
         payload = jwt.decode(token, secret, algorithms=[ALGORITHM], leeway=LEEWAY_S,
                              options={"require": ["exp", "sub", "room"]})

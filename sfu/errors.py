@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class HttpError(Exception):
 
     status = 500
     code = "internal_error"
+    close = False  # close the connection after the answer (a body left half read)
 
     def __init__(self, message: str, code: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
@@ -60,14 +62,32 @@ class MethodNotAllowed(HttpError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(HttpError):
+    status = 408
+    code = "request_timeout"
+    close = True
+
+
 class PayloadTooLarge(HttpError):
     status = 413
     code = "payload_too_large"
+    close = True
 
 
 class UnsupportedMediaType(HttpError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(HttpError):
+    """429: a session cap (per identity, per address, per node) is reached; `Retry-After`."""
+
+    status = 429
+    code = "too_many_sessions"
+
+    def __init__(self, message: str, code: str | None = None,
+                 headers: Mapping[str, str] | None = None, retry_after: int = 5) -> None:
+        super().__init__(message, code, {"Retry-After": str(retry_after), **(headers or {})})
 
 
 class ServiceUnavailable(HttpError):
@@ -82,7 +102,8 @@ def json_error(status: int, code: str, message: str,
                              headers=dict(headers or {}))
 
 
-_AIOHTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_AIOHTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                  408: "request_timeout", 413: "payload_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,7 +116,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except HttpError as err:
         log.info("request rejected", extra={"method": request.method, "path": request.path,
                                             "status": err.status, "code": err.code})
-        return json_error(err.status, err.code, err.message, err.headers)
+        response = json_error(err.status, err.code, err.message, err.headers)
+        if err.close:
+            response.force_close()
+        return response
+    except RequestPayloadError as err:  # a body read elsewhere than sfu.signalling.body
+        response = json_error(400, "bad_body", f"cannot read the body: {str(err).strip()[:200]}")
+        response.force_close()
+        return response
     except web.HTTPException as err:
         if err.status < 400:
             raise

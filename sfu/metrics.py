@@ -25,6 +25,14 @@ Names (all prefixed `denoise_sfu_`):
   worker_errors_total{reason}
   http_requests_total{route,method,status}      signalling requests
   peer_failures_total{reason}                   peers dropped: failed, timeout
+  http_connections                              open HTTP connections (sfu.http_guard)
+  http_connections_dropped_total{reason}        connections closed by the server: limit (over
+                                                max_connections), header_timeout, idle_timeout
+  http_bodies_refused_total{reason}             request bodies refused (sfu.signalling.body):
+                                                too_large, timeout, encoding, incomplete,
+                                                charset, content_type, json
+  sessions                                      sessions holding a slot (sfu.limits)
+  sessions_refused_total{reason}                429s: identity, address, node
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from denoiser.engine.prometheus import PREFIX
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PASS_THROUGH_REASONS = ("mode_off", "late", "engine_error", "dtmf", "call_progress", "tone",
                         "music")
+CONNECTION_DROP_REASONS = ("limit", "header_timeout", "idle_timeout")
+SESSION_CAPS = ("identity", "address", "node")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                    0.2, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -79,6 +89,26 @@ class Metrics:
                                      ["route", "method", "status"], registry=reg)
         self.peer_failures = Counter(PREFIX + "peer_failures", "Peers dropped, by reason",
                                      ["reason"], registry=reg)
+        self.http_connections = Gauge(PREFIX + "http_connections", "Open HTTP connections",
+                                      registry=reg)
+        self.http_connections_dropped = Counter(
+            PREFIX + "http_connections_dropped", "HTTP connections closed by the server, by "
+            "reason", ["reason"], registry=reg)
+        for reason in CONNECTION_DROP_REASONS:
+            self.http_connections_dropped.labels(reason)
+        self.http_bodies_refused = Counter(
+            PREFIX + "http_bodies_refused", "Request bodies refused, by reason", ["reason"],
+            registry=reg)
+        self.sessions = Gauge(PREFIX + "sessions", "Sessions holding a slot (WHIP, WHEP, "
+                              "WebSocket); each has at most one peer connection", registry=reg)
+        self.sessions_refused = Counter(
+            PREFIX + "sessions_refused", "Sessions refused by a cap (429), by cap", ["reason"],
+            registry=reg)
+        for reason in SESSION_CAPS:
+            self.sessions_refused.labels(reason)
+        self.ws_messages_refused = Counter(
+            PREFIX + "ws_messages_refused", "Room-socket messages answered `error`, by code "
+            "(internal_error: a bug, never the client's fault)", ["code"], registry=reg)
 
         self._hops_seen: dict[str, dict[str, int]] = {}
 

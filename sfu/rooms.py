@@ -131,12 +131,17 @@ class Subscription:
 
 @dataclass(frozen=True)
 class RoomEvent:
-    """Something listeners may want to tell clients: kind is joined, left, or mode."""
+    """Something listeners may want to tell clients: kind is joined, left, or mode.
+
+    A `left` the server caused says why in `reason` (`pipeline_failed`, `track_ended`) and
+    names the session."""
 
     kind: str
     room: str
     identity: str
     mode: str | None = None
+    reason: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -241,6 +246,15 @@ class RoomRegistry:
                                   owns_pc)
         room.participants[identity] = participant
         self._sessions[session_id] = participant
+        # SpeakerPipeline says when it gave up after a failure, or its track ended: the
+        # participant is removed (never left registered and silent).
+        if hasattr(pipeline, "on_failure"):
+            setattr(pipeline, "on_failure",  # noqa: B010 (not every Pipeline has it)
+                    lambda exc, sid=session_id: self._pipeline_failed(sid, exc))
+        if hasattr(pipeline, "on_ended"):
+            setattr(pipeline, "on_ended",  # noqa: B010
+                    lambda sid=session_id: self._close_later(
+                        self._leave_quietly(sid, "track_ended")))
         pipeline.start()
         if old is not None:
             self._sessions.pop(old.session_id, None)
@@ -295,8 +309,19 @@ class RoomRegistry:
         participant.pipeline.mode = mode
         self._emit(RoomEvent("mode", room_name, identity, mode))
 
-    async def leave(self, session_id: str) -> bool:
-        """Close one session and everything it owns; False if it was not (or no longer) here."""
+    def _pipeline_failed(self, session_id: str, exc: BaseException) -> None:
+        """A participant's pipeline gave up: remove the participant (listeners are told with
+        a `left` event whose reason is `pipeline_failed`)."""
+        log.error("removing a participant whose pipeline failed",
+                  extra={"session": session_id, "error": repr(exc)})
+        self._close_later(self._leave_quietly(session_id, "pipeline_failed"))
+
+    async def _leave_quietly(self, session_id: str, reason: str) -> None:
+        await self.leave(session_id, reason)
+
+    async def leave(self, session_id: str, reason: str | None = None) -> bool:
+        """Close one session and everything it owns; False if it was not (or no longer) here.
+        `reason` (the server's, not the client's) goes into the `left` event."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
@@ -314,7 +339,8 @@ class RoomRegistry:
             log.info("participant left", extra={"room": session.room,
                                                 "identity": session.identity,
                                                 "session": session_id})
-            self._emit(RoomEvent("left", session.room, session.identity))
+            self._emit(RoomEvent("left", session.room, session.identity, reason=reason,
+                                 session_id=session_id))
             for sub in dependants:
                 await self._close_subscription(sub, session.pipeline)
             await self._close_participant(session)

@@ -47,7 +47,17 @@ class Settings:
     ice_servers: tuple[str, ...] = ()
     max_sdp_bytes: int = 64 * 1024
     max_sessions_per_room: int = 64
+    # Hostile and slow clients (docs/security.md): every limit below is per node.
+    header_timeout: float = 10.0  # seconds from a request's first byte to its last header
+    body_timeout: float = 10.0  # seconds for a whole request body (SDP, JSON) to arrive
+    idle_timeout: float = 30.0  # seconds an idle keep-alive connection stays open
+    max_connections: int = 512  # open HTTP connections (WebSockets included)
+    max_peer_connections: int = 256  # sessions (WHIP, WHEP, WebSocket): one peer each
+    max_sessions_per_identity: int = 16  # sessions of one identity in one room
+    max_sessions_per_ip: int = 64  # sessions from one client address
     connect_timeout: float = 30.0
+    # -- media limits (issue 14, item 3) --
+    receive_queue_frames: int = 50  # decoded 20 ms frames (and packets) one track may queue
     hop_deadline: float = 0.02
     latency_budget: float | None = None
     token_ttl: int = 3600
@@ -75,8 +85,19 @@ class Settings:
                 raise SettingsError(f"worker address: {err}") from None
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range")
+        if not 0 < self.connect_timeout <= 3600:
+            raise SettingsError("connect_timeout must be in (0, 3600] seconds")
+        if not 1 <= self.receive_queue_frames <= 1000:
+            raise SettingsError("receive_queue_frames must be 1-1000")
         if self.max_sdp_bytes < 1024:
             raise SettingsError("max_sdp_bytes must be at least 1024")
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise SettingsError(f"{name} must be in (0, 3600] seconds")
+        for name in ("max_connections", "max_peer_connections", "max_sessions_per_identity",
+                     "max_sessions_per_ip"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1")
         if not 0 < self.hop_deadline <= 5:
             raise SettingsError("hop_deadline must be in (0, 5] seconds")
         if self.max_streams is not None and self.max_streams < 1:
@@ -150,7 +171,24 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "comma-separated in the environment)"),
     ("--max-sdp-bytes", "max_sdp_bytes", int, "largest SDP body accepted"),
     ("--max-sessions-per-room", "max_sessions_per_room", int, "publishers + subscribers per room"),
-    ("--connect-timeout", "connect_timeout", float, "seconds a peer may take to connect"),
+    ("--connect-timeout", "connect_timeout", float, "seconds a peer (WHIP, WHEP or WebSocket "
+     "session, from its join) may take to connect its media before the session is ended"),
+    ("--receive-queue-frames", "receive_queue_frames", int, "decoded 20 ms frames (and "
+     "undecoded packets) a published track may queue before the oldest is dropped (counted)"),
+    ("--header-timeout", "header_timeout", float, "seconds from a request's first byte to the "
+     "end of its headers; slower connections are dropped"),
+    ("--body-timeout", "body_timeout", float, "seconds a request body (SDP, JSON) may take to "
+     "arrive whole (408 after)"),
+    ("--idle-timeout", "idle_timeout", float, "seconds an idle HTTP keep-alive connection stays "
+     "open"),
+    ("--max-connections", "max_connections", int, "open HTTP connections (WebSockets "
+     "included); more are answered 503 and closed"),
+    ("--max-peer-connections", "max_peer_connections", int, "sessions on this node (WHIP, "
+     "WHEP, WebSocket; one peer connection each); more get 429"),
+    ("--max-sessions-per-identity", "max_sessions_per_identity", int, "sessions one identity "
+     "may hold in a room at once (429 beyond)"),
+    ("--max-sessions-per-ip", "max_sessions_per_ip", int, "sessions one client address may "
+     "hold at once (429 beyond; behind a proxy every client shares its address)"),
     ("--hop-deadline", "hop_deadline", float, "seconds a hop may wait for the engine before "
      "the original audio goes out instead"),
     ("--latency-budget", "latency_budget", float, "wall seconds from packet in to packet out "

@@ -28,6 +28,7 @@ import numpy as np
 
 from denoiser.worker import protocol as wire
 from denoiser.worker.bulk import encode_bulk_tick
+from denoiser.worker.handshake import greet
 from denoiser.worker.spawn import _die_with_parent
 
 FRAME = 960
@@ -94,7 +95,7 @@ def _ticks(version: int, streams: int, chunk: int, audio: np.ndarray, flags: int
     out = []
     for start in range(0, streams, chunk):
         ids = range(start, min(streams, start + chunk))
-        if version == wire.BULK_VERSION:
+        if version == wire.BULK_LAYOUT:
             n = len(ids)
             message = encode_bulk_tick(0, np.arange(start, start + n, dtype=np.uint32),
                                        np.full(n, FRAME, np.uint32),
@@ -117,16 +118,13 @@ def _sample_bytes(version: int, message: bytes | bytearray, entries: int) -> byt
 async def _drive(port: int, version: int, streams: int, chunk: int, inflight: int,
                  seconds: float, pid: int) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(wire.encode_hello("bench", "", version))
-    kind, _ = await wire.read_message(reader)
-    if kind is not wire.MessageType.WELCOME:
-        raise RuntimeError(f"expected WELCOME, got {kind.name}")
+    await greet(reader, writer, "bench", None, version)  # `version`: the TICK/RESULT layout
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal((streams, FRAME)) * 0.05).astype(np.float32)
     opening = _ticks(version, streams, chunk, audio, int(wire.Flags.OPEN))
     steady = _ticks(version, streams, chunk, audio, int(wire.Flags.NONE))
     expected = [_sample_bytes(version, m, min(chunk, streams - i * chunk))
-                for i, m in enumerate(steady)] if version == wire.BULK_VERSION else []
+                for i, m in enumerate(steady)] if version == wire.BULK_LAYOUT else []
     seq = 0
     pending: dict[int, int] = {}  # seq -> which TICK of the round
     frames = mismatches = 0
@@ -147,9 +145,10 @@ async def _drive(port: int, version: int, streams: int, chunk: int, inflight: in
         (got_seq,) = struct.unpack_from("<I", payload)
         which = pending.pop(got_seq)
         n = min(chunk, streams - which * chunk)
-        if version == wire.BULK_VERSION:
+        if version == wire.BULK_LAYOUT:
             # The identity model gives the input back: the RESULT's samples are the TICK's.
-            header = wire.HEADER.pack(wire.MAGIC, version, wire.MessageType.RESULT, len(payload))
+            header = wire.HEADER.pack(wire.MAGIC, wire.PROTOCOL_VERSION, wire.MessageType.RESULT,
+                                      len(payload))
             if _sample_bytes(version, header + payload, n) != expected[which]:
                 mismatches += 1
         else:
@@ -210,7 +209,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         os.sched_setaffinity(0, node_cpus)
     runs = []
     for version in args.protocols:
-        chunk = args.entries_per_tick or (2000 if version == wire.BULK_VERSION else
+        chunk = args.entries_per_tick or (2000 if version == wire.BULK_LAYOUT else
                                           min(wire.MAX_ENTRIES, 2000))
         proc, port = _spawn(args.streams, worker_cpus, args.tick_deadline)
         try:

@@ -9,6 +9,9 @@ started with `serve --engine workers --redis URL` find it without naming it. SIG
 `POST /admin/drain` on the metrics address, with `--admin-token`) drains it: it says so in
 Redis, the nodes move their streams to other workers, and it exits once no stream is left (or
 after `--drain-deadline` seconds).
+
+Without `--secret` it listens only on loopback: on any other address it refuses to start,
+unless `--allow-no-secret` says that the network is trusted (and it then logs so loudly).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING
 from denoiser.lifecycle import run_until_signalled
 from denoiser.logs import log_to_stderr
 from denoiser.worker.address import parse_address
+from denoiser.worker.limits import HANDSHAKE_TIMEOUT_S, HEARTBEAT_TIMEOUT_S, MAX_HANDSHAKES
 
 if TYPE_CHECKING:
     from aiohttp.web import AppRunner
@@ -76,8 +81,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-lookahead", type=int, default=_env("model_lookahead"),
                    choices=(0, 1, 2), help="look-ahead in hops [DENOISE_SFU_MODEL_LOOKAHEAD]")
     p.add_argument("--secret", default=_env("secret"),
-                   help="only nodes started with this secret (serve's --secret) may connect; "
-                        "without it any node may [DENOISE_SFU_SECRET]")
+                   help="only nodes started with this secret (serve's --secret) may connect "
+                        "(challenge-response); required unless --listen is loopback or "
+                        "--allow-no-secret [DENOISE_SFU_SECRET]")
+    p.add_argument("--allow-no-secret", action="store_true",
+                   default=_env("allow_no_secret", "") not in ("", "0", "false", "no"),
+                   help="listen on a non-loopback address without --secret: any host that "
+                        "reaches it may use the worker (a trusted network only) "
+                        "[DENOISE_SFU_ALLOW_NO_SECRET]")
+    p.add_argument("--heartbeat-timeout", type=float,
+                   default=_env("heartbeat_timeout", str(HEARTBEAT_TIMEOUT_S)), metavar="S",
+                   help="a node silent this long is dropped and its streams freed; nodes ping "
+                        "4 times as often and count the worker lost after as long "
+                        "[DENOISE_SFU_HEARTBEAT_TIMEOUT]")
+    p.add_argument("--handshake-timeout", type=float,
+                   default=_env("handshake_timeout", str(HANDSHAKE_TIMEOUT_S)), metavar="S",
+                   help="a connection must finish its handshake within this "
+                        "[DENOISE_SFU_HANDSHAKE_TIMEOUT]")
+    p.add_argument("--max-handshakes", type=int,
+                   default=_env("max_handshakes", str(MAX_HANDSHAKES)), metavar="N",
+                   help="connections allowed in their handshake at once; more are closed "
+                        "unread [DENOISE_SFU_MAX_HANDSHAKES]")
     p.add_argument("--threads", type=int, default=_env("threads"),
                    help="torch threads of the engine (default: torch's, one per core) "
                         "[DENOISE_SFU_THREADS]")
@@ -112,9 +136,14 @@ async def serve_worker(args: argparse.Namespace, stop: asyncio.Event) -> None:
                          admission=admission)
     server = WorkerServer(engine, host, port,
                           description=f"{args.model_weights or 'default'} on {device}",
-                          secret=args.secret)
-    if not args.secret:
-        log.warning("no --secret: any node that reaches this address may use the worker")
+                          secret=args.secret, heartbeat_timeout=float(args.heartbeat_timeout),
+                          handshake_timeout=float(args.handshake_timeout),
+                          max_handshakes=int(args.max_handshakes))
+    if not args.secret and not is_loopback(host):
+        log.warning("NO SECRET on a non-loopback address (--allow-no-secret): any host that "
+                    "reaches %s:%d may use this worker's slots and send it audio", host, port)
+    elif not args.secret:
+        log.info("no --secret: listening on loopback only, for nodes on this machine")
     metrics_runner: AppRunner | None = None
     registration = None
     drainer = Drainer(server, stop, float(args.drain_deadline))
@@ -170,6 +199,26 @@ async def warm_up(engine: object, requests: int = 6) -> None:
             await engine.process("warm-up", noise[: hop * (1 + i % 2)])  # type: ignore[attr-defined]
     finally:
         engine.close_stream("warm-up")  # type: ignore[attr-defined]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a listen address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def secret_problem(host: str, secret: str | None, allow_no_secret: bool) -> str | None:
+    """Why the worker must not start this way, or None."""
+    if secret or allow_no_secret or is_loopback(host):
+        return None
+    return (f"the worker would listen on {host or '*'} without a secret: any host that reaches "
+            "it could use its slots. Give --secret (or DENOISE_SFU_SECRET; the SFU nodes' "
+            "--secret), listen on loopback (--listen 127.0.0.1:PORT), or pass "
+            "--allow-no-secret on a network you trust")
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -268,7 +317,14 @@ def run(args: argparse.Namespace) -> int:
             parse_address(args.advertise)
         if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"--redis must be a redis:// URL, not {args.redis!r}")
-        parse_address(args.listen, listen=True)
+        host, _ = parse_address(args.listen, listen=True)
+        problem = secret_problem(host, args.secret, bool(args.allow_no_secret))
+        if problem:
+            raise ValueError(problem)
+        if float(args.heartbeat_timeout) <= 0 or float(args.handshake_timeout) <= 0:
+            raise ValueError("--heartbeat-timeout and --handshake-timeout must be positive")
+        if int(args.max_handshakes) < 1:
+            raise ValueError("--max-handshakes must be at least 1")
         if args.metrics:
             parse_address(args.metrics, listen=True)
         if args.max_streams is not None and int(args.max_streams) < 1:

@@ -148,6 +148,13 @@ class LocalEngine(Engine):
         """Why CUDA graphs were given up, if they were."""
         return self.runner.graph_error
 
+    @property
+    def compiles(self) -> dict[str, int]:
+        """Graphs traced or captured: at start, and while serving (each of those stalled a
+        tick; `start` warms every shape a tick can ask for, so this stays 0)."""
+        late = self.runner.late_compiles
+        return {"start": self.runner.compiles - late, "serving": late}
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -55,6 +55,14 @@ class EngineCollector:
         stats = getattr(engine, "stats", None)
         if isinstance(stats, EngineStats):
             yield from self._local(stats)
+        compiles = getattr(engine, "compiles", None)
+        if isinstance(compiles, dict):
+            counter = CounterMetricFamily(
+                PREFIX + "engine_compiles", "Model graphs traced or captured (when: start, or "
+                "serving: a live tick waited for it)", labels=["when"])
+            for when in ("start", "serving"):
+                counter.add_metric([when], compiles.get(when, 0))
+            yield counter
         workers = [engine] if isinstance(engine, RemoteEngine) else \
             getattr(engine, "workers", None)
         if workers:

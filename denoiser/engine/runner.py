@@ -21,7 +21,7 @@ from torch import Tensor
 
 from denoiser.engine import EngineError
 from denoiser.model.streaming import State, StreamingModel
-from denoiser.model.traced import TracedSteps
+from denoiser.model.traced import WARM_HOP_COUNTS, TracedSteps
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class DeviceRunner:
         self._init_row: State = {}
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.graph_error: str | None = None  # why graphs were given up, if they were
+        self.started = False  # set at the end of `prepare`: later compiles are counted
+        self.late_captures = 0  # CUDA graphs captured after start (a live tick waited)
+        self.captures = 0
+        self._traced_at_start = 0
         self._io: dict[str, Tensor] = {}
         # CPU: the state the last call returned, not yet scattered into the table, and the
         # padded slot list it belongs to (see `_run_cpu`).
@@ -100,8 +104,10 @@ class DeviceRunner:
             self._init_row = self.model.initial_state(1, self.device, self.dtype)
             self._ensure_table(self.initial_capacity)
             if self.trace:
+                # Every hop count a tick can ask for is one of these or made of them.
                 self.steps = TracedSteps(self.model, self.device, self.dtype)
-                self.steps.prepare(1, 2 if self.multi_hop else 1)  # a 20 ms frame is 2 hops
+                self.steps.prepare(*(WARM_HOP_COUNTS if self.multi_hop else (1,)))
+                self.steps.seal()
             if self.cuda:
                 top = self.buckets[-1]
                 self._io = {
@@ -112,6 +118,25 @@ class DeviceRunner:
                                           dtype=self.dtype),
                     "idx_dev": torch.zeros(top, dtype=torch.long, device=self.device),
                 }
+                if self.use_graphs:
+                    # The table at its largest now (growing it drops every graph), and one
+                    # graph per batch bucket: no live tick ever waits for a capture.
+                    self._ensure_table(top)
+                    for bucket in self.buckets:
+                        if self.use_graphs:
+                            self._graph_for(bucket)
+        self._traced_at_start = self.steps.compiles if self.steps else 0
+        self.started = True
+
+    @property
+    def late_compiles(self) -> int:
+        """Graphs traced or captured after start (each one stalled a live tick)."""
+        traced = self.steps.compiles - self._traced_at_start if self.steps else 0
+        return self.late_captures + traced
+
+    @property
+    def compiles(self) -> int:
+        return self.captures + (self.steps.compiles if self.steps else 0)
 
     def _ensure_table(self, capacity: int) -> None:
         """Grow the table to `capacity` real slots (+ the scratch slot), keeping existing rows."""
@@ -199,6 +224,12 @@ class DeviceRunner:
             self._scatter(*held)
 
     def _run_cuda(self, slots: list[int] | np.ndarray, hops: np.ndarray) -> np.ndarray:
+        """One call on CUDA: graphs (and the static buffers) hold one hop per row, so a call of
+        T hops (a worker's bulk block of 20 ms frames) runs as T one-hop calls in order."""
+        if hops.shape[1] > self.hop_size:
+            hop = self.hop_size
+            return np.concatenate([self._run_cuda(slots, hops[:, k * hop:(k + 1) * hop])
+                                   for k in range(hops.shape[1] // hop)], axis=1)
         batch = len(slots)
         bucket = self._bucket(batch)
         io = self._io
@@ -228,6 +259,10 @@ class DeviceRunner:
         cached = self._graphs.get(bucket)
         if cached is not None:
             return cached
+        self.captures += 1
+        if self.started:
+            self.late_captures += 1
+            log.warning("capturing the CUDA graph of batch bucket %d on a live tick", bucket)
         io = self._io
         hops, idx = io["in_dev"][:bucket], io["idx_dev"][:bucket]
         current = torch.cuda.current_stream(self.device)

@@ -10,7 +10,13 @@ per call, not once per operation; it also skips the Python overhead, which is mo
 at small batches.
 
 A graph is traced from an example batch of two fresh streams (not the live batch, so nothing
-depends on which streams came first), for each hop count T the first time it is asked for. The
+depends on which streams came first), for each hop count T. The engine traces `WARM_HOP_COUNTS`
+at start and then `seal`s the steps: a call of another T (3, 5 or 6 hops: a stream that sent
+more than one frame in a tick, a 60 ms codec frame) then runs as consecutive calls of traced
+counts (3 = 2 + 1, 6 = 2 + 2 + 2), which is the same computation (the state runs through), instead
+of tracing a graph on a live tick (about a second on CPU, every stream of the tick waiting).
+Any graph traced after `seal` all the same is logged (and the engine counts every graph traced
+after its start). The
 tracer records tensor sizes as operations, so one graph serves every batch size; Python
 branches on T (the GRUs step frame by frame for a few frames) are why each T has its own. Each
 new graph is checked against the eager step on a batch of three streams over a few calls; a
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 StepMany = Callable[[Tensor, State], tuple[Tensor, State]]
 CHECK_CALLS = 3
 CHECK_TOLERANCE = 1e-4  # of the output's peak; traced and eager run the same kernels
+WARM_HOP_COUNTS = (1, 2)  # traced at start (as before); every other T is made of these
 
 
 class _StepMany(nn.Module):
@@ -61,19 +68,41 @@ class TracedSteps:
         self.dtype = dtype
         self._graphs: dict[int, StepMany] = {}
         self.fallbacks: dict[int, str] = {}  # hop count -> why it runs eager
+        self.compiles = 0  # graphs traced (or tried)
+        self.sealed = False
 
     def __call__(self, hops: Tensor, state: State) -> tuple[Tensor, State]:
         hop_count = hops.shape[1] // self.model.hop_size
         step = self._graphs.get(hop_count)
-        if step is None:
-            step = self._graphs[hop_count] = self._trace(hop_count)
+        if step is not None:
+            return step(hops, state)
+        if self.sealed and 1 in self._graphs:
+            return self._chain(hops, state, hop_count)
+        step = self._graphs[hop_count] = self._trace(hop_count)
         return step(hops, state)
+
+    def _chain(self, hops: Tensor, state: State, hop_count: int) -> tuple[Tensor, State]:
+        """T hops as consecutive calls of the prepared counts, largest first."""
+        hop = self.model.hop_size
+        counts = sorted(self._graphs, reverse=True)
+        outs, start = [], 0
+        while start < hop_count:
+            t = next(c for c in counts if c <= hop_count - start)  # 1 is always there
+            out, state = self._graphs[t](hops[:, start * hop:(start + t) * hop].contiguous(),
+                                         state)
+            outs.append(out)
+            start += t
+        return torch.cat(outs, dim=1), state
 
     def prepare(self, *hop_counts: int) -> None:
         """Trace these hop counts now (at start-up, rather than on the first live tick)."""
         for hop_count in hop_counts:
             if hop_count not in self._graphs:
                 self._graphs[hop_count] = self._trace(hop_count)
+
+    def seal(self) -> None:
+        """Start-up is over: from now on, a hop count not prepared is made of prepared ones."""
+        self.sealed = True
 
     @property
     def traced(self) -> list[int]:
@@ -87,6 +116,9 @@ class TracedSteps:
 
     def _trace(self, hop_count: int) -> StepMany:
         eager = self.model.step_many
+        self.compiles += 1
+        if self.sealed:
+            log.warning("tracing step_many for %d hops on a live tick", hop_count)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about Python ints from sizes

@@ -1,41 +1,47 @@
-"""Who may use a worker: nodes that know its secret (the SFU's `--secret`).
+"""Who may use a worker: nodes that know its secret (the SFU's `--secret`), by challenge-response.
 
-A node's HELLO carries `"<unix seconds>:<hex HMAC-SHA256(secret, node + '|' + seconds)>"`; the
-worker accepts it within `MAX_SKEW_S` of its own clock. This keeps strangers off a worker's
-slots; it does not encrypt the audio, so workers and nodes belong on a private network.
+On every connection the worker sends a fresh 32-byte nonce (`os.urandom`); the node answers
+`HMAC-SHA256(secret, label | nonce | protocol version | layout | node name)`, and the worker
+compares it in constant time. A captured answer is worth nothing on another connection (another
+nonce), and the version and layout inside the MAC keep a man in the middle from changing them
+unnoticed. This keeps strangers off a worker's slots; it does not encrypt the audio, nor prove
+the worker to the node, so workers and nodes belong on a private network (or under TLS or
+WireGuard).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
+import os
+import struct
 
-MAX_SKEW_S = 60
+from denoiser.worker.protocol import MAC_BYTES, NONCE_BYTES
+
+_LABEL = b"denoise-sfu worker auth v3\0"  # domain separation from every other use of the secret
+_VERSION_LAYOUT = struct.Struct("<BB")
 
 
 class Unauthorized(ValueError):
-    """A HELLO without a valid token for this worker's secret."""
+    """An AUTH without a valid answer to this connection's challenge."""
 
 
-def _mac(secret: str, node: str, seconds: int) -> str:
-    return hmac.new(secret.encode(), f"{node}|{seconds}".encode(), hashlib.sha256).hexdigest()
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
 
 
-def hello_token(secret: str, node: str, now: float | None = None) -> str:
-    seconds = int(time.time() if now is None else now)
-    return f"{seconds}:{_mac(secret, node, seconds)}"
+def answer(secret: str, nonce: bytes, node: str, version: int, layout: int) -> bytes:
+    """The node's MAC over this connection's challenge."""
+    message = _LABEL + nonce + _VERSION_LAYOUT.pack(version, layout) + node.encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()
 
 
-def check_hello_token(secret: str, node: str, token: str, now: float | None = None) -> None:
-    """Raise Unauthorized unless `token` is `hello_token(secret, node)` from within the skew."""
-    seconds_text, _, mac = token.partition(":")
-    if not token:
-        raise Unauthorized("this worker needs a token: start the node with the worker's secret")
-    if not seconds_text.isdigit() or not mac:
-        raise Unauthorized("malformed token")
-    seconds = int(seconds_text)
-    if abs((time.time() if now is None else now) - seconds) > MAX_SKEW_S:
-        raise Unauthorized(f"token time is more than {MAX_SKEW_S} s from the worker's clock")
-    if not hmac.compare_digest(mac, _mac(secret, node, seconds)):
-        raise Unauthorized("bad token: the node's secret is not this worker's")
+def check_answer(secret: str, nonce: bytes, node: str, version: int, layout: int,
+                 mac: bytes) -> None:
+    """Raise Unauthorized unless `mac` is `answer(secret, nonce, node, version, layout)`."""
+    if not mac:
+        raise Unauthorized("this worker needs a secret: start the node with the worker's secret")
+    if len(mac) != MAC_BYTES or len(nonce) != NONCE_BYTES:
+        raise Unauthorized("malformed answer")
+    if not hmac.compare_digest(mac, answer(secret, nonce, node, version, layout)):
+        raise Unauthorized("bad answer: the node's secret is not this worker's")

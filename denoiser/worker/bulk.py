@@ -1,7 +1,7 @@
-"""Version 2 of TICK and RESULT: columns, so a TICK of thousands of streams decodes in bulk.
+"""The bulk layout of TICK and RESULT (`BULK_LAYOUT`): columns, decoded in bulk.
 
-A worker that handles 10,000 streams has about 2 us of Python per stream-frame. Version 1
-decodes one record (a string, a flag byte, an array) per entry; here a TICK is a handful of
+A worker that handles 10,000 streams has about 2 us of Python per stream-frame. The records
+layout decodes one record (a string, a flag byte, an array) per entry; here a TICK is a handful of
 numpy views over the payload, whatever the number of entries:
 
     TICK    seq u32, n u32, handles u32[n], sizes u32[n] (samples), flags u8[n], pad to 4,
@@ -11,8 +11,8 @@ numpy views over the payload, whatever the number of entries:
             entry whose status is not OK, in entry order
 
 A handle is the node's small integer for a stream on this connection (below `MAX_HANDLE`),
-the worker's index into its table of slots. The rules are version 1's: an entry carries
-samples (a whole number of hops, OPEN on a stream's first one) or is exactly CLOSE without;
+the worker's index into its table of slots. The rules are the records layout's: an entry
+carries samples (a whole number of hops, OPEN on a stream's first one) or is exactly CLOSE without;
 a handle appears at most once per TICK; a RESULT answers every TICK entry that carried
 samples. Every count, size and offset is checked before anything is read.
 """
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from denoiser.worker.protocol import (
-    BULK_VERSION,
     HEADER,
     MAGIC,
     MAX_PAYLOAD,
     MAX_TEXT_BYTES,
+    PROTOCOL_VERSION,
     Flags,
     MessageType,
     ProtocolError,
@@ -97,8 +97,7 @@ def encode_bulk_tick(seq: int, handles: np.ndarray, sizes: np.ndarray, flags: np
                      samples: np.ndarray) -> bytes:
     if handles.size and int(handles.max()) >= MAX_HANDLE:
         raise ProtocolError(f"handle {int(handles.max())} is not below {MAX_HANDLE}")
-    return _message(MessageType.TICK, _columns(seq, handles, sizes, flags, samples),
-                    BULK_VERSION)
+    return _message(MessageType.TICK, _columns(seq, handles, sizes, flags, samples))
 
 
 def encode_bulk_result(seq: int, handles: np.ndarray, sizes: np.ndarray, status: np.ndarray,
@@ -128,7 +127,7 @@ def bulk_result_parts(seq: int, handles: np.ndarray, sizes: np.ndarray, status: 
     length = len(columns) + 4 * data.size + len(tail)
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"RESULT payload of {length} bytes exceeds {MAX_PAYLOAD}")
-    head = HEADER.pack(MAGIC, BULK_VERSION, MessageType.RESULT, length)
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, MessageType.RESULT, length)
     return head + columns, memoryview(data.data).cast("B"), tail
 
 

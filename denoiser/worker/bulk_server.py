@@ -1,4 +1,4 @@
-"""The worker's side of protocol version 2: a TICK goes into the engine as arrays.
+"""The worker's side of the bulk layout: a TICK goes into the engine as arrays.
 
 Per TICK, whatever its number of entries: look the handles up in the connection's slot table
 (one numpy index), check sizes and finiteness row-wise, hand the engine one block per distinct
@@ -25,7 +25,7 @@ _NAMES = {int(s): s.name.lower() for s in Status}
 
 
 class BulkStreams:
-    """One version-2 connection's streams (handle -> engine slot) and its TICKs."""
+    """One bulk-layout connection's streams (handle -> engine slot) and its TICKs."""
 
     def __init__(self, engine: LocalEngine, prefix: str) -> None:
         self.engine = engine
@@ -58,6 +58,10 @@ class BulkStreams:
         if handle < self.slots.size and self.slots[handle] >= 0:
             self.engine.close_stream(self._key(handle))
             self.slots[handle] = -1
+
+    @property
+    def open_count(self) -> int:
+        return int(np.count_nonzero(self.slots >= 0))
 
     def close_all(self) -> None:
         for handle in np.flatnonzero(self.slots >= 0):

@@ -15,6 +15,11 @@ those hops through and counts them), and the engine reconnects in the background
 The worker dropped this node's streams with the connection, so every stream starts afresh on
 the new one. A worker that comes back with another audio format or latency is refused: the
 streams were built for the first one.
+
+Heartbeat: the node sends a PING every quarter of the worker's heartbeat timeout (from its
+WELCOME), which keeps the worker from dropping an idle node, and counts the connection lost
+when it has heard nothing at all from the worker (no RESULT, no PONG) for that long: a worker
+that froze or vanished without closing its socket is failed over like one that crashed.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from denoiser.engine import Engine, EngineError, EngineFull, UnknownStream, vali
 from denoiser.engine.stats import Series
 from denoiser.worker import protocol as wire
 from denoiser.worker.address import parse_address
-from denoiser.worker.auth import hello_token
 from denoiser.worker.bulk import MAX_HANDLE, decode_bulk_result, encode_bulk_tick
+from denoiser.worker.handshake import greet
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, Status, TickEntry
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ class RemoteStats:
 class _Sent:
     started: float
     requests: dict[str, asyncio.Future[np.ndarray]]
-    names: dict[int, str] = field(default_factory=dict)  # version 2: handle -> stream id
+    names: dict[int, str] = field(default_factory=dict)  # bulk layout: handle -> stream id
 
 
 class RemoteEngine(Engine):
@@ -63,7 +68,8 @@ class RemoteEngine(Engine):
 
     def __init__(self, address: str, node: str | None = None, *, connect_timeout: float = 5.0,
                  max_backoff: float = 2.0, secret: str | None = None,
-                 versions: tuple[int, ...] = (wire.BULK_VERSION, wire.VERSION)) -> None:
+                 layout: int = wire.BULK_LAYOUT, heartbeat_timeout: float | None = None
+                 ) -> None:
         self.address = address
         self.secret = secret or None
         self.host, self.port = parse_address(address)
@@ -71,9 +77,11 @@ class RemoteEngine(Engine):
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.stats = RemoteStats()
-        self.versions = versions  # tried in order: an older worker refuses version 2
-        self.version = versions[0]  # the layout of this connection's TICK/RESULT
-        self._handles: dict[str, int] = {}  # version 2: the stream's integer on the wire
+        self.layout = layout  # of this node's TICK/RESULT
+        # Seconds of silence from the worker that count as lost (None: the worker's own, from
+        # its WELCOME).
+        self.heartbeat_timeout = heartbeat_timeout
+        self._handles: dict[str, int] = {}  # bulk layout: the stream's integer on the wire
         self._free_handles: list[int] = []
         self._handle_of_closed: dict[str, int] = {}  # closed, CLOSE not sent yet
         self.welcome: wire.Welcome | None = None
@@ -86,6 +94,9 @@ class RemoteEngine(Engine):
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heard = 0.0  # loop time of the worker's last message
+        self._abort_reason: str | None = None  # why the heartbeat hung up, for `_read`
         self._closed = False
 
     # -- what the SFU reads before streams exist ---------------------------------------------
@@ -135,7 +146,7 @@ class RemoteEngine(Engine):
         if self._closed:
             return
         self._closed = True
-        for task in (self._reconnect_task, self._reader_task):
+        for task in (self._reconnect_task, self._reader_task, self._heartbeat_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -144,30 +155,11 @@ class RemoteEngine(Engine):
         self._streams.clear()
 
     async def _connect(self) -> None:
-        for version in self.versions[:-1]:
-            try:
-                return await self._connect_with(version)
-            except _VersionRefused:
-                log.info("worker refused protocol version %d; trying the next", version,
-                         extra={"worker": self.address})
-        await self._connect_with(self.versions[-1])
-
-    async def _connect_with(self, version: int) -> None:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.connect_timeout)
         try:
-            token = hello_token(self.secret, self.node) if self.secret else ""
-            writer.write(wire.encode_hello(self.node, token, version))
-            kind, payload = await asyncio.wait_for(wire.read_message(reader),
-                                                   self.connect_timeout)
-            if kind is MessageType.ERROR:
-                reason = wire.decode_error(payload)
-                if f"protocol version {version} is not supported" in reason:
-                    raise _VersionRefused(reason)
-                raise ProtocolError(f"the worker refused: {reason}")
-            if kind is not MessageType.WELCOME:
-                raise ProtocolError(f"expected WELCOME, got {kind.name}")
-            welcome = wire.decode_welcome(payload)
+            welcome = await asyncio.wait_for(
+                greet(reader, writer, self.node, self.secret, self.layout), self.connect_timeout)
             self._check_format(welcome)
         except BaseException:
             writer.close()
@@ -176,15 +168,46 @@ class RemoteEngine(Engine):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.welcome = welcome
-        self.version = version
         self._writer = writer
+        self._heard = asyncio.get_running_loop().time()
+        self._abort_reason = None
         for stream_id in self._streams:
             self._streams[stream_id] = True  # the worker has no state for them
         self.stats.connects += 1
         self._reader_task = asyncio.create_task(self._read(reader), name="worker-reader")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(writer),
+                                                   name="worker-heartbeat")
         log.info("connected to worker", extra={"worker": self.address,
                                                "worker_slots": welcome.max_streams,
                                                "worker_model": welcome.description})
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Seconds of silence after which the worker counts as lost."""
+        if self.heartbeat_timeout is not None:
+            return self.heartbeat_timeout
+        # (At least 0.2 s, whatever a worker announces: the node pings 4 times as often.)
+        return max(0.2, self.welcome.heartbeat_ms / 1000) if self.welcome else 5.0
+
+    async def _heartbeat(self, writer: asyncio.StreamWriter) -> None:
+        """PING the worker; hang up on it once it has been silent past the timeout."""
+        loop = asyncio.get_running_loop()
+        token = 0
+        while self._writer is writer:
+            # Often enough for the worker's timeout and for this side's own.
+            worker_s = self.welcome.heartbeat_ms / 1000 if self.welcome else self.heartbeat_s
+            await asyncio.sleep(max(0.05, min(self.heartbeat_s, worker_s) / 4))
+            if self._writer is not writer:
+                return
+            silent = loop.time() - self._heard
+            if silent > self.heartbeat_s:
+                self.stats.errors["heartbeat"] += 1
+                self._abort_reason = (f"the worker has been silent for {silent:.1f} s "
+                                      f"(heartbeat timeout {self.heartbeat_s:g} s)")
+                writer.transport.abort()  # `_read` sees the end and fails over
+                return
+            token += 1
+            writer.write(wire.encode_ping(token))
 
     def _check_format(self, welcome: wire.Welcome) -> None:
         first = self.welcome
@@ -213,6 +236,8 @@ class RemoteEngine(Engine):
                 return
             except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
                 self.stats.errors["connect"] += 1
+                if isinstance(exc, wire.VersionMismatch):
+                    self.stats.errors["version"] += 1
                 log.warning("worker unreachable; retrying",
                             extra={"worker": self.address, "error": str(exc),
                                    "retry_s": min(2 * backoff, self.max_backoff)})
@@ -241,13 +266,17 @@ class RemoteEngine(Engine):
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         reason = "worker connection lost"
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 kind, payload = await wire.read_message(reader)
-                if kind is MessageType.RESULT and self.version == wire.BULK_VERSION:
+                self._heard = loop.time()
+                if kind is MessageType.RESULT and self.layout == wire.BULK_LAYOUT:
                     self._on_bulk_result(payload)
                 elif kind is MessageType.RESULT:
                     self._on_result(*wire.decode_result(payload))
+                elif kind is MessageType.PONG:
+                    wire.decode_ping(payload)
                 elif kind is MessageType.ERROR:
                     reason = f"the worker closed the connection: {wire.decode_error(payload)}"
                     break
@@ -259,7 +288,7 @@ class RemoteEngine(Engine):
             self.stats.errors["protocol"] += 1
             reason = f"bad message from the worker: {exc}"
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            reason = self._abort_reason or reason
         log.warning("worker connection lost", extra={"worker": self.address, "why": reason})
         self.stats.errors["disconnect"] += 1
         self._lost(reason)
@@ -405,7 +434,7 @@ class RemoteEngine(Engine):
         entries = [entry for entry, _ in outgoing]
         requests = {entry.stream_id: future for entry, future in outgoing if future is not None}
         names: dict[int, str] = {}
-        if self.version == wire.BULK_VERSION:
+        if self.layout == wire.BULK_LAYOUT:
             handles = [self._handle_of_closed[e.stream_id] if e.flags == Flags.CLOSE
                        else self._handles[e.stream_id] for e in entries]
             names = dict(zip(handles, (entry.stream_id for entry in entries), strict=True))
@@ -422,10 +451,6 @@ class RemoteEngine(Engine):
         self._writer.write(message)
         self.stats.ticks_sent += 1
         self.stats.hops_sent += sum(e.samples.size for e in entries) // self._format().hop_size
-
-
-class _VersionRefused(ProtocolError):
-    """The worker does not speak the protocol version the node asked for."""
 
 
 def _chunks(outgoing: list[tuple[TickEntry, asyncio.Future[np.ndarray] | None]],

@@ -2,7 +2,9 @@
 
 Each new stream goes to the connected worker with the most free slots (as this node counts
 them; a worker full with other nodes' streams answers FULL, and the stream passes through until
-it asks again). A stream whose worker is lost fails with an "unknown stream" error, which makes
+it asks again). A worker is lost when its connection ends or when it has been silent past its
+heartbeat timeout (`RemoteEngine`: a frozen machine whose socket never closes). A stream whose
+worker is lost fails with an "unknown stream" error, which makes
 the SFU's stream open again after a few hops: it is then placed on a worker still connected,
 and passes through (counted) meanwhile. Every worker must run the same audio format and latency.
 """
@@ -29,10 +31,10 @@ class WorkerPool(Engine):
 
     def __init__(self, addresses: Sequence[str], node: str | None = None, *,
                  connect_timeout: float = 5.0, max_backoff: float = 2.0,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, heartbeat_timeout: float | None = None) -> None:
         self.node = node
         self._options = {"connect_timeout": connect_timeout, "max_backoff": max_backoff,
-                         "secret": secret}
+                         "secret": secret, "heartbeat_timeout": heartbeat_timeout}
         self.workers: list[RemoteEngine] = []
         for address in dict.fromkeys(addresses):
             self.add_worker(address)

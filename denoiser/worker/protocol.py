@@ -4,28 +4,36 @@ Every message is a 10-byte header, `<4sBBI` (magic `DNSW`, protocol version, mes
 payload length), then the payload. All integers and samples are little-endian; samples are
 float32 at 48 kHz. Strings are UTF-8 with a length prefix.
 
-    HELLO    node -> worker   node name, token (empty, or `denoiser.worker.auth.hello_token`)
-    WELCOME  worker -> node   sample rate, hop, latency (samples), stream slots, description
-    TICK     node -> worker   seq, then per stream: id, flags (OPEN: fresh state; CLOSE), samples
-    RESULT   worker -> node   seq, then per stream that sent samples: id, status, samples or reason
-    ERROR    worker -> node   why the worker is closing this connection (a protocol violation)
+    HELLO      node -> worker   node name, TICK/RESULT layout it will use
+    CHALLENGE  worker -> node   32 random bytes (a fresh nonce per connection), secret needed?
+    AUTH       node -> worker   HMAC-SHA256(secret, nonce, name, version, layout), or empty
+    WELCOME    worker -> node   sample rate, hop, latency (samples), stream slots, heartbeat
+                                timeout (ms), description
+    TICK       node -> worker   seq, then per stream: id, flags (OPEN: fresh state; CLOSE), samples
+    RESULT     worker -> node   seq, then per stream that sent samples: id, status, samples/reason
+    PING       node -> worker   8 opaque bytes, at least every quarter heartbeat timeout
+    PONG       worker -> node   the PING's 8 bytes, back
+    ERROR      worker -> node   why the worker is closing this connection (a protocol violation)
 
-Two layouts of TICK and RESULT share these messages, told apart by the header's version, which
-the node picks with its HELLO and the worker answers in (every later message of the
-connection must carry the same one):
-- version 1: one record per entry (a string id, flags, samples), decoded entry by entry;
-- version 2 (`denoiser.worker.bulk`): columns. A small integer handle per stream instead of a
-  string, then all handles, all sizes, all flags, then every entry's samples back to back,
-  so that the worker decodes a TICK of thousands of streams with a few numpy views and hands
-  the engine one array, not one object per entry. HELLO, WELCOME and ERROR are the same in both.
-A worker of this code serves both; a node tries version 2 and falls back to 1 when an older
-worker refuses it.
+Protocol version 3 (`PROTOCOL_VERSION`, in every header) is the challenge-response handshake
+(`denoiser.worker.handshake`: HELLO, CHALLENGE, AUTH, WELCOME) and the heartbeat; a peer of
+another version gets an ERROR that says so, and neither side falls back (versions 1 and 2 had
+a replayable token in HELLO). Two layouts of TICK and RESULT share these messages, chosen by
+the node in its HELLO:
+- `RECORDS_LAYOUT` (1): one record per entry (a string id, flags, samples), decoded entry by
+  entry;
+- `BULK_LAYOUT` (2, `denoiser.worker.bulk`): columns. A small integer handle per stream
+  instead of a string, then all handles, all sizes, all flags, then every entry's samples back
+  to back, so that the worker decodes a TICK of thousands of streams with a few numpy views
+  and hands the engine one array, not one object per entry.
+A worker of this code serves both; a node uses the bulk layout.
 
 A node sends one TICK per batch of hops it has ready (every stream's hops of that moment); the
 worker answers each TICK with one RESULT carrying the same seq. A TICK entry either carries
 samples (a whole number of hops; with OPEN on a stream's first entry, or to start it afresh) or
 is exactly CLOSE with none. Every decoder bounds what it reads and raises `ProtocolError` on
-anything malformed; nothing is trusted because it came over a socket.
+anything malformed; nothing is trusted because it came over a socket. Before the AUTH is
+checked, a message may hold at most `MAX_HANDSHAKE_PAYLOAD` bytes.
 """
 
 from __future__ import annotations
@@ -38,11 +46,16 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"DNSW"
-VERSION = 1  # the per-entry layout (and what HELLO defaults to)
-BULK_VERSION = 2  # the columnar TICK/RESULT (`denoiser.worker.bulk`)
-VERSIONS = (VERSION, BULK_VERSION)
+PROTOCOL_VERSION = 3  # nonce handshake, heartbeat; both layouts (see the docstring)
+RECORDS_LAYOUT = 1  # per-entry TICK/RESULT
+BULK_LAYOUT = 2  # the columnar TICK/RESULT (`denoiser.worker.bulk`)
+LAYOUTS = (RECORDS_LAYOUT, BULK_LAYOUT)
 HEADER = struct.Struct("<4sBBI")
 MAX_PAYLOAD = 8 * 1024 * 1024
+MAX_HANDSHAKE_PAYLOAD = 2048  # any message of the handshake (before the AUTH is checked)
+NONCE_BYTES = 32
+MAC_BYTES = 32
+MAX_NODE_NAME_BYTES = 255
 MAX_ENTRIES = 4096
 MAX_ID_BYTES = 255
 MAX_TEXT_BYTES = 1024
@@ -51,12 +64,25 @@ _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _SEQ_COUNT = struct.Struct("<IH")
-_WELCOME = struct.Struct("<IIII")
+_WELCOME = struct.Struct("<IIIII")
+_PING = struct.Struct("<Q")
 _SAMPLE = np.dtype("<f4")
 
 
 class ProtocolError(ValueError):
     """A message that does not follow the protocol."""
+
+
+class VersionMismatch(ProtocolError):
+    """A message of another protocol version (a node or worker of another release)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class TooLarge(ProtocolError):
+    """A message longer than what may be read at this point (before authentication, say)."""
 
 
 class MessageType(enum.IntEnum):
@@ -65,6 +91,10 @@ class MessageType(enum.IntEnum):
     TICK = 3
     RESULT = 4
     ERROR = 5
+    CHALLENGE = 6
+    AUTH = 7
+    PING = 8
+    PONG = 9
 
 
 class Flags(enum.IntFlag):
@@ -87,6 +117,19 @@ class Welcome:
     latency_samples: int
     max_streams: int
     description: str
+    heartbeat_ms: int = 5000  # the worker drops a node it has not heard from for this long
+
+
+@dataclass(frozen=True)
+class Hello:
+    node: str
+    layout: int
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    secret_required: bool
 
 
 @dataclass(frozen=True)
@@ -108,12 +151,12 @@ class ResultEntry:
 class Header:
     type: MessageType
     length: int
-    version: int = VERSION
+    version: int = PROTOCOL_VERSION
 
 
 # -- encoding ------------------------------------------------------------------------------
 
-def _message(kind: MessageType, payload: bytes, version: int = VERSION) -> bytes:
+def _message(kind: MessageType, payload: bytes, version: int = PROTOCOL_VERSION) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"{kind.name} payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(MAGIC, version, kind, len(payload)) + payload
@@ -139,18 +182,35 @@ def _samples(samples: np.ndarray) -> bytes:
     return _U32.pack(data.size) + data.tobytes()
 
 
-def encode_hello(node: str, token: str = "", version: int = VERSION) -> bytes:
-    """HELLO in the layout version the node asks for (the worker answers in it)."""
-    if version not in VERSIONS:
-        raise ProtocolError(f"protocol version {version} is not one of {VERSIONS}")
-    return _message(MessageType.HELLO, _text(node, MAX_TEXT_BYTES, _U16)
-                    + _text(token, MAX_TEXT_BYTES, _U16), version)
+def encode_hello(node: str, layout: int = BULK_LAYOUT) -> bytes:
+    """HELLO: who the node is and the TICK/RESULT layout it will send (the worker answers in
+    it)."""
+    if layout not in LAYOUTS:
+        raise ProtocolError(f"layout {layout} is not one of {LAYOUTS}")
+    return _message(MessageType.HELLO, _text(node, MAX_NODE_NAME_BYTES, _U16)
+                    + _U8.pack(layout))
 
 
-def encode_welcome(welcome: Welcome, version: int = VERSION) -> bytes:
+def encode_challenge(nonce: bytes, secret_required: bool) -> bytes:
+    if len(nonce) != NONCE_BYTES:
+        raise ProtocolError(f"a nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
+    return _message(MessageType.CHALLENGE, nonce + _U8.pack(int(secret_required)))
+
+
+def encode_auth(mac: bytes) -> bytes:
+    if len(mac) not in (0, MAC_BYTES):
+        raise ProtocolError(f"a MAC is {MAC_BYTES} bytes (or none), not {len(mac)}")
+    return _message(MessageType.AUTH, _U8.pack(len(mac)) + mac)
+
+
+def encode_welcome(welcome: Welcome) -> bytes:
     return _message(MessageType.WELCOME, _WELCOME.pack(
-        welcome.sample_rate, welcome.hop_size, welcome.latency_samples, welcome.max_streams)
-        + _text(welcome.description, MAX_TEXT_BYTES, _U16), version)
+        welcome.sample_rate, welcome.hop_size, welcome.latency_samples, welcome.max_streams,
+        welcome.heartbeat_ms) + _text(welcome.description, MAX_TEXT_BYTES, _U16))
+
+
+def encode_ping(token: int, kind: MessageType = MessageType.PING) -> bytes:
+    return _message(kind, _PING.pack(token & 0xFFFFFFFFFFFFFFFF))
 
 
 def encode_tick(seq: int, entries: list[TickEntry]) -> bytes:
@@ -176,9 +236,8 @@ def encode_result(seq: int, entries: list[ResultEntry]) -> bytes:
     return _message(MessageType.RESULT, b"".join(parts))
 
 
-def encode_error(reason: str, version: int = VERSION) -> bytes:
-    return _message(MessageType.ERROR, _text(reason[:MAX_TEXT_BYTES // 4], MAX_TEXT_BYTES, _U16),
-                    version)
+def encode_error(reason: str) -> bytes:
+    return _message(MessageType.ERROR, _text(reason[:MAX_TEXT_BYTES // 4], MAX_TEXT_BYTES, _U16))
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -190,9 +249,10 @@ def decode_header(data: bytes) -> Header:
     magic, version, kind, length = HEADER.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not a denoise-sfu worker connection")
-    if version not in VERSIONS:
-        raise ProtocolError(f"protocol version {version} is not supported (this speaks "
-                            f"{', '.join(map(str, VERSIONS))})")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version {version} is not supported: this side speaks version "
+            f"{PROTOCOL_VERSION} (run SFU nodes and workers of the same release)", version)
     try:
         message_type = MessageType(kind)
     except ValueError:
@@ -251,23 +311,54 @@ class _Reader:
             raise ProtocolError(f"{len(self.data) - self.offset} unexpected bytes at the end")
 
 
-def decode_hello(payload: bytes) -> tuple[str, str]:
-    """(node name, token)."""
+def decode_hello(payload: bytes) -> Hello:
     reader = _Reader(payload)
     node = reader.text(_U16)
-    token = reader.text(_U16)
+    (layout,) = reader.unpack(_U8)
     reader.finish()
-    return node, token
+    if len(node.encode()) > MAX_NODE_NAME_BYTES:
+        raise ProtocolError(f"node name over {MAX_NODE_NAME_BYTES} bytes")
+    if layout not in LAYOUTS:
+        raise ProtocolError(f"unknown TICK/RESULT layout {layout} (this speaks "
+                            f"{', '.join(map(str, LAYOUTS))})")
+    return Hello(node, layout)
+
+
+def decode_challenge(payload: bytes) -> Challenge:
+    reader = _Reader(payload)
+    nonce = bytes(reader.take(NONCE_BYTES))
+    (required,) = reader.unpack(_U8)
+    reader.finish()
+    return Challenge(nonce, bool(required))
+
+
+def decode_auth(payload: bytes) -> bytes:
+    reader = _Reader(payload)
+    (size,) = reader.unpack(_U8)
+    if size not in (0, MAC_BYTES):
+        raise ProtocolError(f"a MAC is {MAC_BYTES} bytes (or none), not {size}")
+    mac = bytes(reader.take(size))
+    reader.finish()
+    return mac
 
 
 def decode_welcome(payload: bytes) -> Welcome:
     reader = _Reader(payload)
-    sample_rate, hop_size, latency, max_streams = reader.unpack(_WELCOME)
+    sample_rate, hop_size, latency, max_streams, heartbeat_ms = reader.unpack(_WELCOME)
     description = reader.text(_U16)
     reader.finish()
     if sample_rate <= 0 or hop_size <= 0:
         raise ProtocolError(f"bad audio format: {sample_rate} Hz, hop {hop_size}")
-    return Welcome(sample_rate, hop_size, latency, max_streams, description)
+    if heartbeat_ms <= 0:
+        raise ProtocolError("a heartbeat timeout of 0 ms")
+    return Welcome(sample_rate, hop_size, latency, max_streams, description, heartbeat_ms)
+
+
+def decode_ping(payload: bytes) -> int:
+    reader = _Reader(payload)
+    (token,) = reader.unpack(_PING)
+    reader.finish()
+    return int(token)
 
 
 def decode_tick(payload: bytes) -> tuple[int, list[TickEntry]]:
@@ -315,13 +406,12 @@ def decode_error(payload: bytes) -> str:
     return reason
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[MessageType, bytes]:
-    """The next whole message from a stream (IncompleteReadError when it ends mid-message)."""
+async def read_message(reader: asyncio.StreamReader, max_payload: int = MAX_PAYLOAD
+                       ) -> tuple[MessageType, bytes]:
+    """The next whole message from a stream (IncompleteReadError when it ends mid-message). A
+    header that declares more than `max_payload` bytes is refused before any of them is read."""
     header = decode_header(await reader.readexactly(HEADER.size))
+    if header.length > max_payload:
+        raise TooLarge(f"{header.type.name} of {header.length} bytes exceeds the "
+                       f"{max_payload} allowed here")
     return header.type, await reader.readexactly(header.length)
-
-
-async def read_versioned(reader: asyncio.StreamReader) -> tuple[int, MessageType, bytes]:
-    """`read_message` with the header's layout version."""
-    header = decode_header(await reader.readexactly(HEADER.size))
-    return header.version, header.type, await reader.readexactly(header.length)

@@ -5,6 +5,12 @@ connection's own prefix, so two nodes may use the same stream ids and never meet
 share the engine's ticks, so the hops of every node that arrive together run as one batch.
 When a connection ends, for any reason, its streams are closed and their slots freed.
 
+A connection first runs the handshake (`denoiser.worker.handshake`): at most
+`max_handshakes` connections may be in it at once (more are closed at once), each within
+`handshake_timeout` seconds and small reads. After it, a node that has sent nothing (no TICK,
+no PING) for `heartbeat_timeout` seconds is taken for gone, even if its socket never closes (a
+machine that vanished, a process frozen): its connection is aborted and its slots freed.
+
 A node that breaks the protocol gets an ERROR message saying why, and its connection (only
 its own) is closed. A bad entry that is well formed (samples that are not a whole number of
 hops, NaN, an unknown stream) is answered in its RESULT entry; the rest of the TICK runs.
@@ -24,14 +30,14 @@ import numpy as np
 from denoiser.engine import EngineError, EngineFull
 from denoiser.engine.local import LocalEngine
 from denoiser.worker import protocol as wire
-from denoiser.worker.auth import Unauthorized, check_hello_token
 from denoiser.worker.bulk import decode_bulk_tick
 from denoiser.worker.bulk_server import BulkStreams
+from denoiser.worker.handshake import FailureLog, HandshakeFailed, accept
+from denoiser.worker.limits import HANDSHAKE_TIMEOUT_S, HEARTBEAT_TIMEOUT_S, MAX_HANDSHAKES
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, ResultEntry, Status
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 5.0
 
 
 @dataclass
@@ -43,7 +49,10 @@ class WorkerStats:
     ticks: int = 0  # TICK messages
     entries: Counter[str] = field(default_factory=Counter)  # RESULT statuses by name
     protocol_errors: int = 0
-    unauthorized: int = 0  # HELLOs refused for their token (also counted in protocol_errors)
+    unauthorized: int = 0  # handshakes refused for their AUTH (also in protocol_errors)
+    handshake_failures: Counter[str] = field(default_factory=Counter)  # by reason
+    handshakes_open: int = 0  # connections still in their handshake
+    heartbeat_timeouts: int = 0  # nodes dropped for silence
 
 
 class _Connection:
@@ -55,17 +64,30 @@ class _Connection:
         self.writer = writer
         self.node = ""
         self.streams: set[str] = set()
-        self.version = wire.VERSION  # the layout of its TICK/RESULT, chosen by its HELLO
-        self.bulk: BulkStreams | None = None  # version 2: handle -> slot
+        self.bulk: BulkStreams | None = None  # bulk layout: handle -> slot
+        self.heard = 0.0  # loop time of its last message (set once it is authenticated)
+        self.dropped = False
+
+    @property
+    def bulk_streams(self) -> int:
+        return self.bulk.open_count if self.bulk is not None else 0
 
 
 class WorkerServer:
     """Serve `engine` on `host:port` (port 0 picks a free one; see `port` after `start`)."""
 
     def __init__(self, engine: LocalEngine, host: str = "127.0.0.1", port: int = 7100,
-                 description: str = "", secret: str | None = None) -> None:
+                 description: str = "", secret: str | None = None, *,
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+                 max_handshakes: int = MAX_HANDSHAKES) -> None:
+        if heartbeat_timeout <= 0 or handshake_timeout <= 0 or max_handshakes < 1:
+            raise ValueError("timeouts must be positive and max_handshakes at least 1")
         self.engine = engine
         self.secret = secret or None  # None: any node may connect (a private network)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.handshake_timeout = float(handshake_timeout)
+        self.max_handshakes = int(max_handshakes)
         self.host = host
         self.requested_port = port
         self.description = description
@@ -73,6 +95,8 @@ class WorkerServer:
         self._numbers = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._failures = FailureLog()
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -82,9 +106,14 @@ class WorkerServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.requested_port)
+        self._watchdog = asyncio.create_task(self._watch(), name="worker-heartbeat")
 
     async def close(self) -> None:
         """Stop listening and hang up on every node (they pass through until they reconnect)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         if self._server is not None:
             self._server.close()
             for conn in list(self._connections):
@@ -94,42 +123,106 @@ class WorkerServer:
     def welcome(self) -> wire.Welcome:
         engine = self.engine
         return wire.Welcome(engine.sample_rate, engine.hop_size, engine.latency_samples,
-                            engine.max_streams, self.description)
+                            engine.max_streams, self.description,
+                            max(1, round(self.heartbeat_timeout * 1000)))
+
+    async def _watch(self) -> None:
+        """Drop every node not heard from for `heartbeat_timeout` (checked 4 times as often)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.025, self.heartbeat_timeout / 4))
+            now = loop.time()
+            for conn in list(self._connections):
+                if conn.heard and now - conn.heard > self.heartbeat_timeout:
+                    self.stats.heartbeat_timeouts += 1
+                    log.warning("node silent past the heartbeat timeout; dropping it",
+                                extra={"node": conn.node, "peer": conn.peer,
+                                       "silent_s": round(now - conn.heard, 1),
+                                       "streams": len(conn.streams) + conn.bulk_streams})
+                    self._drop(conn)
+                    conn.writer.transport.abort()  # also if the node stopped reading
 
     # -- one connection ----------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str(writer.get_extra_info("peername"))
+        if self.stats.handshakes_open >= self.max_handshakes:
+            # Refused before anything is read or allocated (a flood of strangers).
+            self.stats.handshake_failures["too_many_pending"] += 1
+            self.stats.protocol_errors += 1
+            self._failures.note("too_many_pending", peer,
+                                f"{self.max_handshakes} connections already in their handshake")
+            writer.transport.abort()
+            return
         conn = _Connection(next(self._numbers), peer, writer)
-        self._connections.add(conn)
         self.stats.connections += 1
-        self.stats.connections_open += 1
         try:
-            version, kind, payload = await asyncio.wait_for(wire.read_versioned(reader),
-                                                            HELLO_TIMEOUT)
-            if kind is not MessageType.HELLO:
-                raise ProtocolError(f"expected HELLO first, got {kind.name}")
-            conn.node, token = wire.decode_hello(payload)
-            conn.version = version
-            if self.secret is not None:
-                try:
-                    check_hello_token(self.secret, conn.node, token)
-                except Unauthorized as exc:
-                    self.stats.unauthorized += 1
-                    raise ProtocolError(f"unauthorized: {exc}") from None
-            writer.write(wire.encode_welcome(self.welcome(), version))
-            log.info("node connected", extra={"node": conn.node, "peer": peer,
-                                              "protocol": version})
-            if version == wire.BULK_VERSION:
-                conn.bulk = BulkStreams(self.engine, conn.prefix)
+            if not await self._handshake(conn, reader, writer):
+                return
+            self._connections.add(conn)
+            self.stats.connections_open += 1
+            await self._serve_node(conn, reader, writer)
+        finally:
+            if conn in self._connections:
+                self._drop(conn)
+            writer.close()
+            try:  # a node that does not read its ERROR does not hold this task
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (ConnectionError, TimeoutError):
+                writer.transport.abort()
+
+    async def _handshake(self, conn: _Connection, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> bool:
+        """Run the handshake within its deadline; count, log (rate-limited) and answer
+        ERROR on any failure. True once the node is welcomed."""
+        self.stats.handshakes_open += 1
+        try:
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    hello = await accept(reader, writer, self.secret, self.welcome())
+            except TimeoutError:
+                raise HandshakeFailed("timeout", f"no handshake within "
+                                                 f"{self.handshake_timeout:g} s") from None
+            except HandshakeFailed:
+                raise
+            except Exception as exc:  # never an uncounted escape
+                log.exception("handshake failed unexpectedly", extra={"peer": conn.peer})
+                raise HandshakeFailed("internal", f"{type(exc).__name__}") from None
+        except HandshakeFailed as exc:
+            self.stats.handshake_failures[exc.reason] += 1
+            self.stats.protocol_errors += 1
+            if exc.reason == "unauthorized":
+                self.stats.unauthorized += 1
+            self._failures.note(exc.reason, conn.peer, str(exc))
+            if exc.reason == "too_large":
+                writer.transport.abort()  # not a byte more of it is read
+            elif exc.reason != "closed":
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    writer.write(wire.encode_error(str(exc)))
+            return False
+        finally:
+            self.stats.handshakes_open -= 1
+        conn.node = hello.node
+        conn.heard = asyncio.get_running_loop().time()
+        if hello.layout == wire.BULK_LAYOUT:
+            conn.bulk = BulkStreams(self.engine, conn.prefix)
+        log.info("node connected", extra={"node": conn.node, "peer": conn.peer,
+                                          "layout": hello.layout})
+        return True
+
+    async def _serve_node(self, conn: _Connection, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
             while True:
-                version, kind, payload = await wire.read_versioned(reader)
-                if kind is not MessageType.TICK:
-                    raise ProtocolError(f"a node may only send TICK after HELLO, got {kind.name}")
-                if version != conn.version:
-                    raise ProtocolError(f"a TICK of version {version} on a connection of "
-                                        f"version {conn.version}")
-                if conn.bulk is not None:
+                kind, payload = await wire.read_message(reader)
+                conn.heard = loop.time()
+                if kind is MessageType.PING:
+                    writer.write(wire.encode_ping(wire.decode_ping(payload), MessageType.PONG))
+                elif kind is not MessageType.TICK:
+                    raise ProtocolError(f"a node may only send TICK or PING after the "
+                                        f"handshake, got {kind.name}")
+                elif conn.bulk is not None:
                     self.stats.ticks += 1
                     conn.bulk.on_tick(decode_bulk_tick(payload), writer, self.stats.entries)
                 else:
@@ -138,20 +231,18 @@ class WorkerServer:
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("node broke the protocol; closing its connection",
-                        extra={"node": conn.node, "peer": peer, "error": str(exc)})
+                        extra={"node": conn.node, "peer": conn.peer, "error": str(exc)})
             with contextlib.suppress(ConnectionError):
-                writer.write(wire.encode_error(str(exc), conn.version))
+                writer.write(wire.encode_error(str(exc)))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-            pass  # the node went away (or never said HELLO)
-        finally:
-            self._drop(conn)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-            log.info("node disconnected", extra={"node": conn.node, "peer": peer})
+            pass  # the node went away (or the heartbeat watchdog aborted it)
+        log.info("node disconnected", extra={"node": conn.node, "peer": conn.peer})
 
     def _drop(self, conn: _Connection) -> None:
+        if conn.dropped:
+            return
+        conn.dropped = True
         for stream in conn.streams:  # fails what they still have queued
             self.engine.close_stream(conn.prefix + stream)
         conn.streams.clear()

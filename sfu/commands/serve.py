@@ -51,6 +51,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
     from sfu.app import create_app
     from sfu.context import CONTEXT
+    from sfu.http_guard import GuardedRunner
 
     app = create_app(settings)
     ctx = app[CONTEXT]
@@ -59,7 +60,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         drainer = ctx.drainer
         assert drainer is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, drainer.start)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = GuardedRunner(app, handle_signals=False)  # connection cap, header/idle timeouts
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

@@ -12,6 +12,14 @@ Timeline and gaps (decided here, documented in docs/latency.md):
 - A longer gap is the publisher pausing: subscribers get nothing (their own jitter buffer
   plays comfort noise / silence), and the output pts jump over the gap.
 - A frame older than the timeline (late, duplicate) is dropped and counted.
+
+A task that raises is never left silent (issue 14): the failure is logged and counted
+(`denoise_sfu_pipeline_failures_total{action}`); the first time, the pipeline restarts with
+fresh per-frame state in pass-through (hops skip the denoiser, counted `hop_degraded`: the
+call goes on undenoised rather than dropping); a second failure stops it and calls
+`on_failure(exc)`, with which the room registry removes the participant and tells its client.
+A publisher's track that ends while the pipeline runs (an RTCP BYE: aiortc never decodes that
+track again) calls `on_ended()` the same way: a registered participant is never silent.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -33,7 +42,7 @@ from sfu.media.encoder import DEFAULT_COMPLEXITY, SAMPLE_RATE, TIME_BASE, OpusPa
 from sfu.media.fanout import DEFAULT_QUEUE_PACKETS, FanOut, PacketTrack
 from sfu.media.forward import ForwardGate, Payload, opus_packet_samples
 from sfu.media.hops import HOP_SIZE, FrameAssembler, FrameConverter, HopCutter
-from sfu.media.metrics import MetricsLike, media_events
+from sfu.media.metrics import MetricsLike, media_events, pipeline_failures
 from sfu.media.receiver import PacketArrivals
 
 logger = logging.getLogger(__name__)
@@ -47,6 +56,7 @@ MAX_CONCEALED_SAMPLES = SAMPLE_RATE // 10  # 100 ms
 # 70-100 % of hops through undenoised on a 2-core machine (docs/latency.md).
 DEFAULT_LATENCY_BUDGET = 0.020
 ENCODE_MARGIN = 0.002  # kept back from the budget for encoding and fan-out
+MAX_RESTARTS = 1  # pipeline task failures survived (in pass-through) before giving up
 
 
 class HopStream(Protocol):
@@ -112,7 +122,15 @@ class SpeakerPipeline:
         self._task: asyncio.Task[None] | None = None
         self._events = media_events(metrics.registry)
         self._forwarded_event = self._events.labels(event="packet_forwarded")
+        self._failures = pipeline_failures(metrics.registry)
         self._drops = metrics.frames_dropped
+        self.restarts = 0
+        self.degraded = False  # after a restart: hops skip the denoiser
+        self.failure: BaseException | None = None  # what stopped the task for good
+        #: Called (from the task) when the pipeline gave up; the registry removes the speaker.
+        self.on_failure: Callable[[BaseException], None] | None = None
+        #: Called (from the task) when the publisher's track ended while the pipeline ran.
+        self.on_ended: Callable[[], None] | None = None
         self.latencies: list[float] = []  # kept only when `record_latencies` (bench)
         self.record_latencies = False
         # The stream's own deadline per hop, tightened so that no packet waits past the budget.
@@ -196,15 +214,66 @@ class SpeakerPipeline:
         try:
             while True:
                 try:
-                    frame = await self.source.recv()
-                except MediaStreamError:
-                    break
-                if not isinstance(frame, av.AudioFrame):
-                    raise TypeError(f"an audio track gave a {type(frame).__name__}")
-                await self._handle_frame(frame)
+                    await self._pump()
+                    self._ended()  # the publisher's track ended (RTCP BYE, decoder stopped)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if self.restarts >= MAX_RESTARTS:
+                        self._give_up(exc)
+                        return
+                    self.restarts += 1
+                    self._failures.labels("restarted").inc()
+                    logger.exception("speaker pipeline failed; restarting it in pass-through "
+                                     "(restart %d of %d)", self.restarts, MAX_RESTARTS)
+                    self._reset_after_failure()
         finally:
             self._fanout.close()
             self._raw_fanout.close()
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                frame = await self.source.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, av.AudioFrame):
+                raise TypeError(f"an audio track gave a {type(frame).__name__}")
+            await self._handle_frame(frame)
+
+    def _ended(self) -> None:
+        self._count("track_ended")
+        logger.info("speaker track ended; its participant is removed")
+        if self.on_ended is not None:
+            try:
+                self.on_ended()
+            except Exception:
+                logger.exception("pipeline end handler failed")
+
+    def _give_up(self, exc: Exception) -> None:
+        self.failure = exc
+        self._failures.labels("removed").inc()
+        logger.error("speaker pipeline failed again after %d restart(s); removing the "
+                     "participant", self.restarts, exc_info=exc)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(exc)
+            except Exception:
+                logger.exception("pipeline failure handler failed")
+
+    def _reset_after_failure(self) -> None:
+        """Fresh per-frame state (any of it may be what broke) and pass-through from now on;
+        the output timeline goes on where it was, so subscribers hear no jump back."""
+        self.degraded = True
+        self._converter = FrameConverter(SAMPLE_RATE)
+        self._cutter = HopCutter(HOP_SIZE)
+        self._assembler = FrameAssembler()
+        self._raw_assembler = FrameAssembler()
+        self.encoder = OpusPacketEncoder(self._bitrate, start_pts=self.encoder.next_pts)
+        if self.raw_encoder is not None:
+            self.raw_encoder = OpusPacketEncoder(self._bitrate,
+                                                 start_pts=self.raw_encoder.next_pts)
 
     async def _handle_frame(self, frame: av.AudioFrame) -> None:
         received = time.monotonic()
@@ -301,11 +370,15 @@ class SpeakerPipeline:
             self.counters.hops_in += n
             self._count("hop_in", n)
         raw = hops[0] if n == 1 else np.concatenate(hops)
-        if self._guard:
+        if self._guard and not self.degraded:
             self._tighten_deadline(arrived)
         try:
-            # All of the frame's hops in one request: the engine runs them in one tick.
-            out = await self.stream.process_hops(raw)
+            if self.degraded:  # restarted after a failure: the denoiser is skipped
+                self._count("hop_degraded", n)
+                out = raw
+            else:
+                # All of the frame's hops in one request: the engine runs them in one tick.
+                out = await self.stream.process_hops(raw)
             if out.shape != raw.shape:
                 raise ValueError(f"stream returned shape {out.shape} for {raw.shape}")
         except asyncio.CancelledError:

@@ -13,7 +13,9 @@ checks all of it against RFC 9725 and the WHEP draft, point by point.
 
 Checks run cheapest first and before any peer connection exists: 401 token, 403 room/grant/
 identity, 400 mode, then placement (307 to the node that owns the room, 503 + Retry-After when
-placement is unavailable), 404 room/participant, 415 content type, 413 size, then 400 SDP.
+placement is unavailable), 404 room/participant, 415 content type/encoding/charset, 413 size,
+408 a body that does not arrive in time (sfu.signalling.body), 429 a session cap
+(sfu.limits), then 400 SDP.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from sfu.errors import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     ServiceUnavailable,
-    UnsupportedMediaType,
 )
-from sfu.media.receiver import install_for_track
+from sfu.limits import SessionLimits, SessionSlot
+from sfu.media.datagram_guard import guard_datagrams
+from sfu.media.receiver import discard_unread, prepare_receivers
 from sfu.media.switch import SwitchTrack
 from sfu.placement.gate import place_join
 from sfu.rooms import (
@@ -50,6 +52,7 @@ from sfu.rooms import (
     UnknownRoom,
     new_session_id,
 )
+from sfu.signalling.body import SDP_TYPE, read_sdp
 from sfu.signalling.ledger import Issued, SessionLedger
 from sfu.signalling.links import ice_server_links
 from sfu.signalling.peer import answer, apply_offer, create_peer_connection
@@ -60,7 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = TypeVar("S", Participant, Subscription)
 
-SDP_TYPE = "application/sdp"
 # PATCH (trickle ICE, ICE restart) is answered 405, so it is not listed as allowed.
 SESSION_METHODS = "DELETE, OPTIONS"
 ENDPOINT_METHODS = "POST, OPTIONS"
@@ -70,24 +72,6 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, Accept-Post",
     "Access-Control-Max-Age": "600",
 }
-
-
-async def read_sdp(request: web.Request, max_bytes: int) -> str:
-    """The request body as SDP text: 415 unless application/sdp, 413 above `max_bytes`."""
-    if request.content_type.lower() != SDP_TYPE:
-        raise UnsupportedMediaType(f"Content-Type must be {SDP_TYPE}, not "
-                                   f"{request.content_type!r}", "unsupported_media_type")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"SDP body is {request.content_length} bytes; the limit is "
-                              f"{max_bytes}", "sdp_too_large")
-    body = await request.content.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"SDP body exceeds the limit of {max_bytes} bytes",
-                              "sdp_too_large")
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise BadRequest("SDP body is not UTF-8 text", "bad_sdp") from err
 
 
 class WhepSender:
@@ -119,8 +103,9 @@ class WhepSender:
 class WhipHandlers:
     """The WHIP/WHEP endpoints of one app, bound to its context."""
 
-    def __init__(self, ctx: SfuContext) -> None:
+    def __init__(self, ctx: SfuContext, limits: SessionLimits) -> None:
         self.ctx = ctx
+        self.limits = limits
         self._watchers: set[asyncio.Task[None]] = set()
         self.ledger = SessionLedger(ttl=max(3600.0, float(ctx.settings.token_ttl)))
 
@@ -154,8 +139,8 @@ class WhipHandlers:
         if mode not in MODES:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}", "bad_mode")
         await place_join(ctx, room, request.path_qs, create=True)  # 307 / 503 if not here
-        sdp = await read_sdp(request, ctx.settings.max_sdp_bytes)
-        pc = create_peer_connection(ctx.settings)
+        sdp = await read_sdp(request, ctx.settings.max_sdp_bytes, ctx.settings.body_timeout)
+        pc = self._new_peer(self.limits.acquire(room, claims.identity, request.remote))
         tracks: list = []
         pc.on("track", tracks.append)
         session_id = new_session_id()
@@ -165,8 +150,10 @@ class WhipHandlers:
             if not audio:
                 raise BadRequest("the offer sends no audio (direction must be sendonly or "
                                  "sendrecv)", "bad_sdp")
-            install_for_track(pc, audio[0])  # decode each packet as it arrives
+            # Decode each packet as it arrives, bounded; other audio sections: discarded.
+            prepare_receivers(pc, audio[0], ctx.metrics, ctx.settings.receive_queue_frames)
             answer_sdp = await answer(pc)
+            guard_datagrams(pc, ctx.metrics)  # its ICE sockets exist now
             try:
                 ctx.registry.publish(room, claims.identity, pc, audio[0], mode, session_id)
             except RoomFull as err:
@@ -203,13 +190,15 @@ class WhipHandlers:
             raise Forbidden("a listener never receives their own voice", "own_voice")
         await place_join(ctx, room, request.path_qs, create=False)  # 307 / 503 if not here
         self._require_participant(room, target)
-        sdp = await read_sdp(request, ctx.settings.max_sdp_bytes)
+        sdp = await read_sdp(request, ctx.settings.max_sdp_bytes, ctx.settings.body_timeout)
         self._require_participant(room, target)  # it may have left while the body arrived
-        pc = create_peer_connection(ctx.settings)
+        pc = self._new_peer(self.limits.acquire(room, claims.identity, request.remote))
         session_id = new_session_id()
         registered = False
+        sender: WhepSender | None = None
         try:
             await apply_offer(pc, sdp)
+            discard_unread(pc, (), ctx.metrics)  # a sendrecv offer's audio: nobody reads it
             sender = WhepSender(pc)
             try:
                 ctx.registry.subscribe(room, claims.identity, target, sender, session_id)
@@ -221,15 +210,19 @@ class WhipHandlers:
                 raise ServiceUnavailable(str(err), err.code) from err
             registered = True
             answer_sdp = await answer(pc)
-            transceiver = next(t for t in pc.getTransceivers()
-                               if t.sender.track is sender.track)
-            if transceiver.currentDirection not in ("sendonly", "sendrecv"):
+            guard_datagrams(pc, ctx.metrics)  # its ICE sockets exist now
+            transceiver = next((t for t in pc.getTransceivers()
+                                if t.sender.track is sender.track), None)
+            if transceiver is None or transceiver.currentDirection not in ("sendonly",
+                                                                          "sendrecv"):
                 raise BadRequest("the offer does not receive audio (direction must be "
                                  "recvonly or sendrecv)", "bad_sdp")
         except BaseException:
             if registered:
                 await ctx.registry.leave(session_id)
-            await sender.close()
+            if sender is not None:
+                await sender.close()
+            await pc.close()  # the offer was refused before a sender existed: close it too
             raise
         self._watch(pc, session_id, "subscriber")
         self.ledger.add(session_id, Issued("subscriber", room, claims.identity, target))
@@ -261,6 +254,16 @@ class WhipHandlers:
         return web.Response(status=204, headers={
             **CORS_HEADERS, "Access-Control-Allow-Methods": SESSION_METHODS,
             "Allow": SESSION_METHODS})
+
+    def _new_peer(self, slot: SessionSlot) -> RTCPeerConnection:
+        """A peer connection for a new session, holding `slot` until it closes."""
+        try:
+            pc = create_peer_connection(self.ctx.settings)
+        except BaseException:
+            slot.release()
+            raise
+        slot.release_on_close(pc)
+        return pc
 
     def _require_participant(self, room: str, identity: str) -> None:
         found = self.ctx.registry.get(room)
@@ -328,8 +331,8 @@ class WhipHandlers:
 
         async def on_state() -> None:
             state = pc.connectionState
-            if state in ("connected", "failed", "closed"):
-                task.cancel()
+            if state == "connected":  # not on "closed": the deadline's own leave closes the
+                task.cancel()         # peer, and cancelling it there lost its count
             if state in ("failed", "closed") and await ctx.registry.leave(session_id):
                 if state == "failed":
                     ctx.metrics.peer_failures.labels("failed").inc()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -20,8 +19,9 @@ import torch
 from denoiser.engine import Engine, EngineError, EngineFull
 from denoiser.engine.local import LocalEngine
 from denoiser.worker import protocol as wire
-from denoiser.worker.auth import Unauthorized, check_hello_token, hello_token
+from denoiser.worker.auth import Unauthorized, answer, check_answer
 from denoiser.worker.client import RemoteEngine
+from denoiser.worker.handshake import greet
 from denoiser.worker.pool import WorkerPool
 from denoiser.worker.server import WorkerServer
 from support.models import HOP, TinyConvGRU, audio, offline
@@ -148,8 +148,7 @@ async def test_a_bad_entry_fails_alone(worker: Worker, connect, model) -> None:
         await remote.process("bad", bad)  # refused on the node already: never sent
     # The same entry built by hand reaches the worker, which refuses it in its RESULT only.
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(wire.encode_hello("raw"))
-    assert (await wire.read_message(reader))[0] is wire.MessageType.WELCOME
+    await greet(reader, writer, "raw", None, wire.RECORDS_LAYOUT)
     writer.write(wire.encode_tick(7, [wire.TickEntry("g", wire.Flags.OPEN, x),
                                       wire.TickEntry("n", wire.Flags.OPEN, bad),
                                       wire.TickEntry("u", wire.Flags.NONE, x)]))
@@ -165,28 +164,31 @@ async def test_a_bad_entry_fails_alone(worker: Worker, connect, model) -> None:
     writer.close()
 
 
-@pytest.mark.parametrize("garbage", [
-    b"GET / HTTP/1.1\r\n\r\n",  # not our protocol at all
-    wire.HEADER.pack(wire.MAGIC, 9, wire.MessageType.HELLO, 0),  # a future version
-    wire.HEADER.pack(wire.MAGIC, wire.VERSION, 77, 0),  # unknown type
-    wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.MessageType.TICK, 2**31),  # too long
-    wire.encode_hello("x") + wire.HEADER.pack(wire.MAGIC, wire.VERSION,
-                                              wire.MessageType.TICK, 3) + b"abc",  # truncated
-    wire.encode_hello("x") + wire.encode_hello("twice"),  # HELLO again
-    wire.encode_hello("x") + wire._message(wire.MessageType.TICK, struct.pack(
-        "<IHB", 1, 1, 1) + b"s" + bytes([8]) + struct.pack("<I", 0)),  # unknown flag
+V = wire.PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize(("after_handshake", "garbage"), [
+    (False, b"GET / HTTP/1.1\r\n\r\n"),  # not our protocol at all
+    (False, wire.HEADER.pack(wire.MAGIC, 9, wire.MessageType.HELLO, 0)),  # a future version
+    (False, wire.HEADER.pack(wire.MAGIC, V, 77, 0)),  # unknown type
+    (False, wire.HEADER.pack(wire.MAGIC, V, wire.MessageType.TICK, 2**31)),  # too long
+    (False, wire.encode_tick(1, [])),  # TICK before the handshake
+    (True, wire.HEADER.pack(wire.MAGIC, V, wire.MessageType.TICK, 3) + b"abc"),  # truncated
+    (True, wire.encode_hello("twice")),  # HELLO again
+    (True, wire._message(wire.MessageType.TICK, struct.pack(
+        "<IHB", 1, 1, 1) + b"s" + bytes([8]) + struct.pack("<I", 0))),  # unknown flag
 ])
 async def test_a_node_that_breaks_the_protocol_loses_only_its_connection(
-        worker: Worker, connect, model, garbage: bytes) -> None:
+        worker: Worker, connect, model, after_handshake: bool, garbage: bytes) -> None:
     server = await worker()
     remote = await connect(server)
     remote.open_stream("a")
     x = audio(7, 4)
     first = await remote.process("a", x[:2 * HOP])
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    if after_handshake:
+        await greet(reader, writer, "x", None, wire.RECORDS_LAYOUT)
     writer.write(garbage)
-    if garbage.startswith(wire.encode_hello("x")):  # a HELLO first: the worker welcomes it
-        assert (await wire.read_message(reader))[0] is wire.MessageType.WELCOME
     kind, payload = await asyncio.wait_for(wire.read_message(reader), 5)
     assert kind is wire.MessageType.ERROR
     print(wire.decode_error(payload))
@@ -297,18 +299,30 @@ async def test_a_worker_with_a_secret_serves_only_nodes_that_know_it(worker: Wor
                                                                      model) -> None:
     server = await worker(secret="s3cret")
     address = f"127.0.0.1:{server.port}"
-    for secret, why in ((None, "needs a token"), ("wrong", "not this worker's")):
+    for secret, why in ((None, "needs a secret"), ("wrong", "not this worker's")):
         stranger = RemoteEngine(address, node="stranger", secret=secret)
         with pytest.raises(EngineError, match=why):
             await stranger.start()
         await stranger.close()
-    stale = hello_token("s3cret", "late", now=time.time() - 3600)
+    # A captured handshake is worth nothing on another connection: its challenge differs.
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(wire.encode_hello("late", stale))
+    writer.write(wire.encode_hello("late", wire.RECORDS_LAYOUT))
     kind, payload = await wire.read_message(reader)
-    assert kind is wire.MessageType.ERROR and "clock" in wire.decode_error(payload)
+    nonce = wire.decode_challenge(payload).nonce
+    auth = wire.encode_auth(answer("s3cret", nonce, "late", wire.PROTOCOL_VERSION,
+                                   wire.RECORDS_LAYOUT))
+    writer.write(auth)
+    assert (await wire.read_message(reader))[0] is wire.MessageType.WELCOME
     writer.close()
-    assert server.stats.unauthorized == 3 and server.engine.live_streams == 0
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(wire.encode_hello("late", wire.RECORDS_LAYOUT) + auth)  # replayed
+    kind, payload = await wire.read_message(reader)
+    assert kind is wire.MessageType.CHALLENGE
+    kind, payload = await wire.read_message(reader)
+    assert kind is wire.MessageType.ERROR and "not this worker's" in wire.decode_error(payload)
+    writer.close()
+    assert server.stats.unauthorized == 3
+    assert server.stats.handshake_failures["unauthorized"] == 3
     member = RemoteEngine(address, node="member", secret="s3cret")
     await member.start()
     try:
@@ -319,14 +333,17 @@ async def test_a_worker_with_a_secret_serves_only_nodes_that_know_it(worker: Wor
         await member.close()
 
 
-def test_hello_tokens() -> None:
-    token = hello_token("k", "node", now=1000)
-    check_hello_token("k", "node", token, now=1030)
-    for secret, node, tok, now, why in (
-            ("k", "other", token, 1000, "bad token"),  # bound to the node's name
-            ("x", "node", token, 1000, "bad token"),
-            ("k", "node", token, 1100, "clock"),
-            ("k", "node", "", 1000, "needs a token"),
-            ("k", "node", "abc", 1000, "malformed")):
+def test_answers_bind_the_nonce_the_node_the_version_and_the_layout() -> None:
+    nonce = bytes(range(32))
+    mac = answer("k", nonce, "node", 3, 2)
+    check_answer("k", nonce, "node", 3, 2, mac)
+    for secret, other, node, version, layout, tok, why in (
+            ("k", nonce[::-1], "node", 3, 2, mac, "bad answer"),  # another connection
+            ("k", nonce, "other", 3, 2, mac, "bad answer"),  # bound to the node's name
+            ("k", nonce, "node", 4, 2, mac, "bad answer"),
+            ("k", nonce, "node", 3, 1, mac, "bad answer"),
+            ("x", nonce, "node", 3, 2, mac, "bad answer"),
+            ("k", nonce, "node", 3, 2, b"", "needs a secret"),
+            ("k", nonce, "node", 3, 2, b"abc", "malformed")):
         with pytest.raises(Unauthorized, match=why):
-            check_hello_token(secret, node, tok, now=now)
+            check_answer(secret, other, node, version, layout, tok)

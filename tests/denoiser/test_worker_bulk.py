@@ -1,9 +1,9 @@
-"""Protocol version 2 (columnar TICK/RESULT) and the engine's block path behind it.
+"""The bulk layout (columnar TICK/RESULT) and the engine's block path behind it.
 
-Blocks give the same output as single streams, a v2 node and a v1 node share one worker and
-both get the model's offline output, every malformed bulk message is refused with ERROR (only
-its sender is dropped), a bad entry fails alone, and a node falls back to v1 against a worker
-that refuses v2."""
+Blocks give the same output as single streams, a bulk node and a records node share one worker
+and both get the model's offline output, every malformed bulk message is refused with ERROR
+(only its sender is dropped), a bad entry fails alone, and a node refuses a worker of another
+protocol version with a clear error (no silent fallback)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from denoiser.worker.bulk import (
     encode_bulk_tick,
 )
 from denoiser.worker.client import RemoteEngine
+from denoiser.worker.handshake import greet
 from denoiser.worker.server import WorkerServer
 from support.models import HOP, TinyConvGRU, audio, offline
 from support.models import feed as feed_hops
@@ -45,7 +46,7 @@ def _tick(handles: list[int], sizes: list[int], flags: list[int], seq: int = 1) 
 def test_bulk_tick_and_result_round_trip() -> None:
     message = _tick([3, 0, 7], [F, 0, HOP], [1, 2, 0], seq=42)
     header = wire.decode_header(message[:wire.HEADER.size])
-    assert (header.version, header.type) == (wire.BULK_VERSION, wire.MessageType.TICK)
+    assert (header.version, header.type) == (wire.PROTOCOL_VERSION, wire.MessageType.TICK)
     tick = decode_bulk_tick(message[wire.HEADER.size:])
     assert tick.seq == 42 and tick.handles.tolist() == [3, 0, 7]
     assert tick.sizes.tolist() == [F, 0, HOP] and tick.flags.tolist() == [1, 2, 0]
@@ -130,11 +131,11 @@ async def server() -> AsyncIterator[WorkerServer]:
 async def test_v1_and_v2_nodes_share_a_worker(server: WorkerServer) -> None:
     model = server.engine.model
     new = RemoteEngine(f"127.0.0.1:{server.port}", node="new")
-    old = RemoteEngine(f"127.0.0.1:{server.port}", node="old", versions=(wire.VERSION,))
+    old = RemoteEngine(f"127.0.0.1:{server.port}", node="old", layout=wire.RECORDS_LAYOUT)
     await new.start()
     await old.start()
     try:
-        assert (new.version, old.version) == (wire.BULK_VERSION, wire.VERSION)
+        assert (new.layout, old.layout) == (wire.BULK_LAYOUT, wire.RECORDS_LAYOUT)
         xs = {f"s{i}": audio(30 + i, 10) for i in range(4)}
         for sid in xs:
             (new if sid < "s2" else old).open_stream(sid)
@@ -153,9 +154,7 @@ async def test_v1_and_v2_nodes_share_a_worker(server: WorkerServer) -> None:
 
 async def _raw(server: WorkerServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(wire.encode_hello("raw", "", wire.BULK_VERSION))
-    version, kind, _ = await wire.read_versioned(reader)
-    assert (version, kind) == (wire.BULK_VERSION, wire.MessageType.WELCOME)
+    await greet(reader, writer, "raw", None, wire.BULK_LAYOUT)
     return reader, writer
 
 
@@ -189,15 +188,15 @@ async def test_a_malformed_bulk_tick_closes_only_its_connection(server: WorkerSe
         first = await good.process("a", x[:F])
         reader, writer = await _raw(server)
         writer.write(_tick([1, 1], [F, F], [1, 1]))  # a handle twice
-        version, kind, payload = await asyncio.wait_for(wire.read_versioned(reader), 5)
-        assert (version, kind) == (wire.BULK_VERSION, wire.MessageType.ERROR)
+        kind, payload = await asyncio.wait_for(wire.read_message(reader), 5)
+        assert kind is wire.MessageType.ERROR
         assert "twice" in wire.decode_error(payload)
         assert await reader.read() == b""
-        # v1 TICK on a v2 connection: refused too
+        # a records TICK on a bulk connection: refused too
         reader, writer = await _raw(server)
         writer.write(wire.encode_tick(1, [wire.TickEntry("s", wire.Flags.OPEN, x[:F])]))
-        _, kind, payload = await asyncio.wait_for(wire.read_versioned(reader), 5)
-        assert kind is wire.MessageType.ERROR and "version" in wire.decode_error(payload)
+        kind, payload = await asyncio.wait_for(wire.read_message(reader), 5)
+        assert kind is wire.MessageType.ERROR
         second = await good.process("a", x[F:])
         np.testing.assert_allclose(np.concatenate([first, second]), offline(model, x),
                                    atol=1e-5)
@@ -206,29 +205,25 @@ async def test_a_malformed_bulk_tick_closes_only_its_connection(server: WorkerSe
         await good.close()
 
 
-async def test_a_node_falls_back_to_v1_for_an_older_worker() -> None:
-    """A stand-in for a worker that speaks only version 1: it refuses v2 as the old code did."""
+async def test_a_node_refuses_a_worker_of_an_older_protocol_clearly() -> None:
+    """A stand-in for a worker of protocol version 2: it refuses version 3 as that code did,
+    in a version-2 header. The node says which versions met, and does not fall back."""
     seen: list[int] = []
 
     async def old_worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        header = wire.decode_header(await reader.readexactly(wire.HEADER.size))
-        await reader.readexactly(header.length)
-        seen.append(header.version)
-        if header.version != wire.VERSION:
-            writer.write(wire.encode_error(f"protocol version {header.version} is not "
-                                           "supported (this is 1)"))
-        else:
-            writer.write(wire.encode_welcome(wire.Welcome(48_000, HOP, 0, 4, "old")))
+        head = await reader.readexactly(wire.HEADER.size)
+        seen.append(head[4])
+        writer.write(wire.HEADER.pack(wire.MAGIC, 2, wire.MessageType.ERROR, 0))
         await writer.drain()
-        await reader.read()
         writer.close()
 
     listener = await asyncio.start_server(old_worker, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     node = RemoteEngine(f"127.0.0.1:{port}", node="n")
     try:
-        await node.start()
-        assert node.version == wire.VERSION and seen == [wire.BULK_VERSION, wire.VERSION]
+        with pytest.raises(EngineError, match="protocol version 2 and this node 3"):
+            await node.start()
+        assert seen == [wire.PROTOCOL_VERSION]
     finally:
         await node.close()
         listener.close()

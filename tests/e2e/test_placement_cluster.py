@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
+import soundfile
 
 from sfu.auth import issue_token
+from support.browser.chromium import chromium_path, launch_args
 from support.placement import (
     ADMIN_TOKEN,
     Arrivals,
@@ -38,6 +41,7 @@ from support.placement import (
     wait_listening,
     wait_ready,
 )
+from support.sample_audio import speech_48k
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 SECRET = "placement-test-secret-0123456789abcdef"
@@ -145,6 +149,60 @@ async def test_joins_on_the_wrong_node_are_redirected_to_the_owner(
         await arrivals.stop()
         for call in calls:
             await hang_up(session, call)
+
+
+@pytest.mark.browser
+async def test_the_demo_page_follows_the_redirect_to_the_owner_and_the_call_works(
+        cluster: Cluster, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Chromium opens the demo page on the node that does not own the room: the page's join
+    is answered `redirect`, it joins again on the owner, publishes its microphone (speech
+    from tests/data) and hears the speaker already there."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    room = "browser-redirect"
+    speaker = await publish(session, cluster.nodes[0].url, room, "speaker", SECRET,
+                            LoopTrack(noisy_tones(seed=4)))
+    owner, other = speaker.base, cluster.other(speaker.base).url
+    microphone = tmp_path / "microphone.wav"
+    soundfile.write(microphone, np.tile(speech_48k(), 3), 48_000, subtype="PCM_16")
+    token = issue_token(SECRET, room, "page", 600)
+    try:
+        async with playwright_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=chromium_path(), headless=True,
+                args=[*launch_args(microphone, other),
+                      f"--unsafely-treat-insecure-origin-as-secure={other},{owner}"])
+            try:
+                page = await browser.new_page()
+                console: list[str] = []
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                await page.goto(f"{other}/?room={room}&name=page#token={token}")
+                await page.get_by_role("button", name="Join").click()
+                await page.wait_for_selector("#call-panel:not([hidden])", timeout=20_000)
+                where = await page.evaluate(
+                    "() => [window.denoiseDemo.node, window.denoiseDemo.redirects]")
+                assert where == [owner.replace("http", "ws", 1), 1], (where, console)
+                # The page hears the speaker (its meter moves) ...
+                await page.locator("li.participant[data-identity=speaker]").wait_for(
+                    timeout=15_000)
+                await page.wait_for_function(
+                    "() => document.querySelector('li[data-identity=speaker] meter').value"
+                    " > 0.1", timeout=15_000)
+
+                # ... and publishes on the owner, where its audio is denoised.
+                async def page_published() -> bool:
+                    samples = await ascrape(session, owner)
+                    return value(samples, "denoise_sfu_participants") >= 2
+
+                await wait_for(page_published, "the page publishing on the owner", 15)
+                before = await denoised(session, owner)
+                await asyncio.sleep(1.0)
+                assert await denoised(session, owner) > before
+                assert value(await ascrape(session, other), "denoise_sfu_participants") == 0
+                assert not [c for c in console if c.startswith("error")], console
+            finally:
+                await browser.close()
+    finally:
+        await hang_up(session, speaker)
 
 
 def worker_of_stream(samples: dict, cluster: Cluster) -> Proc:  # type: ignore[type-arg]

@@ -22,6 +22,9 @@ from aiohttp import WSMsgType, web
 from sfu.auth import authorize, check_name, issue_token, verify_token
 from sfu.context import CONTEXT
 from sfu.errors import HttpError, NotFound
+from sfu.limits import SessionLimits, SessionSlot
+from sfu.media.metrics import register_media_metrics
+from sfu.metrics import Metrics
 from sfu.rooms import RoomEvent, RoomRegistry
 from sfu.settings import Settings
 from sfu.signalling.ws.messages import HARD_MAX_MESSAGE_BYTES, MessageRefused, parse_message
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 10.0
 RATE_LIMIT_PER_S = 50
 DEMO_TOKEN_TTL_S = 3600
+#: Why the server removed a client's participant -> the `bye` reason the client gets.
+SERVER_ENDED = {"pipeline_failed": "media_failed", "track_ended": "media_ended"}
 
 
 # -- all sockets of one app ------------------------------------------------------------------
@@ -39,9 +44,11 @@ DEMO_TOKEN_TTL_S = 3600
 class WsHub:
     """The sessions of one app, keyed by room and identity; listens to the registry."""
 
-    def __init__(self, registry: RoomRegistry, settings: Settings) -> None:
+    def __init__(self, registry: RoomRegistry, settings: Settings,
+                 metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.settings = settings
+        self.metrics = metrics
         self.demo_tokens = bool(settings.demo_tokens)
         self.rooms: dict[str, dict[str, Session]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -49,14 +56,30 @@ class WsHub:
         # ProtocolError to send the client to the room's owner, or to say "try later".
         self.place: Callable[[Session, str], Awaitable[None]] | None = None
         registry.add_listener(self._on_room_event)
+        # Session caps (sfu.limits, set by create_app): a joined socket holds one slot.
+        self.limits: SessionLimits | None = None
+        self._slots: dict[Session, SessionSlot] = {}
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def count_refused(self, code: str) -> None:
+        """Count a message answered `error` (codes are the server's own, a bounded set)."""
+        if self.metrics is not None:
+            self.metrics.ws_messages_refused.labels(code).inc()
+
+    def count_peer_failure(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.peer_failures.labels(reason).inc()
+
     def _on_room_event(self, event: RoomEvent) -> None:
         for session in list(self.rooms.get(event.room, {}).values()):
+            if event.reason in SERVER_ENDED and event.session_id is not None \
+                    and session.publish_session == event.session_id:
+                self.spawn(session.publish_ended(SERVER_ENDED[event.reason]))
+                continue
             if event.kind == "mode" and session.identity == event.identity and event.mode:
                 session.mode = event.mode
             if event.kind == "mode":
@@ -82,7 +105,8 @@ class WsHub:
         for session in list(self.rooms.get(room, {}).values()):
             self.spawn(session.send(self.participants_message(session)))
 
-    async def join(self, session: Session, message: dict[str, Any]) -> None:
+    async def join(self, session: Session, message: dict[str, Any],
+                   address: str | None = None) -> None:
         secret = self.settings.secret
         try:
             claims = verify_token(secret, message["token"])
@@ -102,7 +126,15 @@ class WsHub:
         if old is not None:  # the same identity joined again (a reload): the newer one wins
             await old.send({"type": "bye", "reason": "replaced"})
             await self.end(old, 4001)
+        if self.limits is not None:
+            try:
+                self._slots[session] = self.limits.acquire(claims.room, claims.identity, address)
+            except HttpError as err:
+                raise MessageRefused(err.code, err.message, 4429) from err
         room[claims.identity] = session
+        # Media must connect in time, offer or not: otherwise the session ends (and what it
+        # holds is released) even while the socket answers pings.
+        session.start_deadline(self.settings.connect_timeout)
         log.info("ws joined", extra={"room": claims.room, "identity": claims.identity})
         message_out = self.participants_message(session)
         await session.send({"type": "joined", "room": claims.room, "identity": claims.identity,
@@ -116,6 +148,9 @@ class WsHub:
             del room[session.identity]
             if not room:
                 del self.rooms[session.room]
+        slot = self._slots.pop(session, None)
+        if slot is not None:
+            slot.release()
         await session.close()
         if not session.ws.closed:
             await session.ws.close(code=close_code or 1000)
@@ -186,17 +221,19 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 if not joined:
                     if message["type"] != "join":
                         raise MessageRefused("not_joined", "send 'join' first")
-                    await hub.join(session, message)
+                    await hub.join(session, message, request.remote)
                     joined = True
                 else:
                     await session.handle(message)
             except MessageRefused as err:
+                hub.count_refused(err.code)
                 await session.error(err.code, err.message)
                 if err.close_code is not None:
                     await ws.close(code=err.close_code, message=err.code.encode())
                     break
             except Exception:
                 log.exception("ws message failed", extra={"room": session.room})
+                hub.count_refused("internal_error")
                 await session.error("internal_error", "the server could not handle that")
     finally:
         if joined:
@@ -213,11 +250,9 @@ async def demo_token_handler(request: web.Request) -> web.Response:
         raise NotFound("this server does not hand out demo tokens; ask for an invitation link",
                        "demo_tokens_disabled")
     from sfu.errors import BadRequest
+    from sfu.signalling.body import read_json
 
-    try:
-        body = await request.json()
-    except ValueError as err:
-        raise BadRequest("body must be JSON {room, name}") from err
+    body = await read_json(request, hub.settings.body_timeout)  # bounded, in time, or 4xx
     if not isinstance(body, dict):
         raise BadRequest("body must be JSON {room, name}")
     try:
@@ -234,7 +269,10 @@ async def demo_token_handler(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> WsHub:
     """Mount `GET /ws` and `POST /demo/token` on an app made by `sfu.app.create_app`."""
     ctx = app[CONTEXT]
-    hub = WsHub(ctx.registry, ctx.settings)
+    hub = WsHub(ctx.registry, ctx.settings, ctx.metrics)
+    register_media_metrics(ctx.metrics)
+    for reason in ("failed", "timeout"):
+        ctx.metrics.peer_failures.labels(reason)
     from sfu.placement.gate import ws_placer
 
     hub.place = ws_placer(ctx)

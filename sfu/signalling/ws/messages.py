@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from denoiser.stream.modes import MODES
+from sfu.signalling.jsonsafe import MAX_DEPTH, JsonRefused, loads
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ def parse_message(text: str) -> dict[str, Any]:
         raise MessageRefused("message_too_large",
                             f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
-        message = json.loads(text)
-    except ValueError as err:
-        raise MessageRefused("bad_json", f"not valid JSON: {err}") from err
+        message = loads(text, MAX_DEPTH)  # nested deeper than MAX_DEPTH: refused unparsed
+    except JsonRefused as err:
+        raise MessageRefused("bad_json", str(err)) from err
     if not isinstance(message, dict):
         raise MessageRefused("bad_message", "a message must be a JSON object")
     kind = message.get("type")

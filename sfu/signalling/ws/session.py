@@ -1,4 +1,13 @@
-"""One WebSocket client: its identity, its peer connection, and the slots that carry the others."""
+"""One WebSocket client: its identity, its peer connection, and the slots that carry the others.
+
+Resources a session holds are reclaimed whatever the client does (issue 14):
+- its peer connection must reach `connected` within `settings.connect_timeout` of the join,
+  else the session ends (`bye` reason `connect_timeout`, close code 4408, counted
+  `peer_failures_total{reason="timeout"}`), releasing its participant, engine slot and peer;
+- `close` takes the session lock, so a close during the first offer (a re-join, a shutdown)
+  waits for it and then tears down whatever it created (no leaked UDP sockets or participant);
+- every receiver it does not consume discards its packets (sfu.media.receiver).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +21,11 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 
 from sfu.errors import HttpError
-from sfu.media.receiver import install_for_track
+from sfu.media.datagram_guard import guard_datagrams
+from sfu.media.receiver import discard_unread, install_for_track
 from sfu.media.switch import SwitchTrack
 from sfu.rooms import RoomError, RoomRegistry, Subscription
-from sfu.signalling.peer import create_peer_connection
+from sfu.signalling.peer import check_media_sections, create_peer_connection
 from sfu.signalling.sdp import create_reoffer, extmap_ids, rtpmap_pts
 from sfu.signalling.ws.messages import MessageRefused
 
@@ -76,6 +86,9 @@ class Session:
     dirty: bool = False  # the room changed while an offer was out
     closed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    media_connected: bool = False
+    inbound: MediaStreamTrack | None = None  # the client's track the server reads (publishing)
+    deadline: asyncio.Task[None] | None = None
 
     @property
     def registry(self) -> RoomRegistry:
@@ -95,6 +108,11 @@ class Session:
         kind = message["type"]
         if kind == "join":
             raise MessageRefused("already_joined", "this socket has already joined a room")
+        if kind == "leave":  # not under the lock: ending the session takes it (in `close`)
+            if not self.closed:
+                await self.send({"type": "bye", "reason": "left"})
+                await self.hub.end(self, None)
+            return
         async with self.lock:
             if self.closed:
                 return
@@ -106,13 +124,14 @@ class Session:
                 self._on_set_mode(message["mode"])
             elif kind == "listen":
                 await self._on_listen(message["identity"], message["raw"])
-            elif kind == "leave":
-                await self.send({"type": "bye", "reason": "left"})
-                await self.hub.end(self, None)
 
     async def _on_offer(self, sdp: str) -> None:
         if self.offered_first:
             raise MessageRefused("bad_state", "after the first exchange only the server offers")
+        try:
+            check_media_sections(sdp)
+        except HttpError as err:
+            raise MessageRefused("bad_sdp", err.message) from err
         pc = self.pc = create_peer_connection(self.hub.settings)
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)
@@ -120,22 +139,33 @@ class Session:
         self.extmap, self.payload_types = extmap_ids(sdp), rtpmap_pts(sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, KeyError, IndexError, AssertionError, TypeError) as err:
+        except Exception as err:  # aiortc's parser raises anything (AttributeError, ...)
             await self._drop_pc()
-            raise MessageRefused("bad_sdp", f"cannot use this offer: {err}") from err
+            raise MessageRefused("bad_sdp", f"cannot use this offer: "
+                                 f"{str(err)[:200] or type(err).__name__}") from err
+        if self.closed:  # closed while the offer was set: `close` tears down what we made
+            return
         audio = [t for t in tracks if t.kind == "audio"]
         for transceiver in pc.getTransceivers():
             if transceiver.kind != "audio" or (len(audio) > 1 and transceiver.receiver.track \
                     is not audio[0]):
                 transceiver.direction = "inactive"
-        if audio and "publish" in self.grants:
-            install_for_track(pc, audio[0])
+        publishing = bool(audio) and "publish" in self.grants
+        settings = self.hub.settings
+        if publishing:
+            install_for_track(pc, audio[0], self.hub.metrics, settings.receive_queue_frames)
+        # Audio nobody will read (no publish grant, extra sections) is dropped, not queued.
+        discard_unread(pc, audio[:1] if publishing else [], self.hub.metrics)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, KeyError, AssertionError) as err:
+        except Exception as err:  # as above: the offer it answers came from the network
             await self._drop_pc()
-            raise MessageRefused("bad_sdp", f"cannot answer this offer: {err}") from err
-        if audio and "publish" in self.grants:
+            raise MessageRefused("bad_sdp", f"cannot answer this offer: "
+                                 f"{str(err)[:200] or type(err).__name__}") from err
+        guard_datagrams(pc, self.hub.metrics)  # its ICE sockets exist now
+        if self.closed:
+            return
+        if publishing:
             try:
                 participant = self.registry.publish(self.room, self.identity, pc, audio[0],
                                                     self.mode, owns_pc=False)
@@ -146,6 +176,9 @@ class Session:
                 await self.error("unavailable", f"cannot publish: {err}")
             else:
                 self.publish_session = participant.session_id
+                self.inbound = audio[0]
+            if self.inbound is None:  # not published after all: nobody reads it
+                discard_unread(pc, [], self.hub.metrics)
         self.offered_first = True
         await self.send({"type": "answer", "sdp": pc.localDescription.sdp})
         await self._sync()
@@ -155,8 +188,13 @@ class Session:
             raise MessageRefused("bad_state", "no offer is waiting for an answer")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-        except (ValueError, KeyError, IndexError, AssertionError, TypeError) as err:
-            raise MessageRefused("bad_sdp", f"cannot use this answer: {err}") from err
+        except Exception as err:  # as above
+            raise MessageRefused("bad_sdp", f"cannot use this answer: "
+                                 f"{str(err)[:200] or type(err).__name__}") from err
+        if self.pc is None:
+            return
+        discard_unread(self.pc, [self.inbound] if self.inbound is not None else [],
+                       self.hub.metrics)
         self.offer_out = False
         await self.send(self.hub.participants_message(self))
         if self.dirty:
@@ -251,9 +289,46 @@ class Session:
         slot.transceiver.direction = "inactive"
 
     async def _on_state(self) -> None:
-        if self.pc is not None and self.pc.connectionState == "failed":
+        if self.pc is None:
+            return
+        if self.pc.connectionState == "connected":
+            self.media_connected = True
+            self._cancel_deadline()
+        if self.pc.connectionState == "failed" and not self.closed:
             await self.send({"type": "bye", "reason": "peer_failed"})
             await self.hub.end(self, 4000)
+
+    # -- media-connect deadline --------------------------------------------------------------
+    def start_deadline(self, seconds: float) -> None:
+        """End the session unless its peer connection is connected within `seconds`."""
+        self._cancel_deadline()
+        self.deadline = asyncio.ensure_future(self._expire(seconds))
+
+    def _cancel_deadline(self) -> None:
+        task, self.deadline = self.deadline, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _expire(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.closed or self.media_connected:
+            return
+        self.deadline = None  # this task is ending the session; `close` must not cancel it
+        self.hub.count_peer_failure("timeout")
+        log.info("ws peer never connected", extra={"room": self.room,
+                                                   "identity": self.identity,
+                                                   "offered": self.offered_first})
+        await self.send({"type": "bye", "reason": "connect_timeout"})
+        await self.hub.end(self, 4408)
+
+    async def publish_ended(self, reason: str) -> None:
+        """The server removed this client's participant (its pipeline failed, or its track
+        ended): say so (`bye` with `reason`) and end the session (close code 4500)."""
+        if self.closed:
+            return
+        self.publish_session = None  # already gone from the registry
+        await self.send({"type": "bye", "reason": reason})
+        await self.hub.end(self, 4500)
 
     async def _drop_pc(self) -> None:
         if self.pc is not None:
@@ -261,10 +336,19 @@ class Session:
             self.pc = None
 
     async def close(self) -> None:
-        """Leave the registry and close the peer connection (idempotent)."""
+        """Leave the registry and close the peer connection (idempotent).
+
+        Marks the session closed at once (an offer in progress stops at its next step), then
+        waits for the lock: whatever that offer created (its peer connection, its
+        participant) exists by then and is torn down here."""
         if self.closed:
             return
         self.closed = True
+        self._cancel_deadline()
+        async with self.lock:
+            await self._teardown()
+
+    async def _teardown(self) -> None:
         for slot in self.slots:
             slot.track.set_source(None)
             if slot.subscription is not None:
