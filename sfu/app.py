@@ -147,9 +147,12 @@ def _pipeline_factory(ctx: SfuContext) -> PipelineFactory:
                                 warm_when_off=False,
                                 deadline=ctx.settings.hop_deadline)
         budget = ctx.settings.latency_budget
+        media = {"complexity": ctx.settings.opus_complexity,
+                 "forward": ctx.settings.forward_mode_off}
         if budget is None:
-            return SpeakerPipeline(track, stream, ctx.metrics)
-        return SpeakerPipeline(track, stream, ctx.metrics, latency_budget=budget)
+            return SpeakerPipeline(track, stream, ctx.metrics, **media)  # type: ignore[arg-type]
+        return SpeakerPipeline(track, stream, ctx.metrics, latency_budget=budget,
+                               **media)  # type: ignore[arg-type]
     return make
 
 

@@ -74,6 +74,9 @@ class Settings:
     # secret was generated for this run (the demo), off whenever a secret is configured.
     demo_tokens: bool | None = None
     secret_generated: bool = field(default=False, compare=False)
+    # -- media path (issue 13, fastpath) --
+    opus_complexity: int = 10  # libopus complexity of each speaker's encoder, 0-10
+    forward_mode_off: bool = True  # mode off sends the publisher's own Opus (no re-encode)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -113,6 +116,8 @@ class Settings:
             raise SettingsError("drain_deadline must be >= 0 seconds")
         if self.log_format not in ("json", "text"):
             raise SettingsError("log_format must be json or text")
+        if not 0 <= self.opus_complexity <= 10:
+            raise SettingsError("opus_complexity must be 0-10")
         try:
             ice_server_links(self.ice_servers)
         except ValueError as err:
@@ -198,6 +203,13 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--token-ttl", "token_ttl", int, "lifetime of tokens this server issues (seconds)"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--log-format", "log_format", str, "json or text"),
+    # -- media path (issue 13, fastpath) --
+    ("--opus-complexity", "opus_complexity", int, "libopus complexity of each speaker's "
+     "encoder, 0-10: lower costs less CPU per speaker for a little quality (measured in "
+     "docs/benchmarks.md); mode off forwards the publisher's own Opus and encodes nothing"),
+    ("--forward-mode-off", "forward_mode_off", "bool", "mode off sends the publisher's own Opus "
+     "payloads as they came (yes, the default: transparent, nearly free) or decodes and "
+     "re-encodes them like denoised audio (no: one codec pass more, as before)"),
     ("--demo-tokens", "demo_tokens", "bool", "hand out tokens on POST /demo/token: yes or no "
      "(default: yes only when no secret is configured)"),
 )

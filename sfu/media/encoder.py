@@ -16,6 +16,8 @@ import numpy as np
 SAMPLE_RATE = 48_000
 FRAME_SIZE = 960  # 20 ms
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+#: libopus's own default. Lower is cheaper (docs/benchmarks.md: time and quality per level).
+DEFAULT_COMPLEXITY = 10
 
 
 class OpusPacketEncoder:
@@ -25,9 +27,11 @@ class OpusPacketEncoder:
     instances_created = 0
 
     def __init__(self, bitrate: int = 32_000, packet_loss_percent: int = 10,
-                 start_pts: int = 0) -> None:
+                 start_pts: int = 0, complexity: int = DEFAULT_COMPLEXITY) -> None:
         if not 6_000 <= bitrate <= 510_000:
             raise ValueError(f"Opus bitrate must be 6-510 kbit/s, got {bitrate}")
+        if not 0 <= complexity <= 10:
+            raise ValueError(f"Opus complexity must be 0-10, got {complexity}")
         codec = av.CodecContext.create("libopus", "w")
         codec.sample_rate = SAMPLE_RATE
         codec.layout = "mono"
@@ -40,10 +44,12 @@ class OpusPacketEncoder:
             "fec": "1",
             "packet_loss": str(packet_loss_percent),
             "vbr": "on",
+            "compression_level": str(complexity),  # FFmpeg's name for libopus's complexity
         }
         codec.open()
         self._codec = codec
         self._next_pts = start_pts
+        self.complexity = complexity
         self.frames_encoded = 0
         self.packets_out = 0
         OpusPacketEncoder.instances_created += 1

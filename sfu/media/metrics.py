@@ -35,6 +35,7 @@ MEDIA_EVENTS = (
     "publisher_pause",   # gap > 100 ms: nothing sent, timestamps jump over it
     "packet_out",        # denoised packet handed to the subscribers' senders
     "raw_packet_out",    # undenoised comparison packet handed to senders
+    "packet_forwarded",  # the publisher's own payload sent on undecoded (mode off)
     "hop_degraded",      # hop sent out original because its pipeline restarted after a failure
     "track_ended",       # a publisher's track ended under a running pipeline (RTCP BYE)
 )

@@ -35,9 +35,12 @@ from typing import Protocol
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
-from sfu.media.encoder import SAMPLE_RATE, OpusPacketEncoder
+from sfu.media.direct import audio_level_dbov
+from sfu.media.encoder import DEFAULT_COMPLEXITY, SAMPLE_RATE, TIME_BASE, OpusPacketEncoder
 from sfu.media.fanout import DEFAULT_QUEUE_PACKETS, FanOut, PacketTrack
+from sfu.media.forward import ForwardGate, Payload, opus_packet_samples
 from sfu.media.hops import HOP_SIZE, FrameAssembler, FrameConverter, HopCutter
 from sfu.media.metrics import MetricsLike, media_events, pipeline_failures
 from sfu.media.receiver import PacketArrivals
@@ -81,6 +84,9 @@ class PipelineCounters:
     packets_out: int = 0
     raw_packets_out: int = 0
     subscriber_drops: int = 0
+    packets_forwarded: int = 0  # the publisher's own payloads sent on (sfu.media.forward)
+    frames_replaced: int = 0  # decoded frames not encoded: a forwarded payload filled the slot
+    hops_forwarded: int = 0  # hops of the payloads forwarded and never decoded (mode_off)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -92,7 +98,8 @@ class SpeakerPipeline:
     def __init__(self, source: MediaStreamTrack, stream: HopStream, metrics: MetricsLike,
                  *, bitrate: int = 32_000, max_queue: int = DEFAULT_QUEUE_PACKETS,
                  arrivals: PacketArrivals | None = None,
-                 latency_budget: float | None = DEFAULT_LATENCY_BUDGET) -> None:
+                 latency_budget: float | None = DEFAULT_LATENCY_BUDGET,
+                 complexity: int = DEFAULT_COMPLEXITY, forward: bool = True) -> None:
         if source.kind != "audio":
             raise ValueError(f"SpeakerPipeline needs an audio track, got {source.kind!r}")
         self.source = source
@@ -102,17 +109,19 @@ class SpeakerPipeline:
         self._arrivals = arrivals if arrivals is not None else getattr(
             source, "packet_arrivals", None)
         self._bitrate = bitrate
+        self._complexity = complexity
         self._converter = FrameConverter(SAMPLE_RATE)
         self._cutter = HopCutter(HOP_SIZE)
         self._assembler = FrameAssembler()
         self._raw_assembler = FrameAssembler()
-        self.encoder = OpusPacketEncoder(bitrate)
+        self.encoder = OpusPacketEncoder(bitrate, complexity=complexity)
         self.raw_encoder: OpusPacketEncoder | None = None  # created on the first raw_subscribe
         self._fanout = FanOut(max_queue, self._count_drop)
         self._raw_fanout = FanOut(max_queue, self._count_drop)
         self._expected_pts: int | None = None  # next input sample (48 kHz) on the timeline
         self._task: asyncio.Task[None] | None = None
         self._events = media_events(metrics.registry)
+        self._forwarded_event = self._events.labels(event="packet_forwarded")
         self._failures = pipeline_failures(metrics.registry)
         self._drops = metrics.frames_dropped
         self.restarts = 0
@@ -128,6 +137,12 @@ class SpeakerPipeline:
         self._latency_budget = latency_budget
         self._base_deadline: float | None = getattr(stream, "deadline", None)
         self._guard = latency_budget is not None and hasattr(stream, "deadline")
+        # Mode off: forward the publisher's payloads instead of decoding and re-encoding them,
+        # where the receive path lets us see packets before they are decoded.
+        self._gate = ForwardGate(int(getattr(stream, "latency_samples", 0)))
+        buffer = getattr(source, "rtp_buffer", None)
+        if forward and buffer is not None and hasattr(buffer, "tap"):
+            buffer.tap = self._on_packet
 
     # -- public API -------------------------------------------------------------------------
 
@@ -148,6 +163,9 @@ class SpeakerPipeline:
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
+        buffer = getattr(self.source, "rtp_buffer", None)
+        if buffer is not None and getattr(buffer, "tap", None) == self._on_packet:
+            buffer.tap = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,7 +185,8 @@ class SpeakerPipeline:
     def raw_subscribe(self) -> PacketTrack:
         """A new track of the undenoised audio (encoded once too), for the comparison."""
         if self.raw_encoder is None:
-            self.raw_encoder = OpusPacketEncoder(self._bitrate, start_pts=self.encoder.next_pts)
+            self.raw_encoder = OpusPacketEncoder(self._bitrate, start_pts=self.encoder.next_pts,
+                                                 complexity=self._complexity)
         return self._raw_fanout.subscribe()
 
     def unsubscribe(self, track: MediaStreamTrack) -> None:
@@ -275,7 +294,11 @@ class SpeakerPipeline:
                 self.counters.frames_late += 1
                 self._drops.labels("input_late").inc()
                 return
-            if 0 < gap <= MAX_CONCEALED_SAMPLES:
+            if gap > 0 and self._gate.forwarded_through(self._expected_pts, start):
+                self.encoder.skip(gap)  # forwarded payloads filled it: no pause, no loss
+                if self.raw_encoder is not None:
+                    self.raw_encoder.skip(gap)
+            elif 0 < gap <= MAX_CONCEALED_SAMPLES:
                 await self._process(np.zeros(gap, dtype=np.float32), concealed=True,
                                     arrived=arrived or received)
             elif gap > MAX_CONCEALED_SAMPLES:
@@ -287,7 +310,46 @@ class SpeakerPipeline:
                     self.raw_encoder.skip(gap)
         if start is not None:
             self._expected_pts = start + samples.shape[0]
+        mode = self.stream.mode
         await self._process(samples, concealed=False, arrived=arrived or received)
+        self._gate.frame_processed(mode, self._expected_pts)
+
+    def _on_packet(self, packet: RtpPacket, timestamp: int, arrived: float) -> bool:
+        """Each RTP packet as it arrives, before decoding: forward it (mode off) and say
+        whether it must be decoded too (sfu.media.forward). Runs inside aiortc's receive
+        path, where an exception would end the peer's reception: a failure decodes instead."""
+        try:
+            return self._forward_packet(packet, timestamp, arrived)
+        except Exception:
+            logger.exception("forwarding failed; decoding the packet instead")
+            return True
+
+    def _forward_packet(self, packet: RtpPacket, timestamp: int, arrived: float) -> bool:
+        extension = packet.extensions.audio_level
+        payload = Payload(timestamp, opus_packet_samples(packet.payload), packet.payload,
+                          None if extension is None else extension[1])
+        forwarded, decode = self._gate.route(payload, self.stream.mode)
+        for item in forwarded:
+            out = av.Packet(item.data)
+            out.pts = out.dts = item.timestamp
+            out.time_base = TIME_BASE
+            out.duration = item.samples
+            self._fanout.publish(out, item.audio_level, item.data)
+            self._raw_fanout.publish(out, item.audio_level, item.data)
+            self.counters.packets_forwarded += 1
+            self._forwarded_event.inc()
+        if forwarded and not decode:  # the stream never sees these hops: count them where
+            hops = payload.samples // HOP_SIZE  # it would have (its mode_off outcome)
+            self.counters.hops_forwarded += hops
+            outcomes = getattr(self.stream, "counters", None)
+            if isinstance(outcomes, dict) and "mode_off" in outcomes:
+                outcomes["mode_off"] += hops
+        if forwarded:
+            latency = time.monotonic() - arrived
+            self.metrics.server_latency.observe(latency)
+            if self.record_latencies:
+                self.latencies.append(latency)
+        return decode
 
     def _timeline_position(self, frame: av.AudioFrame) -> int | None:
         if frame.pts is None:
@@ -329,8 +391,13 @@ class SpeakerPipeline:
             out = raw
         self.counters.hops_out += n
         for frame in self._assembler.push(out):
+            if self._gate.covers(self.encoder.next_pts):
+                self.encoder.skip(frame.shape[0])  # the publisher's payload went out instead
+                self.counters.frames_replaced += 1
+                continue
+            level = audio_level_dbov(frame)
             for packet in self.encoder.encode(frame):
-                self._fanout.publish(packet)
+                self._fanout.publish(packet, level)
                 self.counters.packets_out += 1
                 self._count("packet_out")
                 latency = time.monotonic() - arrived
@@ -339,6 +406,9 @@ class SpeakerPipeline:
                     self.latencies.append(latency)
         if self.raw_encoder is not None:
             for frame in self._raw_assembler.push(raw):
+                if self._gate.covers(self.raw_encoder.next_pts):
+                    self.raw_encoder.skip(frame.shape[0])
+                    continue
                 for packet in self.raw_encoder.encode(frame):
                     self._raw_fanout.publish(packet)
                     self.counters.raw_packets_out += 1

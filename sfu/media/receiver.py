@@ -97,6 +97,9 @@ class ImmediateAudioJitterBuffer:
         self.packets_late = 0  # arrived after a newer packet had been released (or duplicate)
         self.packets_missing = 0  # sequence numbers skipped over (lost, or late later)
         self.restarts = 0
+        # (packet, unwrapped timestamp, arrival) -> whether to decode it; set by the pipeline
+        # to forward payloads without decoding them (sfu.media.forward)
+        self.tap: Callable[[RtpPacket, int, float], bool] | None = None
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         self.packets_in += 1
@@ -124,6 +127,8 @@ class ImmediateAudioJitterBuffer:
         self.arrivals.record(out_ts, arrived)
         self.packets_released += 1
         self._count("released")
+        if self.tap is not None and not self.tap(packet, out_ts, arrived):
+            return False, None
         return False, JitterFrame(data=packet._data, timestamp=out_ts)  # type: ignore[attr-defined]
 
     def _count(self, outcome: str, n: int = 1) -> None:
@@ -241,6 +246,7 @@ def install_low_latency_audio(receiver: RTCRtpReceiver, metrics: MetricsLike | N
     buffer = ImmediateAudioJitterBuffer(counter)
     setattr(receiver, _PRIVATE_JITTER_BUFFER, buffer)
     track.packet_arrivals = buffer.arrivals  # type: ignore[attr-defined]
+    track.rtp_buffer = buffer  # type: ignore[attr-defined]
     if not getattr(receiver, _PRIVATE_STARTED, True):
         _bound_queues(receiver, max_queue, metrics)
     guard_rtp(receiver, counter)

@@ -62,8 +62,8 @@ def assert_denoised(result: RunResult, off: RunResult) -> None:
 
 
 def assert_untouched(result: RunResult) -> None:
-    """mode=off: what arrives is what was sent, through two Opus encodings, and every hop was
-    passed through for the reason `mode_off`."""
+    """mode=off: what arrives is what was sent (forwarded, or through two Opus encodings),
+    and every hop was passed through for the reason `mode_off`."""
     m, why = result.measures, report(result)
     assert_heard_whole_clip(result)
     assert abs(m.level_change_db) <= MAX_OFF_LEVEL_CHANGE_DB, why
