@@ -25,6 +25,7 @@ Names (all prefixed `denoise_sfu_`):
   worker_errors_total{reason}
   http_requests_total{route,method,status}      signalling requests
   peer_failures_total{reason}                   peers dropped: failed, timeout
+  asyncio_tasks                                 tasks of the server's event loop (a leak shows)
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ PASS_THROUGH_REASONS = ("mode_off", "late", "engine_error", "dtmf", "call_progre
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                    0.2, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def _task_count() -> float:
+    """Tasks of the running event loop (scrapes run on it); 0 outside one."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 class Metrics:
@@ -79,6 +88,10 @@ class Metrics:
                                      ["route", "method", "status"], registry=reg)
         self.peer_failures = Counter(PREFIX + "peer_failures", "Peers dropped, by reason",
                                      ["reason"], registry=reg)
+
+        self.asyncio_tasks = Gauge(PREFIX + "asyncio_tasks", "Tasks of the event loop",
+                                   registry=reg)
+        self.asyncio_tasks.set_function(_task_count)
 
         self._hops_seen: dict[str, dict[str, int]] = {}
 

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _register_unavailable(which, "fuzz", str(exc))
     else:
         register_bench_fuzz(which)
+    try:
+        from sfu.bench.soak import register_bench_soak
+    except ImportError as exc:
+        _register_unavailable(which, "soak", str(exc))
+    else:
+        register_bench_soak(which)
 
 
 def _register_unavailable(which: argparse._SubParsersAction, name: str,

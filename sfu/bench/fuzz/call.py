@@ -62,6 +62,24 @@ def block_levels_db(audio: np.ndarray, block: int = 960) -> np.ndarray:
     return 10 * np.log10(np.mean(blocks ** 2, axis=1) + 1e-12)
 
 
+def loop_track(noisy: np.ndarray) -> Any:
+    """A real-time track playing `noisy` over and over (the e2e bench's `ClipTrack`,
+    re-cued each time the clip ends), already started."""
+    from sfu.bench.e2e import ClipTrack
+
+    class LoopTrack(ClipTrack):
+        async def recv(self) -> Any:
+            frame = await super().recv()
+            if self.finished.is_set():
+                self.finished.clear()
+                self._cued_at = self._pts
+            return frame
+
+    track = LoopTrack(noisy, post_roll=0)
+    track.cue()
+    return track
+
+
 @dataclass
 class CallSpec:
     base_url: str
@@ -128,23 +146,12 @@ async def _child(conn: Connection, spec: CallSpec) -> None:
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-    from sfu.bench.e2e import ClipTrack
     from sfu.bench.harness import wait_for
 
     noisy = noisy_speech()
     sent_quiet = float(np.percentile(block_levels_db(noisy), QUIET_PERCENTILE))
     recent: deque[float] = deque(maxlen=WINDOW_FRAMES)
     frames = 0
-
-    class LoopTrack(ClipTrack):
-        """The clip over and over (the e2e bench's track, re-cued when it ends)."""
-
-        async def recv(self) -> Any:
-            frame = await super().recv()
-            if self.finished.is_set():
-                self.finished.clear()
-                self._cued_at = self._pts
-            return frame
 
     async def collect(track: MediaStreamTrack) -> None:
         nonlocal frames
@@ -160,8 +167,7 @@ async def _child(conn: Connection, spec: CallSpec) -> None:
     pub, sub = RTCPeerConnection(), RTCPeerConnection()
     locations: list[tuple[str, str]] = []
     answers: list[str] = []
-    track = LoopTrack(noisy, post_roll=0)
-    track.cue()
+    track = loop_track(noisy)
 
     async def post(pc: RTCPeerConnection, path: str, token: str) -> None:
         await pc.setLocalDescription(await pc.createOffer())
