@@ -36,7 +36,7 @@ def run_bench(*args: str, timeout: float) -> tuple[dict, str]:
 
 
 def test_bench_fuzz_smoke(host_ip: str, tmp_path: Path) -> None:
-    summary, out = run_bench("fuzz", "--cases", str(FUZZ_CASES), "--seconds", "70",
+    summary, out = run_bench("fuzz", "--cases", str(FUZZ_CASES), "--seconds", "60", "--keep-going",
                              "--seed", "1", "--settle", "20", "--log-dir", str(tmp_path),
                              timeout=280)
     why = "\n".join(line for line in out.splitlines() if line.startswith(("FAIL", "  replay")))

@@ -184,6 +184,7 @@ class LiveCheck:
     hops: dict[str, int] = field(default_factory=dict)
     shares: list[float] = field(default_factory=list)
     degraded: int = 0  # batches with under MIN_DENOISED_SHARE denoised (late, under load)
+    restarts: int = 0  # live calls lost and started afresh (--keep-going)
     failures: int = 0
     batches: int = 0
     last: dict[str, Any] = field(default_factory=dict)
@@ -260,6 +261,20 @@ async def check_batch(system: LiveSystem, call: LiveCall, live: LiveCheck, tally
     return True
 
 
+def new_call(system: LiveSystem, room: str) -> LiveCall:
+    return LiveCall(CallSpec(system.base_url, room, PUBLISHER,
+                             issue_token(system.secret, room, PUBLISHER, 7200, ("publish",)),
+                             issue_token(system.secret, room, "listener", 7200,
+                                         ("subscribe",))))
+
+
+def lag_over(metrics: dict[str, float], seconds: float = 0.1) -> int:
+    """Event-loop timer firings of the server later than `seconds` (its lag histogram)."""
+    total = metric_sum(metrics, "denoise_sfu_event_loop_lag_seconds_count")
+    under = metric_sum(metrics, "denoise_sfu_event_loop_lag_seconds_bucket", le=f"{seconds}")
+    return int(total - under)
+
+
 def within(base: ProcStats, now: ProcStats, rss_mib: float, fds: int) -> bool:
     limit = base.rss_kib + max(rss_mib * 1024, RSS_TOLERANCE_SHARE * base.rss_kib)
     return now.rss_kib <= limit and now.fds <= base.fds + fds
@@ -311,10 +326,7 @@ async def _bench(args: argparse.Namespace) -> int:
         print(f"server {system.base_url} (pid {system.server.pid}), worker "
               f"127.0.0.1:{system.worker_port} (pid {system.worker.proc.pid}), media on "
               f"{media_host}, logs in {log_dir}", flush=True)
-        call = LiveCall(CallSpec(system.base_url, ROOM, PUBLISHER,
-                                 issue_token(system.secret, ROOM, PUBLISHER, 7200, ("publish",)),
-                                 issue_token(system.secret, ROOM, "listener", 7200,
-                                             ("subscribe",))))
+        call = new_call(system, ROOM)
         try:
             await call.start()
             await asyncio.sleep(3.0)
@@ -357,6 +369,19 @@ async def _bench(args: argparse.Namespace) -> int:
                 done += len(batch)
                 alive = await check_batch(system, call, live, tally, batch, args.seed,
                                           known_5xx, 0.5 - (time.monotonic() - batch_began))
+                if not alive and args.keep_going and all(system.alive().values()) \
+                        and await system.healthz() is not None:
+                    # The live call was lost (printed above): a fresh one, and go on.
+                    await call.stop()
+                    live.restarts += 1
+                    env.room = f"{ROOM}{live.restarts}"
+                    call = new_call(system, env.room)
+                    await call.start()
+                    await asyncio.sleep(2.0)
+                    live_ports = call.media_ports()
+                    stats = await call.stats()
+                    live.frames, live.hops = stats["frames"], hop_counts(await system.metrics())
+                    alive = True
                 if live.batches % 10 == 0:
                     now = system.stats()
                     print(f"{done} cases, {time.monotonic() - fuzz_began:.0f} s: server "
@@ -417,6 +442,8 @@ async def _bench(args: argparse.Namespace) -> int:
         "live_call_hops": run_hops, "live_call_denoised_share": round(run_share, 3),
         "live_call_denoised_share_before": round(share_before, 3),
         "live_call_batches_mostly_late": live.degraded,
+        "live_call_restarts": live.restarts,
+        "server_event_loop_lag_over_100ms": lag_over(metrics1) - lag_over(metrics0),
         "live_call_quiet_db": {"received": final_stats.get("received_quiet_db"),
                                "sent": final_stats.get("sent_quiet_db")},
         "server": {"start": base["server"].as_dict(),
@@ -469,6 +496,9 @@ def register_bench_fuzz(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--min-denoised-share", type=float, default=MIN_DENOISED_SHARE,
                         help="share of the live call's hops that must be denoised over the run "
                              "(the rest passed through late: a loaded machine)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="when the live call is lost, report it, start a fresh one and "
+                             "go on (default: stop there)")
     parser.add_argument("--log-dir", default=None, help="where the processes' logs go")
     parser.set_defaults(func=run_bench_fuzz)
     return parser
