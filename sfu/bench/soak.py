@@ -40,10 +40,17 @@ from typing import Any
 import aiohttp
 
 from sfu.auth import issue_token
-from sfu.bench.fuzz.system import LiveSystem, live_system, metric_sum, server_5xx, server_503
+from sfu.bench.fuzz.system import (
+    LiveSystem,
+    live_system,
+    metric_sum,
+    server_5xx,
+    server_503,
+    thread_names,
+)
 from sfu.bench.harness import interface_address, wait_for
 
-SETTLE_S = 0.6  # the last packets' trip before a call's peers leave
+SETTLE_S = 1.5  # the last packets' trip (and decode, on a busy machine) before peers leave
 CONNECT_S = 20.0
 
 
@@ -294,7 +301,8 @@ async def snapshot(system: LiveSystem) -> dict[str, Any]:
     metrics = await system.metrics()
     stats = system.stats()
     return {"server": {**stats["server"].as_dict(),
-                       "asyncio_tasks": int(metric_sum(metrics, "denoise_sfu_asyncio_tasks"))},
+                       "asyncio_tasks": int(metric_sum(metrics, "denoise_sfu_asyncio_tasks")),
+                       "thread_names": thread_names(system.server.pid)},
             "worker": stats["worker"].as_dict(), "metrics": metrics}
 
 
@@ -354,8 +362,9 @@ async def _bench(args: argparse.Namespace) -> int:
     unaccounted_down = d["packet_out"] + d["raw_packet_out"] - counts.received \
         - d["subscriber_queue"]
     errors_5xx = server_5xx(end["metrics"]) - server_5xx(start["metrics"])
-    legs = 2 * counts.calls  # publishers (and subscribers) per call, about
-    tolerance = max(3 * legs, round(0.002 * max(counts.sent, 1)))
+    # A clean leave loses nothing upstream (measured: unaccounted_up == reordered, exactly);
+    # downstream a packet or so per call can be in flight when its subscriber leaves.
+    tolerance = 2 * counts.calls + round(0.001 * counts.sent)
     accounted = (abs(unaccounted_up) <= tolerance and abs(unaccounted_down) <= tolerance)
     server_flat = (end["server"]["fds"] <= start["server"]["fds"] + 4
                    and end["server"]["threads"] <= start["server"]["threads"] + 4

@@ -17,7 +17,7 @@ from sfu.bench.fuzz.cases import HTTP_TIMEOUT, Case, FuzzEnv, Outcome, judge_sta
 from sfu.bench.fuzz.sdp import mutate_sdp
 
 TYPES = ("join", "offer", "answer", "set_mode", "listen", "leave", "JOIN", "", "bye", "error")
-REPLY_WAIT_S = 0.3
+REPLY_WAIT_S = 0.15
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:

@@ -485,7 +485,7 @@ def register_bench_fuzz(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--case", type=int, default=None,
                         help="replay: run only case K of each of --targets")
     parser.add_argument("--batch", type=int, default=60, help="cases between two checks")
-    parser.add_argument("--concurrency", type=int, default=4, help="cases in flight at once")
+    parser.add_argument("--concurrency", type=int, default=12, help="cases in flight at once")
     parser.add_argument("--settle", type=float, default=30.0,
                         help="seconds RSS and fds get to come back to the baseline at the end")
     parser.add_argument("--rss-tolerance", type=float, default=RSS_TOLERANCE_MIB,

@@ -69,6 +69,16 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(rss, len(os.listdir(f"/proc/{pid}/fd")), threads)
 
 
+def thread_names(pid: int) -> dict[str, int]:
+    """Threads of process `pid` by name (what leaks, when threads do)."""
+    out: dict[str, int] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
 def udp_ports(pid: int) -> list[tuple[str, int]]:
     """(address, port) of every IPv4 UDP socket process `pid` holds (its media ports)."""
     inodes = set()

@@ -101,7 +101,8 @@ def frames(rng: random.Random, secret: str) -> tuple[str, list[bytes], bool]:
         length = pick(rng, (wire.MAX_PAYLOAD, wire.MAX_PAYLOAD - 1, 4 * 1024 * 1024))
         linger = rng.random() < 0.5
         return (f"hello declaring {length} bytes, then {'silence' if linger else 'close'}",
-                [_header(rng, 1, length, version) + rng.randbytes(rng.choice((0, 1000, 60_000)))],
+                [_header(rng, 1, length, version)
+                 + rng.randbytes(rng.choice((0, 1000, 60_000, 4_000_000)))],
                 linger)
     if op == 3:
         what, data = hello(rng, secret, version, valid=False)
