@@ -89,7 +89,7 @@ def mutate_sdp(rng: random.Random, sdp: str) -> tuple[str, bytes]:
             lines.insert(at, attr)
         elif op == 9:
             done.append("LF line ends")
-            return "; ".join(done), "\n".join(lines).encode() + b"\n"
+            return "; ".join(done), "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n"
         elif op == 10:
             pos = rng.randrange(len(lines[i]) + 1)
             bad = pick(rng, BAD_BYTES)
