@@ -33,6 +33,8 @@ Names (all prefixed `denoise_sfu_`):
                                                 charset, content_type, json
   sessions                                      sessions holding a slot (sfu.limits)
   sessions_refused_total{reason}                429s: identity, address, node
+  ws_messages_refused_total{code}               room-socket messages answered `error`
+  asyncio_tasks                                 tasks of the server's event loop (a leak shows)
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ SESSION_CAPS = ("identity", "address", "node")
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                    0.2, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def _task_count() -> float:
+    """Tasks of the running event loop (scrapes run on it); 0 outside one."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 class Metrics:
@@ -109,6 +119,10 @@ class Metrics:
         self.ws_messages_refused = Counter(
             PREFIX + "ws_messages_refused", "Room-socket messages answered `error`, by code "
             "(internal_error: a bug, never the client's fault)", ["code"], registry=reg)
+
+        self.asyncio_tasks = Gauge(PREFIX + "asyncio_tasks", "Tasks of the event loop",
+                                   registry=reg)
+        self.asyncio_tasks.set_function(_task_count)
 
         self._hops_seen: dict[str, dict[str, int]] = {}
 

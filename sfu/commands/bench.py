@@ -2,7 +2,8 @@
 ONE JSON line.
 
 `bench engine` lives in `denoiser.bench.engine`, `bench worker` in `denoiser.bench.worker`;
-`bench sfu` in `sfu.bench.load`, `bench e2e` in `sfu.bench.e2e`.
+`bench sfu` in `sfu.bench.load`, `bench e2e` in `sfu.bench.e2e`, `bench fuzz` in
+`sfu.bench.fuzz.runner`, `bench soak` in `sfu.bench.soak`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks (engine, worker, sfu, e2e); end "
                                    "with one JSON line")
     which = parser.add_subparsers(dest="bench", required=True,
-                                  metavar="{engine,worker,sfu,e2e,placement}")
+                                  metavar="{engine,worker,sfu,e2e,placement,fuzz,soak}")
     from denoiser.bench.engine import register_bench_engine
     from denoiser.bench.worker import register_bench_worker
 
@@ -38,6 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from sfu.bench.placement import register_bench_placement
 
     register_bench_placement(which)
+    try:
+        from sfu.bench.fuzz.runner import register_bench_fuzz
+    except ImportError as exc:
+        _register_unavailable(which, "fuzz", str(exc))
+    else:
+        register_bench_fuzz(which)
+    try:
+        from sfu.bench.soak import register_bench_soak
+    except ImportError as exc:
+        _register_unavailable(which, "soak", str(exc))
+    else:
+        register_bench_soak(which)
 
 
 def _register_unavailable(which: argparse._SubParsersAction, name: str,
