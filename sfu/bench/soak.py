@@ -14,9 +14,10 @@ publishers stop sending, then (after the last packets' trip) everyone leaves wit
 
 Accounting, from the clients' counts and the server's /metrics over the whole soak:
 - uplink: RTP packets the publishers put on the wire = frames the server's pipelines took
-  (`media_events{frame_in}`) + frames it dropped as late or bad (`frames_dropped`) +
-  `unaccounted_up` (packets lost without a counter: late packets the receiver discards
-  are counted only inside it, issue 14 item 8);
+  (`media_events{frame_in}`) + frames it dropped as late, bad or unread in time
+  (`frames_dropped`) + packets its receivers dropped (`rtp_packets_total` by outcome: late or
+  duplicate, over the receiver's bounds) + `unaccounted_up` (lost without a counter: must
+  be about 0; packets still in a jitter buffer when a call ends are within the tolerance);
 - downlink: packets the server handed to its senders (`media_events{packet_out}`) = RTP
   packets the subscribers received + `subscriber_queue` drops + `unaccounted_down`.
 At the start (after one warm-up call of each kind) and the end: RSS, fds and threads of both
@@ -49,6 +50,7 @@ from sfu.bench.fuzz.system import (
     thread_names,
 )
 from sfu.bench.harness import interface_address, wait_for
+from sfu.media.metrics import RTP_OUTCOMES
 
 SETTLE_S = 1.5  # the last packets' trip (and decode, on a busy machine) before peers leave
 CONNECT_S = 20.0
@@ -294,7 +296,10 @@ def server_counts(metrics: dict[str, float]) -> dict[str, int]:
             "denoised": int(metric_sum(metrics, "denoise_sfu_frames_denoised_total")),
             "passed_through": int(metric_sum(metrics,
                                              "denoise_sfu_frames_passed_through_total")),
-            "peer_failures": int(metric_sum(metrics, "denoise_sfu_peer_failures_total"))}
+            "peer_failures": int(metric_sum(metrics, "denoise_sfu_peer_failures_total")),
+            **{f"rtp_{outcome}": int(metric_sum(metrics, "denoise_sfu_rtp_packets_total",
+                                                outcome=outcome)) for outcome in RTP_OUTCOMES},
+            "receive_queue": drop("receive_queue")}
 
 
 async def snapshot(system: LiveSystem) -> dict[str, Any]:
@@ -358,11 +363,16 @@ async def _bench(args: argparse.Namespace) -> int:
         health = await system.healthz()
     s0, s1 = server_counts(start["metrics"]), server_counts(end["metrics"])
     d = {k: s1[k] - s0[k] for k in s0}
-    unaccounted_up = counts.sent - d["frame_in"] - d["input_late"] - d["input_bad"]
+    # Every packet on the wire is decoded into a frame the pipeline takes, or dropped by a
+    # counter: late or duplicate, over the receiver's bounds, or a decoded frame nobody took.
+    counted_drops = sum(d[f"rtp_{outcome}"] for outcome in RTP_OUTCOMES
+                        if outcome not in ("released", "missing"))
+    unaccounted_up = counts.sent - d["frame_in"] - d["input_late"] - d["input_bad"] \
+        - d["receive_queue"] - counted_drops
     unaccounted_down = d["packet_out"] + d["raw_packet_out"] - counts.received \
         - d["subscriber_queue"]
     errors_5xx = server_5xx(end["metrics"]) - server_5xx(start["metrics"])
-    # A clean leave loses nothing upstream (measured: unaccounted_up == reordered, exactly);
+    # A clean leave loses nothing upstream;
     # downstream a packet or so per call can be in flight when its subscriber leaves.
     tolerance = 2 * counts.calls + round(0.001 * counts.sent)
     accounted = (abs(unaccounted_up) <= tolerance and abs(unaccounted_down) <= tolerance)
@@ -384,7 +394,9 @@ async def _bench(args: argparse.Namespace) -> int:
                    "server_packets_out": d["packet_out"] + d["raw_packet_out"],
                    "subscriber_queue_drops": d["subscriber_queue"],
                    "subscribers_received": counts.received,
-                   "unaccounted_down": unaccounted_down, "tolerance": tolerance},
+                   "unaccounted_down": unaccounted_down, "tolerance": tolerance,
+                   "server_rtp": {k[4:]: v for k, v in d.items() if k.startswith("rtp_")},
+                   "server_receive_queue_drops": d["receive_queue"]},
         "hops": {"denoised": d["denoised"], "passed_through": d["passed_through"]},
         "peer_failures": d["peer_failures"],
         "server_5xx": errors_5xx,
