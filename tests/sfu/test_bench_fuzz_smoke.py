@@ -64,4 +64,4 @@ def test_bench_soak_smoke(host_ip: str, tmp_path: Path) -> None:
     assert summary["healthz"], why
     assert summary["frames"]["sent"] > 0 and summary["frames"]["subscribers_received"] > 0, why
     assert summary["accounted"], why  # every frame in = taken + counted drops
-    assert summary["flat"], why  # fds, threads, tasks, RSS back at the start's
+    assert summary["flat"], why  # fds, tasks, RSS back at the start's (threads: reported)
