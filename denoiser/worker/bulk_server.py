@@ -169,7 +169,8 @@ class _BulkReply:
         elif outs:  # several entry sizes in one TICK (rare): put the rows back in entry order
             rows = sorted((int(i), row) for idx, out in outs for i, row in zip(idx, out,
                                                                              strict=True))
-            samples = np.concatenate([row for _, row in rows])
+            samples = np.concatenate([row for _, row in rows]) if rows \
+                else np.zeros(0, np.float32)  # every output was non-finite
         else:
             samples = np.zeros(0, np.float32)
         has = self.has

@@ -272,3 +272,20 @@ async def test_the_engine_sheds_the_newest_streams_when_ticks_run_late() -> None
         admission.per_stream_ms = 16.0 / 8
         await engine.process("s0", x)  # the next tick lets them back in
         assert engine.shed_streams == 0
+
+
+async def test_a_tick_whose_every_output_is_non_finite_is_answered(
+        server: WorkerServer) -> None:
+    """Failed before: entries of two sizes whose outputs were all non-finite left no row to
+    put back in order; `np.concatenate([])` raised in the reply's callback and the RESULT was
+    never sent (found by `bench fuzz --targets worker`)."""
+    reader, writer = await _raw(server)
+    huge = np.full(F + HOP, 3e38, np.float32)
+    writer.write(encode_bulk_tick(9, np.array([0, 1], np.uint32), np.array([F, HOP], np.uint32),
+                                  np.array([1, 1], np.uint8), huge))
+    kind, payload = await asyncio.wait_for(wire.read_message(reader), 10)
+    result = decode_bulk_result(payload)
+    assert kind is wire.MessageType.RESULT and result.seq == 9
+    assert result.status.tolist() == [wire.Status.ERROR, wire.Status.ERROR], result.reasons
+    assert result.samples.size == 0
+    writer.close()
