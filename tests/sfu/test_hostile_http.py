@@ -30,6 +30,7 @@ from sfu.context import CONTEXT, SfuContext
 from sfu.http_guard import GuardedRunner
 from sfu.limits import LIMITS
 from sfu.settings import Settings
+from support.peers import make_offer
 from support.rawhttp import build_request, closed_within, read_response, send_in_pieces
 from support.sfu import TEST_SECRET
 
@@ -93,15 +94,6 @@ async def start_node(host_ip: str, gain_engine: Engine) -> AsyncIterator[NodeFac
         await session.close()
     for runner in reversed(runners):
         await runner.cleanup()
-
-
-async def make_offer(direction: str) -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("audio", direction=direction)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def live_server_peers(exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]

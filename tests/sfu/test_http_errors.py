@@ -5,20 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from aiortc import RTCPeerConnection
 
 from denoiser.engine import Engine
+from support.peers import make_offer
 from support.sfu import RunningSfu, SfuFactory
-
-
-async def make_offer(direction: str) -> str:
-    """A real aiortc audio offer (sendonly = a WHIP publisher's shape, recvonly = WHEP)."""
-    pc = RTCPeerConnection()
-    pc.addTransceiver("audio", direction=direction)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 @pytest.fixture

@@ -13,7 +13,17 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from sfu.bench.harness import ToneTrack, wait_for
 from support.sfu import RunningSfu
 
-__all__ = ["Client", "ToneTrack", "wait_for"]
+__all__ = ["Client", "ToneTrack", "make_offer", "wait_for"]
+
+
+async def make_offer(direction: str) -> str:
+    """A real aiortc audio offer (sendonly = a WHIP publisher's shape, recvonly = WHEP)."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction=direction)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
 
 
 class Client:
