@@ -26,6 +26,7 @@ from denoiser.engine.prometheus import EngineCollector
 from sfu.context import CONTEXT, SfuContext
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
 from sfu.limits import LIMITS, SessionLimits
+from sfu.media.connect_race import install_connect_race_handler
 from sfu.metrics import CONTENT_TYPE, Metrics
 from sfu.placement import Placement
 from sfu.placement.drain import drain_handler
@@ -244,6 +245,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             await engine.start()  # EngineError (e.g. no worker reachable) stops the start
             ctx.engine = engine
         await ctx.placement.start()  # Redis unreachable: joins get 503 until it answers
+        install_connect_race_handler(asyncio.get_running_loop(), metrics.registry)
         background.append(asyncio.create_task(metrics.monitor_event_loop()))
         log.info("sfu started", extra={"engine": type(ctx.engine).__name__})
 

@@ -15,6 +15,8 @@ Also here (issue 14: every drop counted):
                                                 (the participant was taken out and told)
   denoise_sfu_udp_datagrams_dropped_total{reason}  datagrams at the media sockets dropped
                                                 before DTLS/SRTP (UDP_DROP_REASONS)
+  denoise_sfu_peer_connects_aborted_total{reason}  aiortc connect tasks that found their peer
+                                                closed under them (sfu.media.connect_race)
 `register_media_metrics(registry)` creates them all (and their label values) at app start.
 """
 
@@ -68,6 +70,8 @@ UDP_DROP_REASONS = (
     "unknown_source",  # not STUN, from an address ICE does not know for this peer
     "queue_full",      # the peer's DTLS transport fell behind
 )
+#: Values of the `reason` label of `denoise_sfu_peer_connects_aborted_total`.
+CONNECT_ABORT_REASONS = ("closed_during_connect",)
 
 
 class MetricsLike(Protocol):
@@ -128,6 +132,13 @@ def udp_datagrams_dropped(registry: CollectorRegistry) -> Counter:
                     UDP_DROP_REASONS)
 
 
+def peer_connects_aborted(registry: CollectorRegistry) -> Counter:
+    """The `denoise_sfu_peer_connects_aborted_total{reason}` counter of `registry`."""
+    return _counter(registry, "denoise_sfu_peer_connects_aborted", "aiortc connect tasks "
+                    "that found their peer connection closed under them", "reason",
+                    CONNECT_ABORT_REASONS)
+
+
 def register_media_metrics(metrics: MetricsLike) -> None:
     """Create every media series on `metrics` (so /metrics shows them at 0 from the start)."""
     media_events(metrics.registry)
@@ -135,5 +146,6 @@ def register_media_metrics(metrics: MetricsLike) -> None:
     rtcp_packets(metrics.registry)
     pipeline_failures(metrics.registry)
     udp_datagrams_dropped(metrics.registry)
+    peer_connects_aborted(metrics.registry)
     for reason in DROP_REASONS:
         metrics.frames_dropped.labels(reason)
