@@ -62,3 +62,4 @@ class DenoisedAudioTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self.stream.close()
+        self._convert.close()

@@ -47,7 +47,7 @@ class OpusPacketEncoder:
             "compression_level": str(complexity),  # FFmpeg's name for libopus's complexity
         }
         codec.open()
-        self._codec = codec
+        self._codec: av.AudioCodecContext | None = codec
         self._next_pts = start_pts
         self.complexity = complexity
         self.frames_encoded = 0
@@ -58,6 +58,20 @@ class OpusPacketEncoder:
     def next_pts(self) -> int:
         """The pts (48 kHz samples) the next frame will get."""
         return self._next_pts
+
+    def close(self) -> None:
+        """Free the codec now rather than when the cycle collector finds its owner.
+
+        PyAV encodes through a filter graph (its frame-size resampler) whose FFmpeg thread
+        pool holds one thread per core; a speaker's pipeline sits in reference cycles
+        (tasks, callbacks), so without this each departed speaker's threads and libopus state
+        lived until the next full collection (`bench soak`: 2 threads per call that ended).
+        """
+        self._codec = None
+
+    @property
+    def closed(self) -> bool:
+        return self._codec is None
 
     def skip(self, samples: int) -> None:
         """Leave a gap of `samples` in the timeline (publisher silent): pts jump, no packet."""
@@ -76,6 +90,8 @@ class OpusPacketEncoder:
         frame.time_base = TIME_BASE
         frame.pts = self._next_pts
         self._next_pts += FRAME_SIZE
+        if self._codec is None:
+            raise RuntimeError("encode() on a closed Opus encoder")
         packets = list(self._codec.encode(frame))
         if len(packets) > 1:  # libopus gives exactly one packet per 20 ms frame
             raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one frame")

@@ -106,3 +106,7 @@ class FrameConverter:
         parts = [to_mono_float(f.to_ndarray(), channels, True)
                  for f in self._resampler.resample(frame)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def close(self) -> None:
+        """Free the resampler's filter graph (and its FFmpeg threads) now."""
+        self._resampler = None

@@ -173,6 +173,10 @@ class SpeakerPipeline:
             self._task = None
         self._fanout.close()
         self._raw_fanout.close()
+        self.encoder.close()
+        if self.raw_encoder is not None:
+            self.raw_encoder.close()
+        self._converter.close()
 
     @property
     def done(self) -> bool:
@@ -266,14 +270,19 @@ class SpeakerPipeline:
         """Fresh per-frame state (any of it may be what broke) and pass-through from now on;
         the output timeline goes on where it was, so subscribers hear no jump back."""
         self.degraded = True
+        self._converter.close()
         self._converter = FrameConverter(SAMPLE_RATE)
         self._cutter = HopCutter(HOP_SIZE)
         self._assembler = FrameAssembler()
         self._raw_assembler = FrameAssembler()
-        self.encoder = OpusPacketEncoder(self._bitrate, start_pts=self.encoder.next_pts)
+        self.encoder.close()
+        self.encoder = OpusPacketEncoder(self._bitrate, start_pts=self.encoder.next_pts,
+                                         complexity=self._complexity)
         if self.raw_encoder is not None:
+            self.raw_encoder.close()
             self.raw_encoder = OpusPacketEncoder(self._bitrate,
-                                                 start_pts=self.raw_encoder.next_pts)
+                                                 start_pts=self.raw_encoder.next_pts,
+                                                 complexity=self._complexity)
 
     async def _handle_frame(self, frame: av.AudioFrame) -> None:
         received = time.monotonic()
