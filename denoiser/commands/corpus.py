@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     except CorpusError as exc:
         print(f"denoise-sfu corpus music: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(manifest['tracks'])} tracks, minutes {manifest['minutes']}: "  # type: ignore[arg-type]
+    print(f"{len(manifest['tracks'])} tracks, minutes {manifest['minutes']}: "
           f"{cache / 'manifest.json'}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -34,7 +35,7 @@ def dev_clips(cache: Path | None = None, per_package: int = 4, seconds: float = 
               ) -> list[MusicClip]:
     """The dev clips of a filled cache ([] where `denoise-sfu corpus music` has not run)."""
     rows = [t for t in tracks(cache or default_cache(), "dev") if float(t["seconds"]) >= seconds]
-    by_package: dict[str, list[dict[str, object]]] = {}
+    by_package: dict[str, list[dict[str, Any]]] = {}
     for t in rows:
         key = (f"{t['package']}:{t['kind']}" if t.get("kind_source") == "rendered"
                else str(t["package"]))
@@ -47,9 +48,9 @@ def dev_clips(cache: Path | None = None, per_package: int = 4, seconds: float = 
         picks = np.unique(np.linspace(0, len(group) - 1, take).round().astype(int))
         for i in picks:
             t = group[int(i)]
-            dur = float(t["seconds"])  # type: ignore[arg-type]
+            dur = float(t["seconds"])
             start = 0.0 if rendered else min(20.0, max(0.0, dur / 4), dur - seconds)
-            stem = Path(str(t["wav"]["48000"])).stem  # type: ignore[index]
+            stem = Path(str(t["wav"]["48000"])).stem
             clips.append(MusicClip(f"{t['package']}/{stem}", str(t["kind"]), str(t["package"]),
                                    Path(str(t["path48"])), round(start, 2)))
     return clips

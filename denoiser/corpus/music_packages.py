@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -240,7 +241,7 @@ def decode(path: Path, rates: Iterable[int] = RATES) -> tuple[dict[int, np.ndarr
                     parts[r] += [f.to_ndarray().mean(0) for f in res.resample(frame)]
             for r, res in rs.items():
                 parts[r] += [f.to_ndarray().mean(0) for f in res.resample(None)]
-    except (av.FFmpegError, IndexError) as exc:  # type: ignore[attr-defined]
+    except (av.FFmpegError, IndexError) as exc:
         raise CorpusError(f"{path.name}: cannot decode ({exc})") from exc
     out = {r: (np.concatenate(p) if p else np.zeros(0, np.float32)).astype(np.float32)
            for r, p in parts.items()}
@@ -258,7 +259,7 @@ def _safe_name(member: str, source: Source) -> str:
 
 
 def extract_source(source: Source, deb: Path, cache: Path,
-                   log: Callable[[str], None] = print) -> tuple[list[Track], dict[str, object]]:
+                   log: Callable[[str], None] = print) -> tuple[list[Track], dict[str, Any]]:
     """Unpack one package, decode its music to WAVs in the cache, return its manifest rows."""
     import soundfile as sf
 
@@ -300,7 +301,7 @@ def extract_source(source: Source, deb: Path, cache: Path,
                                 else "file name", src_rate))
         log(f"{source.package} {version}: {len(tracks)} tracks, "
             f"{sum(t.seconds for t in tracks) / 60:.1f} min")
-    info: dict[str, object] = {
+    info: dict[str, Any] = {
         "version": version, "licence": source.licence, "split": source.split,
         "licences_in_copyright_file": licences_in(text),
         "deb": deb.name, "deb_sha256": hashlib.sha256(deb.read_bytes()).hexdigest(),
@@ -309,7 +310,7 @@ def extract_source(source: Source, deb: Path, cache: Path,
     return tracks, info
 
 
-def load_manifest(cache: Path | None = None) -> dict[str, object] | None:
+def load_manifest(cache: Path | None = None) -> dict[str, Any] | None:
     """The manifest of a music cache, or None where the command has not been run there."""
     path = (cache or default_cache()) / "manifest.json"
     if not path.is_file():
@@ -317,13 +318,13 @@ def load_manifest(cache: Path | None = None) -> dict[str, object] | None:
     return json.loads(path.read_text())
 
 
-def tracks(cache: Path | None = None, split: str | None = None) -> list[dict[str, object]]:
+def tracks(cache: Path | None = None, split: str | None = None) -> list[dict[str, Any]]:
     """Manifest rows (of one split; the packages' and the rendered solo phrases'), each with
     `path16` / `path48`: absolute WAV paths."""
     cache = cache or default_cache()
     m = load_manifest(cache)
     solo = cache / SOLO_MANIFEST
-    found = ([] if m is None else list(m["tracks"])) + (  # type: ignore[call-overload]
+    found = ([] if m is None else list(m["tracks"])) + (
         json.loads(solo.read_text())["tracks"] if solo.is_file() else [])
     rows = []
     for t in found:
@@ -333,14 +334,14 @@ def tracks(cache: Path | None = None, split: str | None = None) -> list[dict[str
     return rows
 
 
-def write_manifest(cache: Path, rows: list[dict[str, object]], infos: dict[str, object],
-                   seconds: float) -> dict[str, object]:
-    manifest: dict[str, object] = {
+def write_manifest(cache: Path, rows: list[dict[str, Any]], infos: dict[str, Any],
+                   seconds: float) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "about": "real music from Debian packages, by denoiser/corpus/music_packages.py",
         "rates": list(RATES), "packages": infos,
         "tracks": sorted(rows, key=lambda t: (str(t["package"]), str(t["member"]))),
-        "minutes": {s: round(sum(float(t["seconds"]) for t in rows  # type: ignore[arg-type]
+        "minutes": {s: round(sum(float(t["seconds"]) for t in rows
                                  if t["split"] == s) / 60, 1) for s in ("train", "dev")},
         "seconds_to_build": round(seconds, 1),
     }
@@ -352,7 +353,7 @@ def write_manifest(cache: Path, rows: list[dict[str, object]], infos: dict[str, 
 
 def acquire(cache: Path, packages: Iterable[str] | None = None, offline: bool = False,
             sources: Iterable[Source] = SOURCES, log: Callable[[str], None] = print,
-            force: bool = False) -> dict[str, object]:
+            force: bool = False) -> dict[str, Any]:
     """Fetch and extract every source (or the named ones); write and return the manifest.
 
     The manifest is written after each package; a package already in it (same .deb, its
@@ -366,23 +367,23 @@ def acquire(cache: Path, packages: Iterable[str] | None = None, offline: bool = 
                           f"(choose among {', '.join(s.package for s in sources)})")
     cache.mkdir(parents=True, exist_ok=True)
     old = load_manifest(cache) or {"tracks": [], "packages": {}}
-    rows = [t for t in old["tracks"] if t["package"] not in wanted]  # type: ignore[union-attr]
-    infos = {k: v for k, v in old["packages"].items()  # type: ignore[union-attr]
+    rows = [t for t in old["tracks"] if t["package"] not in wanted]
+    infos = {k: v for k, v in old["packages"].items()
              if k not in wanted}
     t0 = time.monotonic()
-    old_rows = {str(t["package"]): [] for t in old["tracks"]}  # type: ignore[union-attr]
-    for t in old["tracks"]:  # type: ignore[union-attr]
+    old_rows: dict[str, list[dict[str, Any]]] = {str(t["package"]): [] for t in old["tracks"]}
+    for t in old["tracks"]:
         old_rows[str(t["package"])].append(t)
-    manifest: dict[str, object] = {}
+    manifest: dict[str, Any] = {}
     for source in sources:
         if source.package not in wanted:
             continue
         deb = fetch(source.package, cache / "debs", offline)
-        prev = old["packages"].get(source.package)  # type: ignore[union-attr]
+        prev = old["packages"].get(source.package)
         kept = old_rows.get(source.package, [])
         if (not force and isinstance(prev, dict) and prev.get("deb") == deb.name and kept
                 and all((cache / str(w)).is_file() for t in kept
-                        for w in t["wav"].values())):  # type: ignore[union-attr]
+                        for w in t["wav"].values())):
             rows += kept
             infos[source.package] = prev
             log(f"{source.package}: {len(kept)} tracks already in the cache")

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -239,16 +240,16 @@ def _soundfont_version(package: str) -> str:
 
 
 def render_all(cache: Path, pieces: dict[str, int] | None = None, seconds: float = 40.0,
-               seed: int = 0) -> dict[str, object]:
+               seed: int = 0) -> dict[str, Any]:
     """Render the solo phrases of both splits into the cache and add them to its manifest."""
     import soundfile as sf
 
     from denoiser.bypass.analysis import resample
 
     pieces = pieces or {"train": 5, "dev": 1}
-    manifest: dict[str, object] = {"about": "solo phrases rendered by "
+    manifest: dict[str, Any] = {"about": "solo phrases rendered by "
                                    "denoiser/corpus/solo_render.py", "packages": {}}
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for split, (package, sf_path) in SOUNDFONTS.items():
         rng = np.random.default_rng(seed + (0 if split == "train" else 1000))
         version = _soundfont_version(package)
@@ -278,11 +279,11 @@ def render_all(cache: Path, pieces: dict[str, int] | None = None, seconds: float
                                  "seconds": round(len(x) / 48_000, 2), "kind": kind,
                                  "split": split, "wav": wavs, "kind_source": "rendered",
                                  "source_rate": 48_000})
-        manifest["packages"][f"render-{split}"] = {  # type: ignore[index]
+        manifest["packages"][f"render-{split}"] = {
             "version": version, "soundfont": str(sf_path), "split": split, "seed": seed,
             "licence": "MIT"}
     manifest["tracks"] = sorted(rows, key=lambda t: (str(t["package"]), str(t["member"])))
-    manifest["minutes"] = {s: round(sum(float(t["seconds"]) for t in rows  # type: ignore[arg-type]
+    manifest["minutes"] = {s: round(sum(float(t["seconds"]) for t in rows
                                         if t["split"] == s) / 60, 1) for s in ("train", "dev")}
     tmp = cache / f"{SOLO_MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")

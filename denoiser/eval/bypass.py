@@ -29,6 +29,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -162,7 +163,7 @@ def all_clips(quick: bool = False, kinds: tuple[str, ...] = KINDS) -> list[Clip]
 
 
 async def _through(engine: object, i: int, x: np.ndarray, mode: str
-                   ) -> tuple[np.ndarray, dict[str, int]]:
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
     """One clip through its own `DenoisedStream` on `engine`; returns the whole output (not
     yet aligned) and the stream's hop counters, with `_raw_path` per input hop."""
     from denoiser.stream import DenoisedStream
@@ -183,15 +184,15 @@ async def _through(engine: object, i: int, x: np.ndarray, mode: str
             raw_path.append(stream.counters["denoised"] == before)
     finally:
         stream.close()
-    counters = dict(stream.counters)
+    counters: dict[str, Any] = dict(stream.counters)
     # per input hop: did its output pass raw (the output lags the input by `lat`)
-    counters["_raw_path"] = raw_path[lat // HOP : lat // HOP + len(x) // HOP]  # type: ignore[assignment]
+    counters["_raw_path"] = raw_path[lat // HOP : lat // HOP + len(x) // HOP]
     return np.concatenate(out), counters
 
 
 async def run_streams(model: StreamingModel, jobs: list[tuple[np.ndarray, str]],
                       on_cache: Path | None = None
-                      ) -> list[tuple[np.ndarray, dict[str, int]]]:
+                      ) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """Each (audio, mode) through its own `DenoisedStream`, all on one `LocalEngine`; returns
     the outputs aligned to the inputs (latency removed) and each stream's hop counters.
 
@@ -214,7 +215,7 @@ async def run_streams(model: StreamingModel, jobs: list[tuple[np.ndarray, str]],
         for i in need:
             seen.setdefault(cache.path(jobs[i][0]).name, i)
         need = sorted(seen.values())
-    results: dict[int, tuple[np.ndarray, dict[str, int]]] = {}
+    results: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
     lat = 0
     if need:
         async with LocalEngine(model, device="cpu", max_streams=max(1, len(need)),
@@ -277,7 +278,7 @@ def level_change_db(x: np.ndarray, y: np.ndarray) -> float:
                                / (np.mean(np.square(x, dtype=np.float64)) + 1e-20)))
 
 
-def cold_start(counters: dict[str, object]) -> dict[str, object]:
+def cold_start(counters: dict[str, Any]) -> dict[str, Any]:
     """How a stream that opens on music starts: when its output first passed raw (ms of input
     time) and how much of its first 2 s was denoised (ms): a music stream that is bypassed
     at once and never denoised before that has 0 and 0."""
@@ -297,17 +298,17 @@ def longest_run(b: np.ndarray) -> int:
     return best
 
 
-def _bypassed(counters: dict[str, int]) -> float:
+def _bypassed(counters: dict[str, Any]) -> float:
     return 1 - counters["denoised"] / sum(counters.values())
 
 
-def _score(clip: Clip, auto: tuple[np.ndarray, dict[str, int]],
-           on: tuple[np.ndarray, dict[str, int]]) -> dict[str, object]:
+def _score(clip: Clip, auto: tuple[np.ndarray, dict[str, Any]],
+           on: tuple[np.ndarray, dict[str, Any]]) -> dict[str, Any]:
     from denoiser.eval.quality import pesq_wb, si_sdr, stoi
 
     (y_auto, counters), (y_on, _) = auto, on
-    raw_path = counters.pop("_raw_path", [])  # type: ignore[misc]
-    row: dict[str, object] = {"clip": clip.name, "kind": clip.kind, "label": clip.label,
+    raw_path: list[bool] = counters.pop("_raw_path", [])
+    row: dict[str, Any] = {"clip": clip.name, "kind": clip.kind, "label": clip.label,
                               "hops": sum(counters.values()),
                               "bypassed_hops": sum(counters.values()) - counters["denoised"],
                               "by_reason": {k: v for k, v in counters.items() if v}}
@@ -339,42 +340,42 @@ def _score(clip: Clip, auto: tuple[np.ndarray, dict[str, int]],
     return row
 
 
-def summarise(rows: list[dict[str, object]], cost: dict[str, float]) -> dict[str, object]:
+def summarise(rows: list[dict[str, Any]], cost: dict[str, float]) -> dict[str, Any]:
     """Per clip type: SI-SDR min/mean; DTMF same/different; noisy speech; announcements."""
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     for kind in TONE_KINDS:
         rs = [r for r in rows if r["kind"] == kind]
         if rs:
             # an output identical to its input scores inf: the means count it as 100 dB
-            v = [min(100.0, float(r["si_sdr_auto"])) for r in rs]  # type: ignore[arg-type]
+            v = [min(100.0, float(r["si_sdr_auto"])) for r in rs]
             out[kind] = {"clips": len(rs), "si_sdr_min": round(min(v), 2),
                          "si_sdr_mean": round(float(np.mean(v)), 2),
                          "si_sdr_on_mean": round(float(np.mean(
-                             [float(r["si_sdr_on"]) for r in rs])), 2),  # type: ignore[arg-type]
+                             [float(r["si_sdr_on"]) for r in rs])), 2),
                          "meets_20db": sum(x >= 20.0 for x in v),
-                         "bit_exact": sum(float(r["si_sdr_auto"]) == float("inf")  # type: ignore[arg-type]
+                         "bit_exact": sum(float(r["si_sdr_auto"]) == float("inf")
                                           for r in rs),
-                         "level_db_min": round(min(float(r["level_db_auto"])  # type: ignore[arg-type]
+                         "level_db_min": round(min(float(r["level_db_auto"])
                                                    for r in rs), 2)}
             if kind in MUSIC_KINDS:
-                out[kind].update(  # type: ignore[union-attr]
-                    first_raw_ms_max=max(int(r["first_raw_ms"]) for r in rs),  # type: ignore[call-overload]
-                    cold_start_denoised_ms_max=max(int(r["denoised_first_2s_ms"])  # type: ignore[call-overload]
+                out[kind].update(
+                    first_raw_ms_max=max(int(r["first_raw_ms"]) for r in rs),
+                    cold_start_denoised_ms_max=max(int(r["denoised_first_2s_ms"])
                                                    for r in rs))
     dev = [r for r in rows if r["kind"] == "music_dev"]
     if dev:
         table = {}
         for label in sorted({str(r["label"]) for r in dev}):
             rs = [r for r in dev if r["label"] == label]
-            v = [min(100.0, float(r["si_sdr_auto"])) for r in rs]  # type: ignore[arg-type]
-            lv = [float(r["level_db_auto"]) for r in rs]  # type: ignore[arg-type]
+            v = [min(100.0, float(r["si_sdr_auto"])) for r in rs]
+            lv = [float(r["level_db_auto"]) for r in rs]
             table[label] = {"clips": len(rs), "si_sdr_min": round(min(v), 2),
                             "si_sdr_mean": round(float(np.mean(v)), 2),
                             "meets_20db": sum(x >= 20.0 for x in v),
                             "level_db_min": round(min(lv), 2),
                             "level_db_mean": round(float(np.mean(lv)), 2),
                             "si_sdr_on_mean": round(float(np.mean(
-                                [float(r["si_sdr_on"]) for r in rs])), 2)}  # type: ignore[arg-type]
+                                [float(r["si_sdr_on"]) for r in rs])), 2)}
         out["music_dev_by_kind"] = table
     d = [r for r in rows if "dtmf_in" in r]
     out["dtmf_decode"] = {"same_auto": sum(r["dtmf_auto"] == r["dtmf_in"] for r in d),
@@ -382,18 +383,18 @@ def summarise(rows: list[dict[str, object]], cost: dict[str, float]) -> dict[str
                           "clips": len(d)}
     s = [r for r in rows if r["kind"] == "noisy_speech"]
     if s:
-        hops = sum(int(r["hops"]) for r in s)  # type: ignore[call-overload]
+        hops = sum(int(r["hops"]) for r in s)
         out["noisy_speech"] = {
             "clips": len(s),
-            "bypassed_pct": round(100 * sum(int(r["bypassed_hops"]) for r in s)  # type: ignore[call-overload]
+            "bypassed_pct": round(100 * sum(int(r["bypassed_hops"]) for r in s)
                                   / hops, 2),
-            "clips_over_5pct": sum(int(r["bypassed_hops"]) > 0.05 * int(r["hops"])  # type: ignore[call-overload]
+            "clips_over_5pct": sum(int(r["bypassed_hops"]) > 0.05 * int(r["hops"])
                                    for r in s),
             "pesq_auto": round(float(np.mean([r["pesq_auto"] for r in s])), 3),
             "pesq_on": round(float(np.mean([r["pesq_on"] for r in s])), 3),
-            "clips_bypassed_over_0.5s": sum(float(r["bypassed_s"]) > 0.5  # type: ignore[arg-type]
+            "clips_bypassed_over_0.5s": sum(float(r["bypassed_s"]) > 0.5
                                             for r in s),
-            "bypassed_s_max": max(float(r["bypassed_s"]) for r in s)}  # type: ignore[arg-type]
+            "bypassed_s_max": max(float(r["bypassed_s"]) for r in s)}
     a = [r for r in rows if r["kind"] == "announcement"]
     if a:
         out["announcements_stoi"] = {r["clip"]: {k: r[k] for k in (
@@ -402,7 +403,7 @@ def summarise(rows: list[dict[str, object]], cost: dict[str, float]) -> dict[str
     return out
 
 
-def format_summary(summary: dict[str, object]) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     lines = ["clip type        clips  SI-SDR auto min / mean   (on: mean)   >= 20 dB  (untouched)"]
     for kind in TONE_KINDS:
         s = summary.get(kind)
@@ -419,7 +420,7 @@ def format_summary(summary: dict[str, object]) -> str:
                          f"{v['si_sdr_mean']:<7.2f} {v['meets_20db']}/{v['clips']}   "
                          f"{v['level_db_min']:+.2f} / {v['level_db_mean']:+.2f}   "
                          f"({v['si_sdr_on_mean']:.2f})")
-    elif "music_dev" in summary.get("kinds", ()):  # type: ignore[operator]
+    elif "music_dev" in summary.get("kinds", ()):
         lines.append("music dev set: no clips (run `denoise-sfu corpus music` to fill the cache)")
     d = summary["dtmf_decode"]
     assert isinstance(d, dict)
@@ -442,7 +443,7 @@ def format_summary(summary: dict[str, object]) -> str:
 
 async def evaluate(quick: bool = False, verbose: bool = True,
                    kinds: tuple[str, ...] = KINDS, on_cache: Path | None = None
-                   ) -> dict[str, object]:
+                   ) -> dict[str, Any]:
     import torch
 
     from denoiser.model.weights import load_default_model
@@ -469,10 +470,10 @@ async def evaluate(quick: bool = False, verbose: bool = True,
 
 
 def run(out: Path | None, quick: bool = False, kinds: tuple[str, ...] = KINDS,
-        on_cache: Path | None = None) -> dict[str, object]:
+        on_cache: Path | None = None) -> dict[str, Any]:
     """Evaluate; print the rows, the per-type table and (last) the summary as one JSON line."""
     report = asyncio.run(evaluate(quick, kinds=kinds, on_cache=on_cache))
-    print(format_summary(report["summary"]))  # type: ignore[arg-type]
+    print(format_summary(report["summary"]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")

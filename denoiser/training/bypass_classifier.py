@@ -26,6 +26,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -107,13 +108,13 @@ def music_groups(data: Path, cache: Path | None) -> dict[str, dict[str, list[Pat
     return out
 
 
-def load_split(data: Path, cache: Path | None = None) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
+def load_split(data: Path, cache: Path | None = None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for kind in ("clean", "noise"):
         files = sorted((data / kind).rglob("*.wav"))
         out[kind] = {"train": [], "val": []}
         for f in files:
-            out[kind]["val" if is_val(f) else "train"].append(load(f))  # type: ignore[attr-defined]
+            out[kind]["val" if is_val(f) else "train"].append(load(f))
     groups = music_groups(data, cache)
     out["music"] = {s: MusicPool(groups[s]) for s in ("train", "val")}
     return out
@@ -154,7 +155,7 @@ def colour(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
 
 
-def make_segment(rng: np.random.Generator, label: int, pools: dict[str, object]
+def make_segment(rng: np.random.Generator, label: int, pools: dict[str, Any]
                  ) -> np.ndarray:
     noise = lambda: crop(rng, pools["noise"][int(rng.integers(len(pools["noise"])))])  # noqa: E731
     if CLASSES[label] == "speech":
@@ -191,7 +192,7 @@ def features(x: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def build(rng: np.random.Generator, pools: dict[str, object], per_class: int,
+def build(rng: np.random.Generator, pools: dict[str, Any], per_class: int,
           music_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows of `per_class` segments per class (music: `music_factor` times as many)."""
     xs, ys = [], []
@@ -277,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     clf = MusicClassifier(args.out)  # validated on held-out tracks, speakers and noises
     if args.held_out_copy is not None:
         np.savez(args.held_out_copy, **weights)  # type: ignore[arg-type]  # as above
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "files": {k: {s: len(v[s]) for s in v} for k, v in split.items()},  # type: ignore[arg-type]
-        "music_groups": {s: {g: len(f) for g, f in p.groups.items()}  # type: ignore[union-attr]
+        "files": {k: {s: len(v[s]) for s in v} for k, v in split.items()},
+        "music_groups": {s: {g: len(f) for g, f in p.groups.items()}
                          for s, p in split["music"].items()},
         "val_music_files": list(VAL_MUSIC), "val_music_packages": list(VAL_PACKAGES),
         "train_hops": len(y), "val_hops": len(yv), "seconds": round(time.time() - t0, 1),
