@@ -178,6 +178,15 @@ def sync_live_hops(ctx: SfuContext) -> None:
             ctx.metrics.sync_hops(participant.stream_id, hop_counts(participant.pipeline.stream))
 
 
+#: Methods counted under their own name; any other (a client may send any token) is "other",
+#: so that no client can grow `http_requests_total` one label set per invented method.
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in COUNTED_METHODS else "other"
+
+
 @web.middleware
 async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
@@ -191,7 +200,7 @@ async def _count_requests(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[CONTEXT].metrics.http_requests.labels(route, request.method,
+        request.app[CONTEXT].metrics.http_requests.labels(route, method_label(request.method),
                                                           str(status)).inc()
 
 

@@ -612,3 +612,22 @@ def test_every_limit_is_a_setting() -> None:
     for name in limits:
         with pytest.raises(SettingsError):
             from_sources(env={"DENOISE_SFU_" + name.upper(): "0"})
+
+
+async def test_unusual_methods_share_one_metric_label(start_node: NodeFactory) -> None:
+    """Only the methods the SFU serves are counted by name. llhttp knows some 35 methods,
+    and aiohttp's pure-Python parser (no C extensions) takes any token: counting each under
+    its own name would let a client grow the registry and /metrics."""
+    node = await start_node()
+    unusual = ("PROPFIND", "MKCOL", "SEARCH", "PURGE", "REPORT")
+    for method in unusual:
+        response = await send_in_pieces(node.host, node.port,
+                                        [build_request(method, "/healthz")])
+        assert response.status == 405, (method, response)
+    samples = [s for family in node.ctx.metrics.registry.collect()
+               if family.name == "denoise_sfu_http_requests" for s in family.samples
+               if s.name.endswith("_total")]
+    methods = {s.labels["method"] for s in samples}
+    assert not methods & set(unusual), methods
+    assert node.metric("http_requests_total", route="unmatched", method="other",
+                       status="405") == len(unusual)
