@@ -24,6 +24,7 @@ from sfu.media.pipeline import SpeakerPipeline
 from sfu.media.receiver import install_for_track
 from sfu.media.switch import SwitchTrack
 from sfu.metrics import Metrics
+from support.peers import connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,13 +46,6 @@ class DelayStream:
         self._previous = delayed[-480:]
         self.counters["mode_off" if self.mode == "off" else "denoised"] += raw.size // 480
         return delayed[:raw.size]
-
-
-async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
-    await offerer.setLocalDescription(await offerer.createOffer())
-    await answerer.setRemoteDescription(offerer.localDescription)
-    await answerer.setLocalDescription(await answerer.createAnswer())
-    await offerer.setRemoteDescription(answerer.localDescription)
 
 
 class Observed:

@@ -20,6 +20,7 @@ from sfu.media.encoder import OpusPacketEncoder
 from sfu.media.pipeline import SpeakerPipeline
 from sfu.media.receiver import install_for_track
 from sfu.metrics import Metrics
+from support.peers import connect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,13 +41,6 @@ class HalfGainStream:
         self._previous = delayed[-480:]
         self.counters["denoised"] += raw.size // 480
         return delayed[:raw.size]
-
-
-async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
-    await offerer.setLocalDescription(await offerer.createOffer())
-    await answerer.setRemoteDescription(offerer.localDescription)
-    await answerer.setLocalDescription(await answerer.createAnswer())
-    await offerer.setRemoteDescription(answerer.localDescription)
 
 
 async def collect(track: MediaStreamTrack, seconds: float) -> np.ndarray:

@@ -13,7 +13,15 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from sfu.bench.harness import ToneTrack, wait_for
 from support.sfu import RunningSfu
 
-__all__ = ["Client", "ToneTrack", "make_offer", "wait_for"]
+__all__ = ["Client", "ToneTrack", "connect", "make_offer", "wait_for"]
+
+
+async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    """Offer/answer between two in-process peers (no server between them)."""
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
 
 
 async def make_offer(direction: str) -> str:
