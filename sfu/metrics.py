@@ -33,6 +33,9 @@ Names (all prefixed `denoise_sfu_`):
                                                 charset, content_type, json
   sessions                                      sessions holding a slot (sfu.limits)
   sessions_refused_total{reason}                429s: identity, address, node
+  sessions_remembered                           WHIP/WHEP session ids kept for their DELETE
+                                                (at most 10,000, each for an hour or the
+                                                token lifetime)
   ws_messages_refused_total{code}               room-socket messages answered `error`
   asyncio_tasks                                 tasks of the server's event loop (a leak shows)
 """
@@ -111,6 +114,10 @@ class Metrics:
             registry=reg)
         self.sessions = Gauge(PREFIX + "sessions", "Sessions holding a slot (WHIP, WHEP, "
                               "WebSocket); each has at most one peer connection", registry=reg)
+        self.sessions_remembered = Gauge(
+            PREFIX + "sessions_remembered", "Ended WHIP/WHEP sessions remembered so that their "
+            "DELETE answers 200, not 404 (bounded in count and time: sfu.signalling.ledger)",
+            registry=reg)
         self.sessions_refused = Counter(
             PREFIX + "sessions_refused", "Sessions refused by a cap (429), by cap", ["reason"],
             registry=reg)

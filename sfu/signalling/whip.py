@@ -108,6 +108,7 @@ class WhipHandlers:
         self.limits = limits
         self._watchers: set[asyncio.Task[None]] = set()
         self.ledger = SessionLedger(ttl=max(3600.0, float(ctx.settings.token_ttl)))
+        ctx.metrics.sessions_remembered.set_function(lambda: len(self.ledger))
 
     def routes(self) -> list[web.RouteDef]:
         return [

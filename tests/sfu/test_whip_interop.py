@@ -239,7 +239,10 @@ async def test_delete_of_a_subscriber_whose_publisher_left(
         assert (await delete(sfu, bob_location, make_token("r", "mallory")))[0] == 403
         assert (await delete(sfu, bob_location, make_token("other", "bob")))[0] == 403
         assert (await delete(sfu, bob_location.replace("/ada/", "/eve/"), bob_token))[0] == 404
+        remembered = sfu.ctx.metrics.registry.get_sample_value("denoise_sfu_sessions_remembered")
+        assert remembered == 1  # bob's, ended by the server, not yet deleted
         assert await delete(sfu, bob_location, bob_token) == (200, '{"status": "ended"}')
+        assert sfu.ctx.metrics.registry.get_sample_value("denoise_sfu_sessions_remembered") == 0
         assert (await delete(sfu, bob_location, bob_token))[0] == 404
         assert (await delete(sfu, ada_headers["Location"], ada_token))[0] == 404
     finally:
