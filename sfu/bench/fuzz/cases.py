@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from sfu.auth import issue_token
 from sfu.bench.fuzz.system import LiveSystem
 
 REPR_LIMIT = 1200
+TOKEN_TTL = 3600  # seconds; the targets' valid tokens
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
 
@@ -64,14 +66,20 @@ class FuzzEnv:
     whep_offer: str  # a real aiortc recvonly audio offer
     media_targets: list[tuple[str, int]]
     semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
-    _tokens: dict[tuple[str, str, tuple[str, ...]], str] = field(default_factory=dict)
+    _tokens: dict[tuple[str, str, tuple[str, ...]], tuple[float, str]] = field(
+        default_factory=dict)
 
     def token(self, room: str, identity: str, *grants: str) -> str:
-        """A valid token (cached) for `identity` in `room` with `grants` (default both)."""
+        """A valid token for `identity` in `room` with `grants` (default both): cached, and
+        issued anew once half its lifetime has passed, so that runs longer than a token's
+        lifetime do not see their valid inputs refused as expired."""
         key = (room, identity, grants or ("publish", "subscribe"))
-        if key not in self._tokens:
-            self._tokens[key] = issue_token(self.system.secret, room, identity, 3600, key[2])
-        return self._tokens[key]
+        now = time.monotonic()
+        cached = self._tokens.get(key)
+        if cached is None or now - cached[0] > TOKEN_TTL / 2:
+            cached = (now, issue_token(self.system.secret, room, identity, TOKEN_TTL, key[2]))
+            self._tokens[key] = cached
+        return cached[1]
 
     @property
     def session(self) -> aiohttp.ClientSession:
