@@ -27,6 +27,7 @@ from sfu.context import CONTEXT, SfuContext
 from sfu.errors import NotFound, ServiceUnavailable, error_middleware
 from sfu.limits import LIMITS, SessionLimits
 from sfu.media.connect_race import install_connect_race_handler
+from sfu.memory_trim import trim_periodically
 from sfu.metrics import CONTENT_TYPE, Metrics
 from sfu.placement import Placement
 from sfu.placement.drain import drain_handler
@@ -256,6 +257,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         await ctx.placement.start()  # Redis unreachable: joins get 503 until it answers
         install_connect_race_handler(asyncio.get_running_loop(), metrics.registry)
         background.append(asyncio.create_task(metrics.monitor_event_loop()))
+        background.append(asyncio.create_task(trim_periodically(
+            on_trimmed=metrics.memory_trimmed.inc)))
         log.info("sfu started", extra={"engine": type(ctx.engine).__name__})
 
     async def on_shutdown(app: web.Application) -> None:

@@ -38,6 +38,8 @@ Names (all prefixed `denoise_sfu_`):
                                                 token lifetime)
   ws_messages_refused_total{code}               room-socket messages answered `error`
   asyncio_tasks                                 tasks of the server's event loop (a leak shows)
+  memory_trimmed_bytes_total                    heap pages given back by malloc_trim each minute
+  process_resident_memory_bytes, process_open_fds, ...   (prometheus_client, unprefixed)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from denoiser.engine.prometheus import PREFIX
@@ -126,6 +128,12 @@ class Metrics:
         self.ws_messages_refused = Counter(
             PREFIX + "ws_messages_refused", "Room-socket messages answered `error`, by code "
             "(internal_error: a bug, never the client's fault)", ["code"], registry=reg)
+
+        self.memory_trimmed = Counter(
+            PREFIX + "memory_trimmed_bytes", "Resident bytes given back to the kernel by the "
+            "periodic malloc_trim (sfu.memory_trim)", registry=reg)
+        # process_resident_memory_bytes, process_open_fds, ...: what a leak shows first
+        ProcessCollector(registry=reg)
 
         self.asyncio_tasks = Gauge(PREFIX + "asyncio_tasks", "Tasks of the event loop",
                                    registry=reg)

@@ -37,6 +37,8 @@ async def test_metrics_text_parses_and_has_every_family(sfu_factory: SfuFactory,
     p = "denoise_sfu_"
     assert got[(p + "rooms", ())] == 0 and got[(p + "participants", ())] == 0
     assert got[(p + "sessions_remembered", ())] == 0
+    assert (p + "memory_trimmed_bytes_total", ()) in got
+    assert got[("process_resident_memory_bytes", ())] > 0
     assert got[(p + "frames_denoised_total", ())] == 0
     for reason in ("mode_off", "late", "engine_error", "dtmf", "call_progress", "tone", "music"):
         assert got[(p + "frames_passed_through_total", (("reason", reason),))] == 0
