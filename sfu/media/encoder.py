@@ -81,6 +81,8 @@ class OpusPacketEncoder:
 
     def encode(self, samples: np.ndarray) -> list[av.Packet]:
         """Encode one 960-sample float32 frame; returns the packet(s) it produced."""
+        if self._codec is None:
+            raise RuntimeError("encode() on a closed Opus encoder")
         if samples.shape != (FRAME_SIZE,):
             raise ValueError(f"expected {FRAME_SIZE} mono samples, got shape {samples.shape}")
         pcm = np.clip(samples, -1.0, 1.0)
@@ -90,8 +92,6 @@ class OpusPacketEncoder:
         frame.time_base = TIME_BASE
         frame.pts = self._next_pts
         self._next_pts += FRAME_SIZE
-        if self._codec is None:
-            raise RuntimeError("encode() on a closed Opus encoder")
         packets = list(self._codec.encode(frame))
         if len(packets) > 1:  # libopus gives exactly one packet per 20 ms frame
             raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one frame")
