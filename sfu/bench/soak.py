@@ -320,13 +320,13 @@ def rss_trend(samples: list[tuple[float, float]], end_mib: float, run_s: float
     Flat: at most max(8 MiB, 5 %) more."""
     warm = next(((t, r) for t, r in samples if t >= run_s / 3), None)
     late = [r for t, r in samples if t >= 2 * run_s / 3] + [end_mib]
-    if warm is None:  # too short a run to tell
+    if warm is None:  # too short a run to tell: said so, and left to the other checks
         return {"warm_at_s": None, "warm_mib": None, "late_max_mib": max(late),
-                "growth_mib": None, "flat": True}
+                "growth_mib": None, "judged": False, "flat": True}
     growth = max(late) - warm[1]
     return {"warm_at_s": round(warm[0]), "warm_mib": round(warm[1], 1),
             "late_max_mib": round(max(late), 1), "growth_mib": round(growth, 1),
-            "flat": growth <= max(8.0, 0.05 * warm[1])}
+            "judged": True, "flat": growth <= max(8.0, 0.05 * warm[1])}
 
 
 async def _bench(args: argparse.Namespace) -> int:

@@ -41,4 +41,5 @@ def test_soak_judges_the_rss_once_warm() -> None:
     rising = [(60.0 * m, 110.0 + 25 * min(m, 1) + 2 * max(0, m - 3)) for m in range(10)]
     assert not rss_trend(rising, rising[-1][1], 600.0)["flat"]
     # every sample before the warm point: reported, not judged
-    assert rss_trend([(5.0, 100.0)], 101.0, 600.0)["growth_mib"] is None
+    unjudged = rss_trend([(5.0, 100.0)], 101.0, 600.0)
+    assert unjudged["growth_mib"] is None and unjudged["judged"] is False
