@@ -43,3 +43,21 @@ def test_soak_judges_the_rss_once_warm() -> None:
     # every sample before the warm point: reported, not judged
     unjudged = rss_trend([(5.0, 100.0)], 101.0, 600.0)
     assert unjudged["growth_mib"] is None and unjudged["judged"] is False
+
+
+def test_fuzz_judges_rss_against_the_warm_baseline_and_fds_against_the_cold_start() -> None:
+    from sfu.bench.fuzz.runner import warmup_cases, within
+    from sfu.bench.fuzz.system import ProcStats
+
+    mib = 1024
+    cold, warm = ProcStats(100 * mib, 14, 5), ProcStats(130 * mib, 20, 6)
+    # 150 MiB is 50 over the cold start but 20 over the warm baseline: back
+    assert within(warm, cold, ProcStats(150 * mib, 14, 5), 32.0, 8)
+    assert not within(warm, cold, ProcStats(163 * mib, 14, 5), 32.0, 8)  # 33 over warm
+    # fds count from the cold start: 23 is 9 over it, though only 3 over the warm figure
+    assert not within(warm, cold, ProcStats(140 * mib, 23, 5), 32.0, 8)
+    # the tolerance is 10 % of a large baseline
+    big = ProcStats(1000 * mib, 14, 5)
+    assert within(big, cold, ProcStats(1090 * mib, 14, 5), 32.0, 8)
+    assert warmup_cases(None, 100_000) == 5000 and warmup_cases(None, 2000) == 200
+    assert warmup_cases(0, 2000) == 0 and warmup_cases(9000, 2000) == 2000

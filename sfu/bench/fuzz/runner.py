@@ -63,6 +63,11 @@ CASE_TIMEOUT_S = 30.0
 RSS_TOLERANCE_MIB = 32.0
 RSS_TOLERANCE_SHARE = 0.10
 FD_TOLERANCE = 8
+#: Cases before the memory baseline is taken (at most; a tenth of a shorter run). The first
+#: cases of each kind import code, fill the allocator's pools and aiortc's caches once; the
+#: baseline after them tells that warm-up apart from memory that keeps growing. The cold
+#: figures are reported beside it, and fds are judged against the cold start.
+WARMUP_CASES = 5000
 
 
 def make_targets(names: list[str]) -> list[Target]:
@@ -277,18 +282,27 @@ def lag_over(metrics: dict[str, float], seconds: float = 0.1) -> int:
     return int(total - under)
 
 
-def within(base: ProcStats, now: ProcStats, rss_mib: float, fds: int) -> bool:
-    limit = base.rss_kib + max(rss_mib * 1024, RSS_TOLERANCE_SHARE * base.rss_kib)
-    return now.rss_kib <= limit and now.fds <= base.fds + fds
+def within(rss_base: ProcStats, fds_base: ProcStats, now: ProcStats, rss_mib: float,
+           fds: int) -> bool:
+    """RSS back within tolerance of `rss_base` (the warm baseline) and fds of `fds_base`."""
+    limit = rss_base.rss_kib + max(rss_mib * 1024, RSS_TOLERANCE_SHARE * rss_base.rss_kib)
+    return now.rss_kib <= limit and now.fds <= fds_base.fds + fds
 
 
-async def settle(system: LiveSystem, base: dict[str, ProcStats], seconds: float,
-                 rss_mib: float, fds: int) -> tuple[dict[str, ProcStats], float]:
+def warmup_cases(requested: int | None, cases: int) -> int:
+    """Cases run before the memory baseline: as asked, else WARMUP_CASES or a tenth of the run."""
+    if requested is not None:
+        return max(0, min(requested, cases))
+    return min(WARMUP_CASES, cases // 10)
+
+
+async def settle(system: LiveSystem, warm: dict[str, ProcStats], cold: dict[str, ProcStats],
+                 seconds: float, rss_mib: float, fds: int) -> tuple[dict[str, ProcStats], float]:
     """Poll until both processes are back within tolerance, or `seconds` pass."""
     began = time.monotonic()
     while True:
         now = system.stats()
-        if all(within(base[k], now[k], rss_mib, fds) for k in base):
+        if all(within(warm[k], cold[k], now[k], rss_mib, fds) for k in warm):
             return now, time.monotonic() - began
         if time.monotonic() - began >= seconds:
             return now, time.monotonic() - began
@@ -341,7 +355,9 @@ async def _bench(args: argparse.Namespace) -> int:
             known_5xx, known_503 = server_5xx(metrics0), server_503(metrics0)
             logs0 = system.log_errors()
             base = system.stats()
-            print(f"baseline: server {base['server'].as_dict()}, worker "
+            warm = base
+            warmup = warmup_cases(args.warmup, args.cases) if args.case is None else 0
+            print(f"cold baseline: server {base['server'].as_dict()}, worker "
                   f"{base['worker'].as_dict()}, live call {stats0}", flush=True)
             live_ports = call.media_ports()
             env = FuzzEnv(system, ROOM, PUBLISHER, whip_offer, whep_offer, list(live_ports),
@@ -369,6 +385,11 @@ async def _bench(args: argparse.Namespace) -> int:
                 await asyncio.gather(*(run_case(targets[c.target], c, env, tally)
                                        for c in batch))
                 done += len(batch)
+                if warmup and done >= warmup and warm is base:
+                    warm = system.stats()
+                    print(f"warm baseline after {done} cases: server "
+                          f"{warm['server'].as_dict()}, worker {warm['worker'].as_dict()}",
+                          flush=True)
                 alive = await check_batch(system, call, live, tally, batch, args.seed,
                                           known_5xx, 0.5 - (time.monotonic() - batch_began))
                 if not alive and args.keep_going and all(system.alive().values()) \
@@ -394,13 +415,15 @@ async def _bench(args: argparse.Namespace) -> int:
             end: dict[str, ProcStats] = {}
             settled_s = 0.0
             if alive:
-                end, settled_s = await settle(system, base, args.settle, args.rss_tolerance,
-                                              FD_TOLERANCE)
+                end, settled_s = await settle(system, warm, base, args.settle,
+                                              args.rss_tolerance, FD_TOLERANCE)
                 for name in base:
-                    if not within(base[name], end[name], args.rss_tolerance, FD_TOLERANCE):
+                    if not within(warm[name], base[name], end[name], args.rss_tolerance,
+                                  FD_TOLERANCE):
                         finding = Finding("resources", name, args.seed, None,
                                           f"{name} did not come back to its baseline within "
-                                          f"{args.settle:.0f} s: {base[name].as_dict()} -> "
+                                          f"{args.settle:.0f} s: cold {base[name].as_dict()}, "
+                                          f"warm {warm[name].as_dict()} -> "
                                           f"{end[name].as_dict()}")
                         tally.findings.append(finding)
                         _report(finding)
@@ -449,9 +472,10 @@ async def _bench(args: argparse.Namespace) -> int:
         "server_event_loop_lag_over_100ms": lag_over(metrics1) - lag_over(metrics0),
         "live_call_quiet_db": {"received": final_stats.get("received_quiet_db"),
                                "sent": final_stats.get("sent_quiet_db")},
-        "server": {"start": base["server"].as_dict(),
+        "warmup_cases": warmup if warm is not base else 0,
+        "server": {"start": base["server"].as_dict(), "warm": warm["server"].as_dict(),
                    "end": end["server"].as_dict() if end else None},
-        "worker": {"start": base["worker"].as_dict(),
+        "worker": {"start": base["worker"].as_dict(), "warm": warm["worker"].as_dict(),
                    "end": end["worker"].as_dict() if end else None},
         "tolerance": {"rss_mib": args.rss_tolerance, "rss_share": RSS_TOLERANCE_SHARE,
                       "fds": FD_TOLERANCE, "settle_s": args.settle},
@@ -492,8 +516,12 @@ def register_bench_fuzz(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--settle", type=float, default=30.0,
                         help="seconds RSS and fds get to come back to the baseline at the end")
     parser.add_argument("--rss-tolerance", type=float, default=RSS_TOLERANCE_MIB,
-                        help="MiB over the baseline RSS still counted as back (or 10%% of "
-                             "it, whichever is more)")
+                        help="MiB over the warm baseline RSS still counted as back (or 10%% "
+                             "of it, whichever is more)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help=f"cases before the memory baseline is taken (default "
+                             f"{WARMUP_CASES}, or a tenth of a shorter run; fds are judged "
+                             f"against the cold start)")
     parser.add_argument("--connect-timeout", type=float, default=10.0,
                         help="the server's --connect-timeout (sessions that never connect)")
     parser.add_argument("--min-denoised-share", type=float, default=MIN_DENOISED_SHARE,
