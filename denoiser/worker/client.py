@@ -39,6 +39,7 @@ from denoiser.engine.stats import Series
 from denoiser.worker import protocol as wire
 from denoiser.worker.address import parse_address
 from denoiser.worker.bulk import MAX_HANDLE, decode_bulk_result, encode_bulk_tick
+from denoiser.worker.framing import MessageReader
 from denoiser.worker.handshake import greet
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, Status, TickEntry
 
@@ -174,7 +175,8 @@ class RemoteEngine(Engine):
         for stream_id in self._streams:
             self._streams[stream_id] = True  # the worker has no state for them
         self.stats.connects += 1
-        self._reader_task = asyncio.create_task(self._read(reader), name="worker-reader")
+        messages = MessageReader.take_over(reader, writer, wire.MAX_PAYLOAD)  # before any await
+        self._reader_task = asyncio.create_task(self._read(messages), name="worker-reader")
         self._heartbeat_task = asyncio.create_task(self._heartbeat(writer),
                                                    name="worker-heartbeat")
         log.info("connected to worker", extra={"worker": self.address,
@@ -264,12 +266,12 @@ class RemoteEngine(Engine):
         for stream_id in self._streams:
             self._streams[stream_id] = True
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, messages: MessageReader) -> None:
         reason = "worker connection lost"
         loop = asyncio.get_running_loop()
         try:
             while True:
-                kind, payload = await wire.read_message(reader)
+                kind, payload = await messages.read()
                 self._heard = loop.time()
                 if kind is MessageType.RESULT and self.layout == wire.BULK_LAYOUT:
                     self._on_bulk_result(payload)
@@ -303,7 +305,7 @@ class RemoteEngine(Engine):
             self._resolve(sent, seq, entry.stream_id, entry.status, entry.samples, entry.reason)
         self._left_out(sent)
 
-    def _on_bulk_result(self, payload: bytes) -> None:
+    def _on_bulk_result(self, payload: bytes | memoryview) -> None:
         result = decode_bulk_result(payload)
         sent = self._sent.pop(result.seq, None)
         if sent is None:

@@ -265,7 +265,7 @@ def decode_header(data: bytes) -> Header:
 class _Reader:
     """Bounds-checked reads from one payload."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes | memoryview) -> None:
         self.data = memoryview(payload)
         self.offset = 0
 
@@ -311,7 +311,7 @@ class _Reader:
             raise ProtocolError(f"{len(self.data) - self.offset} unexpected bytes at the end")
 
 
-def decode_hello(payload: bytes) -> Hello:
+def decode_hello(payload: bytes | memoryview) -> Hello:
     reader = _Reader(payload)
     node = reader.text(_U16)
     (layout,) = reader.unpack(_U8)
@@ -324,7 +324,7 @@ def decode_hello(payload: bytes) -> Hello:
     return Hello(node, layout)
 
 
-def decode_challenge(payload: bytes) -> Challenge:
+def decode_challenge(payload: bytes | memoryview) -> Challenge:
     reader = _Reader(payload)
     nonce = bytes(reader.take(NONCE_BYTES))
     (required,) = reader.unpack(_U8)
@@ -332,7 +332,7 @@ def decode_challenge(payload: bytes) -> Challenge:
     return Challenge(nonce, bool(required))
 
 
-def decode_auth(payload: bytes) -> bytes:
+def decode_auth(payload: bytes | memoryview) -> bytes:
     reader = _Reader(payload)
     (size,) = reader.unpack(_U8)
     if size not in (0, MAC_BYTES):
@@ -342,7 +342,7 @@ def decode_auth(payload: bytes) -> bytes:
     return mac
 
 
-def decode_welcome(payload: bytes) -> Welcome:
+def decode_welcome(payload: bytes | memoryview) -> Welcome:
     reader = _Reader(payload)
     sample_rate, hop_size, latency, max_streams, heartbeat_ms = reader.unpack(_WELCOME)
     description = reader.text(_U16)
@@ -354,14 +354,14 @@ def decode_welcome(payload: bytes) -> Welcome:
     return Welcome(sample_rate, hop_size, latency, max_streams, description, heartbeat_ms)
 
 
-def decode_ping(payload: bytes) -> int:
+def decode_ping(payload: bytes | memoryview) -> int:
     reader = _Reader(payload)
     (token,) = reader.unpack(_PING)
     reader.finish()
     return int(token)
 
 
-def decode_tick(payload: bytes) -> tuple[int, list[TickEntry]]:
+def decode_tick(payload: bytes | memoryview) -> tuple[int, list[TickEntry]]:
     reader = _Reader(payload)
     seq, count = reader.seq_and_count()
     entries = []
@@ -380,7 +380,7 @@ def decode_tick(payload: bytes) -> tuple[int, list[TickEntry]]:
     return seq, entries
 
 
-def decode_result(payload: bytes) -> tuple[int, list[ResultEntry]]:
+def decode_result(payload: bytes | memoryview) -> tuple[int, list[ResultEntry]]:
     reader = _Reader(payload)
     seq, count = reader.seq_and_count()
     entries = []
@@ -399,7 +399,7 @@ def decode_result(payload: bytes) -> tuple[int, list[ResultEntry]]:
     return seq, entries
 
 
-def decode_error(payload: bytes) -> str:
+def decode_error(payload: bytes | memoryview) -> str:
     reader = _Reader(payload)
     reason = reader.text(_U16)
     reader.finish()

@@ -32,6 +32,7 @@ from denoiser.engine.local import LocalEngine
 from denoiser.worker import protocol as wire
 from denoiser.worker.bulk import decode_bulk_tick
 from denoiser.worker.bulk_server import BulkStreams
+from denoiser.worker.framing import MessageReader
 from denoiser.worker.handshake import FailureLog, HandshakeFailed, accept
 from denoiser.worker.limits import HANDSHAKE_TIMEOUT_S, HEARTBEAT_TIMEOUT_S, MAX_HANDSHAKES
 from denoiser.worker.protocol import Flags, MessageType, ProtocolError, ResultEntry, Status
@@ -213,9 +214,10 @@ class WorkerServer:
     async def _serve_node(self, conn: _Connection, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
+        messages = MessageReader.take_over(reader, writer, wire.MAX_PAYLOAD)
         try:
             while True:
-                kind, payload = await wire.read_message(reader)
+                kind, payload = await messages.read()
                 conn.heard = loop.time()
                 if kind is MessageType.PING:
                     writer.write(wire.encode_ping(wire.decode_ping(payload), MessageType.PONG))

@@ -48,6 +48,8 @@ def test_bench_fuzz_smoke(host_ip: str, tmp_path: Path) -> None:
     assert summary["server"]["end"] is not None and summary["worker"]["end"] is not None, why
     assert summary["findings"] == {}, why
     assert summary["ok"], why
+    # RSS is judged against the baseline after the warm-up (a tenth of the cases asked)
+    assert summary["warmup_cases"] >= 60 and summary["server"]["warm"] is not None, why
     # (bounded by --seconds: on a busy 2-core machine fewer cases run than asked)
     assert summary["cases_total"] >= min(FUZZ_CASES, 300), why
     assert set(summary["cases"]) == {"sdp", "json", "http", "split", "tokens", "rtp",
