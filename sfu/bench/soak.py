@@ -313,20 +313,26 @@ async def snapshot(system: LiveSystem) -> dict[str, Any]:
 
 def rss_trend(samples: list[tuple[float, float]], end_mib: float, run_s: float
               ) -> dict[str, Any]:
-    """Whether the server's RSS still rises once warm: the first sample a third into the run
-    against the highest of the last third (and the end). The first minutes are left out of
-    the judgement, not of the report: a cold server reads in library pages and grows its
+    """Whether the server's RSS still rises once warm: the middle third of the run against the
+    last third (and the end), top against top and bottom against bottom. The first third is left
+    out of the judgement, not of the report: a cold server reads in library pages and grows its
     allocator's arenas up to the high-water mark of the calls at once, and that is paid once.
-    Flat: at most max(8 MiB, 5 %) more."""
-    warm = next(((t, r) for t, r in samples if t >= run_s / 3), None)
+    Envelopes, not single samples: between two heap trims the RSS saws up and down by tens of
+    MiB (glibc's free space, returned by `malloc_trim`), so one sample against a maximum would
+    measure the saw. Flat: neither envelope rises by more than max(8 MiB, 5 %)."""
+    middle = [r for t, r in samples if run_s / 3 <= t < 2 * run_s / 3]
     late = [r for t, r in samples if t >= 2 * run_s / 3] + [end_mib]
-    if warm is None:  # too short a run to tell: said so, and left to the other checks
-        return {"warm_at_s": None, "warm_mib": None, "late_max_mib": max(late),
+    if not middle:  # too short a run to tell: said so, and left to the other checks
+        return {"warm_at_s": None, "middle_mib": None, "late_mib": [min(late), max(late)],
                 "growth_mib": None, "judged": False, "flat": True}
-    growth = max(late) - warm[1]
-    return {"warm_at_s": round(warm[0]), "warm_mib": round(warm[1], 1),
-            "late_max_mib": round(max(late), 1), "growth_mib": round(growth, 1),
-            "judged": True, "flat": growth <= max(8.0, 0.05 * warm[1])}
+    top, bottom = max(late) - max(middle), min(late) - min(middle)
+    growth = max(top, bottom)
+    return {"warm_at_s": round(run_s / 3),
+            "middle_mib": [round(min(middle), 1), round(max(middle), 1)],
+            "late_mib": [round(min(late), 1), round(max(late), 1)],
+            "top_growth_mib": round(top, 1), "bottom_growth_mib": round(bottom, 1),
+            "growth_mib": round(growth, 1), "judged": True,
+            "flat": growth <= max(8.0, 0.05 * max(middle))}
 
 
 async def _bench(args: argparse.Namespace) -> int:
@@ -408,7 +414,8 @@ async def _bench(args: argparse.Namespace) -> int:
         "bench": "soak", "minutes": args.minutes, "seconds": round(time.monotonic() - began, 1),
         "calls": counts.calls, "impaired_calls": counts.impaired_calls,
         "failed_calls": counts.failed_calls, "loss": args.loss, "reorder": args.reorder,
-        "server": {"start": start["server"], "end": end["server"], "rss_trend": trend},
+        "server": {"start": start["server"], "end": end["server"], "rss_trend": trend,
+                   "rss_samples": [[round(t), round(r, 1)] for t, r in samples]},
         "worker": {"start": start["worker"], "end": end["worker"]},
         "frames": {"sent": counts.sent, "lost_by_impairment": counts.lost,
                    "reordered": counts.reordered, "server_frame_in": d["frame_in"],

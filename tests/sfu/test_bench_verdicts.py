@@ -36,13 +36,30 @@ def test_soak_judges_the_rss_once_warm() -> None:
     climb_then_plateau = [(60.0 * m, r) for m, r in
                           enumerate([110, 125, 135, 140, 141, 141, 142, 142, 142, 142])]
     trend = rss_trend(climb_then_plateau, 141.5, 600.0)
-    assert trend["flat"] and trend["warm_mib"] == 141 and trend["growth_mib"] == 1.0
-    # the same run still rising by 2 MiB a minute in its last two thirds: not flat
-    rising = [(60.0 * m, 110.0 + 25 * min(m, 1) + 2 * max(0, m - 3)) for m in range(10)]
+    assert trend["flat"] and trend["middle_mib"] == [141, 142] and trend["growth_mib"] == 0.5
+    # the same run still rising by 3 MiB a minute in its last two thirds: not flat
+    rising = [(60.0 * m, 110.0 + 25 * min(m, 1) + 3 * max(0, m - 3)) for m in range(10)]
     assert not rss_trend(rising, rising[-1][1], 600.0)["flat"]
-    # every sample before the warm point: reported, not judged
+    # every sample before the middle third: reported, not judged
     unjudged = rss_trend([(5.0, 100.0)], 101.0, 600.0)
     assert unjudged["growth_mib"] is None and unjudged["judged"] is False
+
+
+def test_soak_reads_a_sawtooth_by_its_envelopes() -> None:
+    """Between heap trims the RSS climbs 25 MiB and drops back: that saw is not growth, but
+    troughs (or peaks) that climb from one third to the next are."""
+    from sfu.bench.soak import rss_trend
+
+    def saw(t: float, rise_per_s: float = 0.0) -> float:
+        return 130.0 + 25.0 * ((t % 300.0) / 300.0) + rise_per_s * t
+
+    samples = [(t, saw(t)) for t in range(0, 1800, 36)]
+    flat = rss_trend(samples, saw(1799.0), 1800.0)
+    assert flat["flat"] and flat["top_growth_mib"] < 2 and flat["bottom_growth_mib"] < 2
+    # one trough against the next peak would have read about 25 MiB here
+    leaking = [(t, saw(t, 0.02)) for t in range(0, 1800, 36)]  # 12 MiB per 10 minutes
+    trend = rss_trend(leaking, saw(1799.0, 0.02), 1800.0)
+    assert not trend["flat"] and trend["bottom_growth_mib"] > 8
 
 
 def test_fuzz_judges_rss_against_the_warm_baseline_and_fds_against_the_cold_start() -> None:
