@@ -513,8 +513,9 @@ def register_bench_fuzz(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help="replay: run only case K of each of --targets")
     parser.add_argument("--batch", type=int, default=60, help="cases between two checks")
     parser.add_argument("--concurrency", type=int, default=12, help="cases in flight at once")
-    parser.add_argument("--settle", type=float, default=30.0,
-                        help="seconds RSS and fds get to come back to the baseline at the end")
+    parser.add_argument("--settle", type=float, default=75.0,
+                        help="seconds RSS and fds get to come back to the baseline at the end "
+                             "(long enough for one of the server's heap trims, each minute)")
     parser.add_argument("--rss-tolerance", type=float, default=RSS_TOLERANCE_MIB,
                         help="MiB over the warm baseline RSS still counted as back (or 10%% "
                              "of it, whichever is more)")
