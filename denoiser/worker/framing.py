@@ -40,8 +40,7 @@ class MessageReader(asyncio.BufferedProtocol):
         self._queue_limit = queue_limit
         self._staging = bytearray(STAGING_BYTES)
         self._staged = 0  # bytes of `_staging` filled, not yet parsed
-        self._big: np.ndarray | None = None  # the large payload being received
-        self._big_view: memoryview | None = None
+        self._big_view: memoryview | None = None  # the large payload being received (its array)
         self._big_have = 0
         self._big_kind = MessageType.PING
         self._ready: collections.deque[Message] = collections.deque()
@@ -104,7 +103,7 @@ class MessageReader(asyncio.BufferedProtocol):
             self._big_have += nbytes
             if self._big_have == len(self._big_view):
                 payload = self._big_view.toreadonly()
-                self._big = self._big_view = None
+                self._big_view = None
                 self._deliver((self._big_kind, payload))
             return
         self._staged += nbytes
@@ -140,8 +139,7 @@ class MessageReader(asyncio.BufferedProtocol):
                 self._deliver((header.type, bytes(data[body:body + header.length])))
                 start = body + header.length
             elif header.length > len(self._staging) - HEADER.size:
-                self._big = np.empty(header.length, np.uint8)
-                self._big_view = self._big.data
+                self._big_view = np.empty(header.length, np.uint8).data  # no zero-fill
                 self._big_view[:have] = data[body:self._staged]
                 self._big_have, self._big_kind = have, header.type
                 start = self._staged
