@@ -38,7 +38,11 @@ Each has its own hysteresis so decisions do not flicker:
   is found; a music bypass that starts within it takes over. The classifier needs 100-200 ms
   of a stream to say music, and with DFN3 every hop of music denoised before that is lost
   (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 120 ms of a line passed as it
-  is at a call's opening costs little (docs/bypass.md: the noisy-speech figures).
+  is at a call's opening costs little (docs/bypass.md: the noisy-speech figures). Past
+  120 ms the hold goes on, up to `start_extend_ms` (300 ms), while the latest frame still leans
+  to music (P(music) + P(speech over music) >= `start_extend_min`, 0.75): an opening of music
+  still undecided at 120 ms would otherwise fade in denoised for the 50-200 ms the classifier
+  takes, and the first frames of noisy speech rarely lean that far.
   See docs/bypass.md for the measurements behind these numbers.
 """
 
@@ -89,7 +93,8 @@ class BypassDetector:
                  classifier: MusicClassifier | None = None, use_music: bool = True,
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
                  music_frames: int = frames(160), start_hold_ms: float = 120.0,
-                 start_release: float = 0.2, start_on_music_only: bool = False) -> None:
+                 start_release: float = 0.2, start_on_music_only: bool = False,
+                 start_extend_ms: float = 300.0, start_extend_min: float = 0.75) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
@@ -111,6 +116,10 @@ class BypassDetector:
         # A stream's first hops pass untouched until the classifier has had its say (module doc)
         self.start_hops = round(start_hold_ms / 10) if self.classifier is not None else 0
         self.start_release = start_release
+        # past `start_hold_ms` the hold goes on, up to `start_extend_ms`, while the latest
+        # frame still leans to music (module doc)
+        self.start_extend_hops = round(start_extend_ms / 10) if self.start_hops else 0
+        self.start_extend_min = start_extend_min
         self.start_on_music_only = start_on_music_only
         self._starting = self.start_hops > 0
         self._start_against = 0
@@ -198,7 +207,7 @@ class BypassDetector:
             # hops, so no hop carries all of it
             self._music_active = self._update_music(self._last_frame_ms)
         if self._starting and ((self._music_active and not self._music_early)
-                               or self._hops > self.start_hops):
+                               or (self._hops > self.start_hops and not self._start_extends())):
             self._starting = False  # confirmed music takes over, or the hold's time is up
         cue = self._fast.detect()
         self._check_answer(hop_ms, self._fast.narrow)
@@ -220,6 +229,10 @@ class BypassDetector:
         else:
             self.reason = None
         return self.reason
+
+    def _start_extends(self) -> bool:
+        """Whether the start hold goes on past `start_hold_ms` (module doc)."""
+        return self._hops <= self.start_extend_hops and self.p_hold >= self.start_extend_min
 
     def _update_provisional(self, cue: bool, confirmed: bool) -> str | None:
         """A tone seen by the fast 20 ms cue for 2 hops starts a provisional bypass (with the

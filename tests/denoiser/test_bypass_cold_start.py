@@ -5,10 +5,14 @@ corpus needed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import soundfile as sf
 
 from denoiser.bypass import BypassDetector
-from support.sample_audio import noisy_example
+from denoiser.bypass.analysis import resample
+from support.sample_audio import NOISE_FILE, noisy_example
 
 SR, HOP = 48_000, 480
 
@@ -36,8 +40,8 @@ def keyboard_music(seconds: float, seed: int = 0) -> np.ndarray:
     return (out / np.sqrt(np.mean(out**2)) * 10 ** (-24 / 20)).astype(np.float32)
 
 
-def bypassed(x: np.ndarray) -> np.ndarray:
-    det = BypassDetector()
+def bypassed(x: np.ndarray, **detector: Any) -> np.ndarray:
+    det = BypassDetector(**detector)
     return np.array([det.update(x[i : i + HOP]) is not None
                      for i in range(0, len(x) - HOP + 1, HOP)])
 
@@ -57,3 +61,43 @@ def test_noisy_speech_at_the_opening_leaves_the_start_hold() -> None:
         release = int(np.argmin(b))
         assert release <= start + 1, f"{snr} dB: the start hold lasted {release} hops"
         assert b.mean() <= 0.05, f"{snr} dB: {b.sum()} hops bypassed"
+
+
+def over_dishes(x: np.ndarray, snr_db: float) -> np.ndarray:
+    noise, sr = sf.read(NOISE_FILE, dtype="float32", always_2d=True)
+    noise = np.resize(resample(noise.mean(1), sr, SR), len(x))
+    gain = np.sqrt(np.mean(x**2) / np.mean(noise**2)) * 10 ** (-snr_db / 20)
+    return (x + gain * noise).astype(np.float32)
+
+
+def timeline(x: np.ndarray, **detector: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per hop: bypassed, still in the start hold, and the classifier's P(music) + P(speech
+    over music) on the latest frame."""
+    det = BypassDetector(**detector)
+    rows = [(det.update(x[i : i + HOP]) is not None, det._starting, det.p_hold)
+            for i in range(0, len(x) - HOP + 1, HOP)]
+    b, starting, p_hold = (np.array(c) for c in zip(*rows, strict=True))
+    return b, starting, p_hold
+
+
+def test_music_still_undecided_when_the_start_hold_ends_stays_held() -> None:
+    """Hold music over a noise bed (0 dB) is not yet confirmed when the 120 ms hold runs out: the
+    hold goes on while the classifier leans to music, so no hop of it fades in denoised."""
+    det = BypassDetector()
+    start, longest, lean = det.start_hops, det.start_extend_hops, det.start_extend_min
+    for seed in (0, 2):
+        x = over_dishes(keyboard_music(4.0, seed), 0.0)
+        cut = bypassed(x, start_extend_ms=0.0)  # the hold as it was: 120 ms, then denoise
+        assert not cut[start : start + 10].all(), "the case must leave the 120 ms hold undecided"
+        b, starting, p_hold = timeline(x)
+        assert b.all(), f"denoised hops: {np.flatnonzero(~b)[:10]}"
+        extended = np.flatnonzero(starting[start:]) + start
+        assert len(extended), "the hold must go on past 120 ms here"
+        assert extended.max() < longest, "the hold never outlasts start_extend_ms"
+        assert (p_hold[extended] >= lean).all(), "it goes on only while the frame leans to music"
+
+
+def test_noisy_speech_does_not_extend_the_start_hold() -> None:
+    for snr in (0.0, 5.0, 10.0):
+        _, starting, _ = timeline(noisy_example(6.0, snr))
+        assert not starting[BypassDetector().start_hops + 1 :].any(), f"{snr} dB"
