@@ -39,7 +39,7 @@ Each has its own hysteresis so decisions do not flicker:
   of a stream to say music, and with DFN3 every hop of music denoised before that is lost
   (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 120 ms of a line passed as it
   is at a call's opening costs little (docs/bypass.md: the noisy-speech figures). Past
-  120 ms the hold goes on, up to `start_extend_ms` (300 ms), while the latest frame still leans
+  120 ms the hold goes on, up to `start_extend_ms` (500 ms), while the latest frame still leans
   to music (P(music) + P(speech over music) >= `start_extend_min`, 0.75): an opening of music
   still undecided at 120 ms would otherwise fade in denoised for the 50-200 ms the classifier
   takes, and the first frames of noisy speech rarely lean that far.
@@ -94,7 +94,7 @@ class BypassDetector:
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
                  music_frames: int = frames(160), start_hold_ms: float = 120.0,
                  start_release: float = 0.2, start_on_music_only: bool = False,
-                 start_extend_ms: float = 300.0, start_extend_min: float = 0.75) -> None:
+                 start_extend_ms: float = 500.0, start_extend_min: float = 0.75) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
