@@ -39,13 +39,24 @@ def export_weights(model: StreamingModel, out: Path, settings: dict[str, object]
     return path
 
 
-def ship_weights(run_weights: Path, out: Path, note: str = "") -> Path:
+def ship_weights(run_weights: Path, out: Path, note: str = "", half: bool = True,
+                 parent: Path | None = None) -> Path:
     """A run's exported weights as a shipped file: float16 (half the size; the engine computes
-    in float32 either way), the run's provenance kept, `note` added."""
+    in float32 either way) unless `half` is off, the run's provenance kept, `note` added, and
+    with `parent` (the shipped file the run started from) that file's provenance kept as
+    `provenance["parent"]`, so where the first weights came from, and their licence, travel
+    with every fine-tune of them."""
     body = torch.load(run_weights, map_location="cpu", weights_only=True)
-    body["state_dict"] = {k: v.half() if v.is_floating_point() else v
-                          for k, v in body["state_dict"].items()}
-    body.setdefault("provenance", {})["shipped"] = note
+    if half:
+        body["state_dict"] = {k: v.half() if v.is_floating_point() else v
+                              for k, v in body["state_dict"].items()}
+    provenance = body.setdefault("provenance", {})
+    provenance["shipped"] = note
+    if parent is not None:
+        origin = torch.load(parent, map_location="cpu", weights_only=True)
+        provenance["parent"] = origin.get("provenance", {})
+        if "model" in origin:  # the tag some loaders know a model family by (gtcrn48)
+            body.setdefault("model", origin["model"])
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(body, out)
     return out
@@ -86,15 +97,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--average", action="store_true",
                         help="ship the mean of the given checkpoints (--keep-checkpoints)")
     parser.add_argument("--note", default="", help="kept in the file's provenance")
+    parser.add_argument("--float32", action="store_true",
+                        help="keep float32 (a small network: the file is what was measured)")
+    parser.add_argument("--parent", type=Path, default=None,
+                        help="the shipped file the run started from: its provenance is kept")
     args = parser.parse_args(argv)
+    options = {"note": args.note, "half": not args.float32, "parent": args.parent}
     if not args.average:
         if len(args.run_weights) != 1:
             parser.error("several inputs need --average")
-        print(ship_weights(args.run_weights[0], args.out, args.note))
+        print(ship_weights(args.run_weights[0], args.out, **options))
         return
     with tempfile.TemporaryDirectory() as tmp:
         averaged = average_checkpoints(args.run_weights, Path(tmp))
-        print(ship_weights(averaged, args.out, args.note))
+        print(ship_weights(averaged, args.out, **options))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,21 @@ def test_kept_checkpoints_average_into_a_shipped_file(tmp_path: Path, capsys) ->
     assert not (tmp_path / "models" / "avg.averaged").exists()
     with pytest.raises(SystemExit):
         export_main([*map(str, kept), str(tmp_path / "x.pt")])  # several files need --average
+
+
+def test_shipped_file_keeps_its_parent_and_can_stay_float32(tmp_path: Path) -> None:
+    """`--parent` keeps the provenance (source, licence) of the file a run started from, and
+    its model tag; `--float32` ships the weights unrounded."""
+    out = tmp_path / "run"
+    assert main([*ARGS, "--steps", "1", "--out", str(out)]) == 0
+    parent = tmp_path / "parent.pt"
+    torch.save({"model": "tag", "state_dict": {},
+                "provenance": {"weights": {"licence": "MIT (upstream)"}}}, parent)
+    shipped = tmp_path / "shipped.pt"
+    export_main([str(out / "dfn3.pt"), str(shipped), "--float32", "--parent", str(parent)])
+    body = torch.load(shipped, weights_only=True)
+    run = torch.load(out / "dfn3.pt", weights_only=True)
+    assert body["state_dict"]["kernel"].dtype == torch.float32
+    assert torch.equal(body["state_dict"]["kernel"], run["state_dict"]["kernel"])
+    assert body["provenance"]["parent"] == {"weights": {"licence": "MIT (upstream)"}}
+    assert body["model"] == "tag"
