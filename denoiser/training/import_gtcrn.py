@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     from denoiser.model.gtcrn import MODEL_NAME
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("out", type=Path, help="e.g. models/gtcrn48_published.pt (the published weights; gtcrn48.pt is their fine-tune)")
+    parser.add_argument("out", type=Path,
+                        help="e.g. models/gtcrn48_published.pt (the published weights; "
+                             "gtcrn48.pt is their fine-tune)")
     parser.add_argument("--support-hops", type=int, default=3,
                         help="synthesis window in hops: 3 = 20 ms latency, 2 = 10 ms")
     args = parser.parse_args(argv)

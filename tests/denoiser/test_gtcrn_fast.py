@@ -1,10 +1,10 @@
 """The small rung's fast path equals its reference implementation: `tests/data/
 gtcrn48_reference.pt` holds the output of GTCRN48 as it was before the speed work (batch
 norms as separate passes, SFE as copies, per-GRU projections reordered by copies; commit
-44c2b10) on a fixed two-stream input, with GTCRN's published weights (`models/gtcrn48_published.pt`, the
-parent of the fine-tuned `gtcrn48.pt`); the current code, eager and traced as the engine runs
-it, in batches and one stream at a time, must give the same samples (its `what` says how the
-file was made)."""
+44c2b10) on a fixed two-stream input, with GTCRN's published weights
+(`models/gtcrn48_published.pt`, the parent of the fine-tuned `gtcrn48.pt`); the current code,
+eager and traced as the engine runs it, in batches and one stream at a time, must give the same
+samples (its `what` says how the file was made)."""
 
 from __future__ import annotations
 
