@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pause-share", type=float, default=_DEFAULTS["pause_share"],
                    help="share of mixes in which the talker pauses for 0.5-2 s, leaving noise "
                         "alone (default 0)")
+    p.add_argument("--talker-share", type=float, default=_DEFAULTS["talker_share"],
+                   help="share of mixes with a competing talker 12-24 dB under the wanted "
+                        "voice, on top of the noise (default 0)")
     p.add_argument("--steps", type=int, default=_DEFAULTS["steps"], help="total optimiser steps")
     p.add_argument("--batch", type=int, default=_DEFAULTS["batch"])
     p.add_argument("--seconds", type=float, default=_DEFAULTS["seconds"], help="mix length")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             fixed_batch=args.fixed_batch, lookahead=args.lookahead, size=args.size,
             distill=args.distill, device=args.device,
             min_speech_bak=args.min_speech_bak, pause_share=args.pause_share,
-            keep_checkpoints=args.keep_checkpoints)
+            talker_share=args.talker_share, keep_checkpoints=args.keep_checkpoints)
         trainer = Trainer(settings, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"denoise-sfu train: {exc}", file=sys.stderr)

@@ -68,6 +68,7 @@ class TrainSettings:
     distill: float = 0.0  # weight of the loss against the shipped DFN3's output (a teacher)
     min_speech_bak: float | None = None  # train only on speech passing the reference screen
     pause_share: float = 0.0  # share of mixes whose talker pauses (MixConfig.p_pause)
+    talker_share: float = 0.0  # share with a competing talker 12-24 dB under (MixConfig.p_talker)
     keep_checkpoints: bool = False  # also keep each checkpoint as checkpoint_step<N>.pt
     device: str = "cpu"
     loss: dict[str, object] = field(default_factory=dict)
@@ -90,6 +91,8 @@ class TrainSettings:
             raise ValueError("distill must be 0 or more")
         if not 0.0 <= self.pause_share <= 1.0:
             raise ValueError("pause_share must be within 0..1")
+        if not 0.0 <= self.talker_share <= 1.0:
+            raise ValueError("talker_share must be within 0..1")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -103,7 +106,8 @@ class TrainSettings:
 
     def mix_config(self) -> mixdata.MixConfig:
         """How this run's mixes (train and validation alike) are drawn."""
-        return mixdata.MixConfig(seconds=self.seconds, p_pause=self.pause_share)
+        return mixdata.MixConfig(seconds=self.seconds, p_pause=self.pause_share,
+                                 p_talker=self.talker_share)
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> TrainSettings:

@@ -31,18 +31,17 @@ from denoiser.training import data as mixdata
 from denoiser.training.export import export_weights
 from denoiser.training.loop import Trainer, TrainSettings
 
-PLAN_DATA_KEYS = ("min_speech_bak", "pause_share")
+PLAN_DATA_KEYS = ("min_speech_bak", "pause_share", "talker_share")
 
 
 class MixStream(IterableDataset):
     """Endless batches of (noisy, clean) from the train split; each worker has its own seed."""
 
-    def __init__(self, data: Path, batch: int, seconds: float, seed: int, hop: int,
-                 min_speech_bak: float | None = None, pause_share: float = 0.0) -> None:
+    def __init__(self, data: Path, batch: int, seed: int, hop: int, mix: mixdata.MixConfig,
+                 min_speech_bak: float | None = None) -> None:
         super().__init__()
-        self.data, self.batch, self.seconds, self.seed, self.hop = data, batch, seconds, seed, hop
-        self.min_speech_bak = min_speech_bak
-        self.pause_share = pause_share
+        self.data, self.batch, self.seed, self.hop = data, batch, seed, hop
+        self.mix, self.min_speech_bak = mix, min_speech_bak
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -50,7 +49,7 @@ class MixStream(IterableDataset):
         torch.set_num_threads(1)
         mixer = mixdata.Mixer(mixdata.scan(self.data, None, "train",
                                            min_speech_bak=self.min_speech_bak),
-                              mixdata.MixConfig(seconds=self.seconds, p_pause=self.pause_share))
+                              self.mix)
         rng = np.random.default_rng([self.seed, 7, worker])
         while True:
             noisy, clean = mixer.batch(rng, self.batch)
@@ -155,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     trainers = build_trainers(plan, args)
     hop = trainers[0].hop
     data = trainers[0].settings  # the plan's data keys, as every run's settings hold them
-    stream = MixStream(args.data, plan["batch"], plan["seconds"], args.seed, hop,
-                       data.min_speech_bak, data.pause_share)
+    stream = MixStream(args.data, plan["batch"], args.seed, hop, data.mix_config(),
+                       data.min_speech_bak)
     loader = DataLoader(stream,
                         batch_size=None, num_workers=args.workers,
                         pin_memory=device.type == "cuda",

@@ -216,3 +216,36 @@ def test_no_pause_share_draws_the_same_data_as_before(corpus: data.Corpus) -> No
         np.random.default_rng(3))
     assert np.array_equal(base.noisy, again.noisy) and "pause_s" not in base.meta
     assert not np.array_equal(base.clean, paused.clean)
+
+
+def test_a_competing_talker_sits_its_drawn_level_under_the_wanted_voice(
+        corpus: data.Corpus) -> None:
+    """With `p_talker`, another speaker is added to the noisy input only, `talker_db` (12-24 dB)
+    under the wanted voice; the target is the wanted voice alone, and `p_talker=0` takes nothing
+    from the random stream."""
+    cfg = data.MixConfig(seconds=2.0, p_talker=1.0, augment=aug.AugmentConfig.none())
+    mixer = data.Mixer(corpus, cfg)
+    rng = np.random.default_rng(5)
+    levels = []
+    for _ in range(4):
+        plain_rng = np.random.default_rng(rng.integers(1 << 30))
+        state = plain_rng.bit_generator.state
+        ex = mixer.draw(plain_rng)
+        below = float(ex.meta["talker_db"])
+        assert cfg.talker_db[0] <= below <= cfg.talker_db[1]
+        assert ex.meta["talker"] != ex.meta["speech"]
+        # the same draw without the talker: what differs is the talker, at its level
+        plain_rng.bit_generator.state = state
+        without = data.Mixer(corpus, dataclasses.replace(cfg, p_talker=0.0)).draw(plain_rng)
+        assert np.array_equal(ex.speech, without.speech)
+        gain = 10 ** (float(ex.meta["gain_db"]) / 20)
+        np.testing.assert_allclose(ex.clean, ex.speech * gain, atol=1e-6)  # no talker in it
+        talker = ex.noise - without.noise
+        assert aug.power(talker) > 0
+        assert snr_db(ex.speech, talker) == pytest.approx(below, abs=0.05)
+        levels.append(below)
+    assert np.ptp(levels) > 1.0
+    base = data.Mixer(corpus, data.MixConfig(seconds=1.0)).draw(np.random.default_rng(3))
+    again = data.Mixer(corpus, data.MixConfig(seconds=1.0, p_talker=0.0)).draw(
+        np.random.default_rng(3))
+    assert np.array_equal(base.noisy, again.noisy) and "talker" not in base.meta

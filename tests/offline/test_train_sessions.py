@@ -76,7 +76,8 @@ def test_together_steps_every_run_on_the_same_batches(tmp_path: Path) -> None:
     args = argparse.Namespace(data=SHARED_DATA_DIR, device="cpu", seed=0, threads=1,
                               out=tmp_path)
     trainers = together.build_trainers(plan, args)
-    stream = together.MixStream(SHARED_DATA_DIR, plan["batch"], plan["seconds"], 0, 480)
+    stream = together.MixStream(SHARED_DATA_DIR, plan["batch"], 0, 480,
+                                trainers[0].settings.mix_config())
     together.train_together(trainers, iter(stream), budget=600, probe=100,
                             device=torch.device("cpu"))
     for trainer in trainers:
@@ -94,7 +95,8 @@ def test_a_plans_data_keys_reach_every_run(tmp_path: Path) -> None:
     """One stream of mixes feeds all runs of a plan: the plan's screen and pause share are
     each run's settings too, so that its validation mixes are drawn alike and its
     settings.json says what it was trained on."""
-    plan = {"batch": 1, "seconds": 0.5, "min_speech_bak": 3.5, "pause_share": 0.5, "runs": [
+    plan = {"batch": 1, "seconds": 0.5, "min_speech_bak": 3.5, "pause_share": 0.5,
+            "talker_share": 0.6, "runs": [
         {"run": "a", "init": "tiny", "steps": 1, "val_size": 1},
         {"run": "b", "init": "tiny", "steps": 1, "val_size": 1}]}
     args = argparse.Namespace(data=SHARED_DATA_DIR, device="cpu", seed=0, threads=1,
@@ -102,6 +104,7 @@ def test_a_plans_data_keys_reach_every_run(tmp_path: Path) -> None:
     for trainer in together.build_trainers(plan, args):
         assert trainer.settings.min_speech_bak == 3.5
         assert trainer.val_mixer.config.p_pause == 0.5
+        assert trainer.val_mixer.config.p_talker == 0.6
 
 
 @needs_corpus
