@@ -39,10 +39,11 @@ Each has its own hysteresis so decisions do not flicker:
   of a stream to say music, and with DFN3 every hop of music denoised before that is lost
   (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 120 ms of a line passed as it
   is at a call's opening costs little (docs/bypass.md: the noisy-speech figures). Past
-  120 ms the hold goes on, up to `start_extend_ms` (500 ms), while the latest frame still leans
-  to music (P(music) + P(speech over music) >= `start_extend_min`, 0.75): an opening of music
-  still undecided at 120 ms would otherwise fade in denoised for the 50-200 ms the classifier
-  takes, and the first frames of noisy speech rarely lean that far.
+  120 ms the hold goes on, up to `start_extend_ms` (500 ms), while the stream's frames still
+  lean to music (P(music) + P(speech over music) >= `start_extend_min`, 0.85; it ends on
+  `start_extend_misses`, 2, frames in a row under that): an opening of music still undecided
+  at 120 ms would otherwise fade in denoised for the 50-200 ms the classifier takes, and the
+  first frames of noisy speech rarely lean that far.
   See docs/bypass.md for the measurements behind these numbers.
 """
 
@@ -94,7 +95,8 @@ class BypassDetector:
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
                  music_frames: int = frames(160), start_hold_ms: float = 120.0,
                  start_release: float = 0.2, start_on_music_only: bool = False,
-                 start_extend_ms: float = 500.0, start_extend_min: float = 0.75) -> None:
+                 start_extend_ms: float = 500.0, start_extend_min: float = 0.85,
+                 start_extend_misses: int = 2) -> None:
         if sample_rate % RATE or hop_size * RATE % sample_rate or hop_size * 100 != sample_rate:
             raise ValueError(
                 f"need a 10 ms hop at a multiple of {RATE} Hz, got {hop_size} at {sample_rate}")
@@ -120,6 +122,8 @@ class BypassDetector:
         # frame still leans to music (module doc)
         self.start_extend_hops = round(start_extend_ms / 10) if self.start_hops else 0
         self.start_extend_min = start_extend_min
+        self.start_extend_misses = start_extend_misses
+        self._lean_misses = 0  # frames in a row whose lean to music is under the bar
         self.start_on_music_only = start_on_music_only
         self._starting = self.start_hops > 0
         self._start_against = 0
@@ -232,7 +236,8 @@ class BypassDetector:
 
     def _start_extends(self) -> bool:
         """Whether the start hold goes on past `start_hold_ms` (module doc)."""
-        return self._hops <= self.start_extend_hops and self.p_hold >= self.start_extend_min
+        return (self._hops <= self.start_extend_hops
+                and self._lean_misses < self.start_extend_misses)
 
     def _update_provisional(self, cue: bool, confirmed: bool) -> str | None:
         """A tone seen by the fast 20 ms cue for 2 hops starts a provisional bypass (with the
@@ -296,10 +301,12 @@ class BypassDetector:
             return False
         if self._features.context_max_db < _SILENT_DB:
             self.p_music = self.p_hold = 0.0
+            self._lean_misses += 1
             return self._music_on
         p = self.classifier.proba(self._features.vector())
         self.p_music = float(p[1])
         self.p_hold = float(p[1] + p[3])  # music, or an announcement over music
+        self._lean_misses = 0 if self.p_hold >= self.start_extend_min else self._lean_misses + 1
         if self._starting:
             # the start hold ends on clear evidence against music: one frame far below
             # `start_release`, or two in a row below it (a stream's first frames are unsure,
