@@ -118,8 +118,8 @@ class BypassDetector:
         # A stream's first hops pass untouched until the classifier has had its say (module doc)
         self.start_hops = round(start_hold_ms / 10) if self.classifier is not None else 0
         self.start_release = start_release
-        # past `start_hold_ms` the hold goes on, up to `start_extend_ms`, while the latest
-        # frame still leans to music (module doc)
+        # past `start_hold_ms` the hold goes on, up to `start_extend_ms`, while the stream's
+        # frames still lean to music (module doc)
         self.start_extend_hops = round(start_extend_ms / 10) if self.start_hops else 0
         self.start_extend_min = start_extend_min
         self.start_extend_misses = start_extend_misses

@@ -262,8 +262,7 @@ class Mixer:
             parts.append(loop_to_length(read_48k(f, cfg.seconds, rng), n, rng))
             names.append(f.path.name)
         if rng.random() < cfg.p_babble:
-            others = [f for f in self.corpus.speech if f.group != exclude.group] or \
-                self.corpus.speech
+            others = self._other_speakers(exclude)
             k = int(rng.integers(cfg.babble_speakers[0], cfg.babble_speakers[1] + 1))
             babble = np.zeros(n, np.float32)
             for _ in range(k):
@@ -290,11 +289,14 @@ class Mixer:
                 noise = aug.lowpass(noise, band_hz)
         return noise, names
 
+    def _other_speakers(self, exclude: AudioFile) -> list[AudioFile]:
+        """Speech files of other speakers than `exclude`'s (all of them if there are none)."""
+        return [f for f in self.corpus.speech if f.group != exclude.group] or self.corpus.speech
+
     def _talker(self, rng: np.random.Generator, exclude: AudioFile, band_hz: float) -> tuple[
             np.ndarray, str]:
         """One other speaker's voice, `length` samples, in the wanted voice's band."""
-        others = [f for f in self.corpus.speech if f.group != exclude.group] or \
-            self.corpus.speech
+        others = self._other_speakers(exclude)
         f = others[int(rng.integers(len(others)))]
         voice = loop_to_length(read_48k(f, self.config.seconds, rng), self.length, rng)
         if band_hz < SAMPLE_RATE / 2:
