@@ -20,6 +20,8 @@ from denoiser.paths import MODELS_DIR
 # "speech_over_music" is an announcement on hold: it may keep a music bypass, never start one.
 CLASSES: tuple[str, ...] = ("speech", "music", "noise", "speech_over_music")
 DEFAULT_PATH = MODELS_DIR / "bypass_classifier.npz"
+# one model's arrays; in an ensemble file each has the suffix _k of member k
+MEMBER_FIELDS: tuple[str, ...] = ("mean", "std", "w1", "b1", "w2", "b2")
 
 
 class MusicClassifier:
@@ -33,8 +35,7 @@ class MusicClassifier:
         with np.load(path) as z:
             keys = ([f"_{k}" for k in range(int(z["members"]))] if "members" in z.files
                     else [""])
-            members = [{n: z[n + k].astype(np.float32) for n in ("mean", "std", "w1", "b1",
-                                                                 "w2", "b2")} for k in keys]
+            members = [{n: z[n + k].astype(np.float32) for n in MEMBER_FIELDS} for k in keys]
             self.combine = str(z["combine"]) if "combine" in z.files else "mean"
         if self.combine not in ("mean", "max"):
             raise ValueError(f"{path}: combine must be mean or max, got {self.combine!r}")

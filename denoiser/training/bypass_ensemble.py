@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-FIELDS = ("mean", "std", "w1", "b1", "w2", "b2")
+from denoiser.bypass.classifier import MEMBER_FIELDS
 
 
 def read_member(spec: str) -> dict[str, np.ndarray]:
@@ -34,7 +34,7 @@ def read_member(spec: str) -> dict[str, np.ndarray]:
         if index and int(index) >= int(z["members"]):
             raise ValueError(f"{path} has {int(z['members'])} members, no member {index}")
         suffix = f"_{index}" if index else ""
-        member = {n: np.asarray(z[n + suffix], np.float32) for n in FIELDS}
+        member = {n: np.asarray(z[n + suffix], np.float32) for n in MEMBER_FIELDS}
     n_in, hidden = member["w1"].shape
     if (member["mean"].shape != (n_in,) or member["std"].shape != (n_in,)
             or member["b1"].shape != (hidden,) or member["w2"].shape[0] != hidden
