@@ -20,6 +20,12 @@ Cues that say "music" rather than "not this voice" (issue 16):
   (speech's syllables), against 0.5-10 Hz;
 - rhythm: the strongest autocorrelation of the onset envelope (positive flux) over the last 2 s
   at lags of 0.2-1 s (a beat repeats; syllables do not keep time).
+- floor tonality (`FloorTonality`): how far the narrow peaks of the context's spectral floor
+  (each bin's minimum over the last second, 80-2000 Hz) stand above their surroundings.
+  Partials that ring through a whole second (held notes, chords, a bass line that returns to
+  its notes) survive the minimum as sharp peaks; a voice's harmonics move with its pitch and
+  its pauses empty every bin, so its floor is the noise's: smooth. In the music dev set the
+  third-largest prominence was 10-40 dB (median 18), on noisy speech 9-12 dB.
 """
 
 from __future__ import annotations
@@ -71,6 +77,47 @@ def mel_filterbank(freqs: np.ndarray, n_mels: int = N_MELS, lo: float = 60.0,
     return fb
 
 
+FLOOR_BAND = (80.0, 2000.0)
+FLOOR_SMOOTH = 21  # bins (7.8 Hz each at 16 kHz): the surroundings a floor peak stands above
+FLOOR_RANK = 3  # the third-largest peak: one stray bin or one held partial is not enough
+
+
+class FloorTonality:
+    """The floor-tonality cue (module doc), one frame at a time: the third-largest prominence
+    (dB) of the local maxima of each bin's minimum log power over the last `LONG` frames."""
+
+    def __init__(self, spec: SlidingSpectrum) -> None:
+        self.spec = spec
+        self._cols = spec.band(*FLOOR_BAND)
+        n = self._cols.stop - self._cols.start
+        self._ring = np.full((LONG, n), np.inf)
+        self._count = 0
+        self._padded = np.zeros(n + FLOOR_SMOOTH)
+
+    def push(self) -> float:
+        """Add the current frame's spectrum; returns the cue over the context so far."""
+        ring = self._ring
+        lp = ring[self._count % LONG]
+        np.log10(self.spec.power[self._cols] + 1e-12, out=lp)
+        lp *= 10.0
+        self._count += 1
+        floor = ring.min(axis=0) if self._count >= LONG else ring[: self._count].min(axis=0)
+        half = FLOOR_SMOOTH // 2
+        padded = self._padded
+        # [0, edge x half, floor, edge x half]: its cumulative sum gives the centred mean
+        padded[1 : half + 1] = floor[0]
+        padded[half + 1 : half + 1 + len(floor)] = floor
+        padded[half + 1 + len(floor) :] = floor[-1]
+        cs = np.cumsum(padded)
+        base = (cs[FLOOR_SMOOTH:] - cs[:-FLOOR_SMOOTH]) / FLOOR_SMOOTH
+        mid = floor[1:-1]
+        is_peak = (mid >= floor[:-2]) & (mid >= floor[2:])
+        peaks = mid[is_peak] - base[1:-1][is_peak]
+        if len(peaks) < FLOOR_RANK:
+            return 0.0
+        return float(np.partition(peaks, -FLOOR_RANK)[-FLOOR_RANK])
+
+
 class ContextFeatures:
     """Streaming feature extractor: call `push(...)` once per frame, read `vector()`.
 
@@ -117,6 +164,8 @@ class ContextFeatures:
         # ring[k] = (row, row**2) of frame k; acc = running sums of both over the long and the
         # short context
         self.ring = np.zeros((LONG, 2, self.n_hop))
+        self._floor = FloorTonality(spec)
+        self.floor_db = 0.0
         self._zero = np.zeros((2, self.n_hop))
         self.acc = np.zeros((2, 2, self.n_hop))
         self.count = 0
@@ -155,6 +204,7 @@ class ContextFeatures:
         row[:N_GROUPS] = self._shape @ lm
         row[N_GROUPS:] = (flux, flat, peak_ratio, persist, e, de, persist2, gc, gs, gw)
         self._flux[count % RHYTHM] = flux
+        self.floor_db = self._floor.push()
         np.multiply(row, row, out=new[1])
         self.acc += new
         self.acc[0] -= gone_long
@@ -239,7 +289,7 @@ class ContextFeatures:
             ml[:g], (float(sdl[:g].sum()) / g,), ml[g:b], sdl[g:b], m[1, g:b],
             (sdl[b], sd[1, b], pauses, ml[b + 1] / 10.0, n / LONG),
             (ml[self._P2], m[1, self._P2], grid[0], grid[1], self._syllable_share(e),
-             self._rhythm()))).astype(np.float32)
+             self._rhythm(), self.floor_db / 10.0))).astype(np.float32)
 
     def _syllable_share(self, e: np.ndarray) -> float:
         """Share of the energy envelope's modulation power (0.5-10 Hz) at 2.5-6 Hz, over the
@@ -270,9 +320,7 @@ class ContextFeatures:
         return max(0.0, max(ac) / den)
 
 
-N_FEATURES = N_GROUPS + 1 + 12 + 5 + 6
-
-
+N_FEATURES = N_GROUPS + 1 + 12 + 5 + 6 + 1
 class OpeningDrone:
     """Does a stream open on a drone? From the 20 ms spectrum, every hop of its first 300 ms.
 

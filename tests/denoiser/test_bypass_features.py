@@ -1,6 +1,7 @@
 """The music cues of `ContextFeatures` on synthesised signals whose answer is known: notes on a
 semitone grid (any tuning) against a gliding voice-like pitch, a steady beat against random
-onsets, syllable-rate modulation against slow modulation. No corpus needed."""
+onsets, syllable-rate modulation against slow modulation, partials that ring through the
+context against a voice's in noise. No corpus needed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from denoiser.bypass.detector import BypassDetector
 from denoiser.bypass.features import N_FEATURES
 
 RATE, HOP = 16_000, 160
-GRID_L, SYL, RHYTHM = N_FEATURES - 4, N_FEATURES - 2, N_FEATURES - 1
+GRID_L, SYL, RHYTHM, FLOOR = N_FEATURES - 5, N_FEATURES - 3, N_FEATURES - 2, N_FEATURES - 1
 
 
 def vectors(x: np.ndarray) -> np.ndarray:
@@ -82,3 +83,24 @@ def test_syllable_rate_modulation_is_seen() -> None:
     fast = vectors(noise * (1.05 + np.sin(2 * np.pi * 4.0 * t)))[30:, SYL]
     slow = vectors(noise * (1.05 + np.sin(2 * np.pi * 1.0 * t)))[30:, SYL]
     assert np.median(fast) > 0.6 and np.median(slow) < 0.3, (np.median(fast), np.median(slow))
+
+
+def test_partials_that_ring_through_the_context_raise_the_floor_tonality() -> None:
+    """A chord held for a second and more (over noise) keeps sharp peaks in the spectral floor;
+    a gliding voice-like pitch with syllable pauses over the same noise leaves the noise's
+    smooth floor."""
+    rng = np.random.default_rng(3)
+    n = 4 * RATE
+    t = np.arange(n) / RATE
+    noise = 0.01 * rng.standard_normal(n).astype(np.float32)
+    chords = np.zeros(n, np.float32)
+    for k, root in enumerate((220.0, 196.0)):  # two chords of 2 s each
+        part = slice(k * n // 2, (k + 1) * n // 2)
+        for ratio in (1.0, 1.26, 1.5):
+            chords[part] += harmonic(np.full(n // 2, root * ratio), 4) / 3
+    pauses = (np.sin(2 * np.pi * 4.0 * t) > -0.3).astype(np.float32)  # syllables and gaps
+    voice = glide(rng, 4.0) * pauses
+    held = vectors(0.05 * chords + noise)[30:, FLOOR] * 10
+    spoken = vectors(0.05 * voice + noise)[30:, FLOOR] * 10
+    assert np.median(held) > 15.0 and np.median(spoken) < 12.0, (
+        np.median(held), np.median(spoken))
