@@ -24,8 +24,9 @@ Each has its own hysteresis so decisions do not flicker:
   keeps the bypass and passes with the music intact, while speech over a music-like noise does
   not start one. In the first 2 s of a music bypass only P(music) keeps it (off after 0.3 s
   below 0.3): speech right after a short music-like sound is speech over noise. A drone (a
-  buzzer, hum, engine) is not music: for 3 s after one it cannot start a music bypass nor keep
-  a young one, and a young one found over a drone ends at once. A mel spectrum that has not
+  buzzer, hum, engine) is not music: for 3 s after one, and while one never went away under
+  what covers it (`DroneGuard.present`), it cannot start a music bypass nor keep a young one,
+  and a young one found over a drone ends at once. A mel spectrum that has not
   moved by 2 dB in 280 ms is still; a still stretch is a drone only when it is the same
   spectrum as a recent one that never went away meanwhile, lasts 1.2 s, or the stream opened on
   a drone (`DroneGuard`, denoiser/bypass/drone.py): a held note is still too, but music moves
@@ -78,6 +79,7 @@ _STATIC_DB_SHORT = 0.5  # at 120 ms, all along
 _CP_ON, _CP_HOLD = frames(80), frames(4500)
 _TONE_ON, _TONE_OFF = frames(80), frames(120)
 _EARLY = frames(500)
+_ADOPT_FRAMES = 3  # the first 80 ms frame whose window lies wholly in the stream
 _MUSIC_OFF, _YOUNG_OFF, _YOUNG, _DRONE = frames(500), frames(300), frames(2000), frames(3000)
 
 
@@ -146,6 +148,7 @@ class BypassDetector:
         self._static_run = 0
         self._music_early = False
         self._since_static = 1_000_000
+        self._drone_adopted = False
         self._fast_run = 0
         self._fast_miss = 0
         self._prov: str | None = None  # provisional tone bypass awaiting confirmation
@@ -206,6 +209,10 @@ class BypassDetector:
             self._cp_active = self._update_call_progress(self._cp.detect())
             self._tone_active = self._update_tone(self._tonal.detect())
             self._features.push(self._last_frame_ms, self._tonal.peak_ratio)
+            if (self._drone.opened_on_drone and not self._drone_adopted
+                    and self._features.count >= _ADOPT_FRAMES):
+                self._drone.adopt(self._features.last_top)  # the opening drone's spectrum
+                self._drone_adopted = True
         elif phase == FRAME_HOPS // 2 and self._features.count:
             # the classifier on the frame pushed 2 hops ago: the frame's work spread over two
             # hops, so no hop carries all of it
@@ -334,7 +341,7 @@ class BypassDetector:
         self._static_run = self._static_run + 1 if still else 0
         drone = self._drone.update(still, f.last_top)
         self._since_static = 0 if drone else self._since_static + 1
-        static = self._since_static < _DRONE
+        static = self._since_static < _DRONE or self._drone.present
         if static:
             self._starting = False
         if not self._since_static and self._music_on and self._music_age < _YOUNG:

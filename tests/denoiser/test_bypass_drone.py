@@ -101,3 +101,37 @@ def test_guard_rules() -> None:
     for _ in range(RUN):
         matched = g.update(True, top)  # the very spectrum again: a drone at once
     assert matched
+
+
+def test_a_drone_stays_present_under_a_voice_until_it_goes_away() -> None:
+    """A drone's spectrum, once known, stays `present` while louder sound covers it (frames that
+    only add to it, and one frame that dips where a voice and the buzz interfere); it is gone
+    after two frames in a row below it, or a silent frame. A held note never called a drone is
+    never present."""
+    top = np.linspace(-3.0, -6.0, 24)
+    g = DroneGuard(24)
+    for _ in range(LONG_RUN):
+        g.update(True, top)  # a note held still for LONG_RUN frames: a drone
+    assert g.present
+    covered = top + np.linspace(0.0, 1.5, 24)  # a voice over it: louder, moving, not still
+    for k in range(30):
+        g.update(False, covered + 0.1 * (k % 3))
+    dip = top.copy()
+    dip[0] -= 0.5  # one frame 5 dB under it in a strong band
+    g.update(False, dip)
+    assert g.present
+    g.update(False, dip)  # two in a row: the buzz has stopped
+    assert not g.present
+
+    g = DroneGuard(24)
+    g.adopt(top)  # the spectrum of a stream that opened on a drone
+    for _ in range(10):
+        g.update(False, covered)
+    assert g.present
+    g.gap()
+    assert not g.present
+
+    g = DroneGuard(24)
+    for _ in range(RUN + 2):
+        g.update(True, top)  # a short still stretch: a held note, not a drone
+    assert not g.present
