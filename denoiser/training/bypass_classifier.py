@@ -127,15 +127,15 @@ def crop(rng: np.random.Generator, x: np.ndarray, n: int = SEG) -> np.ndarray:
     return x[i : i + n]
 
 
-def speech(rng: np.random.Generator, pool: list[np.ndarray]) -> np.ndarray:
+def speech(rng: np.random.Generator, pool: list[np.ndarray], seg: int = SEG) -> np.ndarray:
     parts: list[np.ndarray] = []
     total = 0
-    while total < SEG:
+    while total < seg:
         u = pool[int(rng.integers(len(pool)))]
         gap = np.zeros(int(rng.integers(0, RATE // 2)), np.float32)
         parts += [u * 10 ** (rng.uniform(-4, 4) / 20), gap]
         total += len(u) + len(gap)
-    return np.concatenate(parts)[:SEG]
+    return np.concatenate(parts)[:seg]
 
 
 def mix(a: np.ndarray, b: np.ndarray, ratio_db: float) -> np.ndarray:
@@ -155,23 +155,24 @@ def colour(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
 
 
-def make_segment(rng: np.random.Generator, label: int, pools: dict[str, Any]
-                 ) -> np.ndarray:
-    noise = lambda: crop(rng, pools["noise"][int(rng.integers(len(pools["noise"])))])  # noqa: E731
+def make_segment(rng: np.random.Generator, label: int, pools: dict[str, Any],
+                 seg: int = SEG) -> np.ndarray:
+    """One labelled segment of `seg` samples, as a stream would open on it."""
+    noise = lambda: crop(rng, pools["noise"][int(rng.integers(len(pools["noise"])))], seg)  # noqa: E731
     if CLASSES[label] == "speech":
-        x = speech(rng, pools["clean"])
+        x = speech(rng, pools["clean"], seg)
         if rng.random() < 0.85:
             x = mix(x, noise(), rng.uniform(-5, 20))
     elif CLASSES[label] in ("music", "speech_over_music"):
         music = pools["music"]
         assert isinstance(music, MusicPool)
         # speed (and so pitch and tempo) changed by up to +-20 %: more "tracks" from few
-        x = crop(rng, resample(music.window(rng, 2 * SEG / RATE), RATE,
-                               round(RATE * rng.uniform(0.8, 1.2))))
+        x = crop(rng, resample(music.window(rng, 2 * seg / RATE), RATE,
+                               round(RATE * rng.uniform(0.8, 1.2))), seg)
         if rng.random() < 0.4:
             x = mix(x, noise(), rng.uniform(5, 30))
         if CLASSES[label] == "speech_over_music":
-            x = mix(speech(rng, pools["clean"]), x, rng.uniform(-10, 6))
+            x = mix(speech(rng, pools["clean"], seg), x, rng.uniform(-10, 6))
     else:
         x = noise()
         if rng.random() < 0.3:
@@ -193,13 +194,13 @@ def features(x: np.ndarray) -> np.ndarray:
 
 
 def build(rng: np.random.Generator, pools: dict[str, Any], per_class: int,
-          music_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+          music_factor: float = 1.0, seg: int = SEG) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows of `per_class` segments per class (music: `music_factor` times as many)."""
     xs, ys = [], []
     for label in range(len(CLASSES)):
         count = round(per_class * music_factor) if CLASSES[label] == "music" else per_class
         for _ in range(count):
-            f = features(make_segment(rng, label, pools))
+            f = features(make_segment(rng, label, pools, seg))
             xs.append(f)
             ys.append(np.full(len(f), label))
     return np.concatenate(xs), np.concatenate(ys)
@@ -240,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                          "cache where it exists; 'none' for the corpus's seven recordings only)")
     ap.add_argument("--music-factor", type=float, default=1.0,
                     help="music segments per speech segment (default 1)")
+    ap.add_argument("--segment-seconds", type=float, default=SEG / RATE,
+                    help="length of each mixed segment, every one a stream's cold start "
+                         "(default 3; an opening member learns from short ones: the "
+                         "detector's `opening_classifier`)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
@@ -264,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(args.data, cache)
     rng = np.random.default_rng(args.seed)
     pools = {k: v["train"] for k, v in split.items()}
-    x, y = build(rng, pools, args.segments, args.music_factor)
+    seg = round(args.segment_seconds * RATE)
+    x, y = build(rng, pools, args.segments, args.music_factor, seg)
     print(f"train rows {len(y)} ({time.time() - t0:.0f} s)", flush=True)
     vpools = {k: v["val"] for k, v in split.items()}
     xv, yv = build(np.random.default_rng(args.seed + 1), vpools, args.val_segments,
-                   args.music_factor)
+                   args.music_factor, seg)
     weights = train_mlp(x, y, args.hidden, args.epochs, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **weights)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
