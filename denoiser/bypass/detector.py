@@ -22,7 +22,7 @@ Each has its own hysteresis so decisions do not flicker:
   and P(music) >= `music_on` (0.4); off after 0.5 s of frames with P(music) + P(speech over
   music) < `music_off` (0.3); silent frames change nothing. So an announcement over hold music
   keeps the bypass and passes with the music intact, while speech over a music-like noise does
-  not start one. In the first 2 s of a music bypass only P(music) keeps it (off after 0.3 s
+  not start one. In the first 2 s of a music bypass only P(music) keeps it (off after 0.2 s
   below 0.3): speech right after a short music-like sound is speech over noise. A drone (a
   buzzer, hum, engine) is not music: for 3 s after one, and while one never went away under
   what covers it (`DroneGuard.present`), it cannot start a music bypass nor keep a young one,
@@ -34,16 +34,16 @@ Each has its own hysteresis so decisions do not flicker:
   first whole frame (>= 120 ms back, 1 dB); all along, a spectrum that has not moved by 0.5 dB
   in 120 ms is a drone too; and a stream that opens on a drone is found from its 20 ms
   spectra within 100 ms (`OpeningDrone`), before the early music bypass below can start.
-- stream start ("music"): a stream's first `start_hold_ms` (120 ms) pass untouched unless the
+- stream start ("music"): a stream's first `start_hold_ms` (100 ms) pass untouched unless the
   classifier already says P(music) + P(speech over music) < `start_release` (0.2) or a drone
   is found; a music bypass that starts within it takes over. The classifier needs 100-200 ms
   of a stream to say music, and with DFN3 every hop of music denoised before that is lost
-  (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 120 ms of a line passed as it
+  (1 % of a 10 s clip lost caps its SI-SDR near 20 dB), while 100 ms of a line passed as it
   is at a call's opening costs little (docs/bypass.md: the noisy-speech figures). Past
-  120 ms the hold goes on, up to `start_extend_ms` (500 ms), while the stream's frames still
+  100 ms the hold goes on, up to `start_extend_ms` (500 ms), while the stream's frames still
   lean to music (P(music) + P(speech over music) >= `start_extend_min`, 0.85; it ends on
   `start_extend_misses`, 2, frames in a row under that): an opening of music still undecided
-  at 120 ms would otherwise fade in denoised for the 50-200 ms the classifier takes, and the
+  at 100 ms would otherwise fade in denoised for the 50-200 ms the classifier takes, and the
   first frames of noisy speech rarely lean that far.
   See docs/bypass.md for the measurements behind these numbers.
 """
@@ -80,7 +80,7 @@ _CP_ON, _CP_HOLD = frames(80), frames(4500)
 _TONE_ON, _TONE_OFF = frames(80), frames(120)
 _EARLY = frames(500)
 _ADOPT_FRAMES = 3  # the first 80 ms frame whose window lies wholly in the stream
-_MUSIC_OFF, _YOUNG_OFF, _YOUNG, _DRONE = frames(500), frames(300), frames(2000), frames(3000)
+_MUSIC_OFF, _YOUNG_OFF, _YOUNG, _DRONE = frames(500), frames(200), frames(2000), frames(3000)
 
 
 @lru_cache(maxsize=1)
@@ -95,7 +95,7 @@ class BypassDetector:
     def __init__(self, sample_rate: int = 48_000, hop_size: int = 480, *,
                  classifier: MusicClassifier | None = None, use_music: bool = True,
                  music_on: float = 0.4, hold_on: float = 0.8, music_off: float = 0.3,
-                 music_frames: int = frames(160), start_hold_ms: float = 120.0,
+                 music_frames: int = frames(160), start_hold_ms: float = 100.0,
                  start_release: float = 0.2, start_on_music_only: bool = False,
                  start_extend_ms: float = 500.0, start_extend_min: float = 0.85,
                  start_extend_misses: int = 2) -> None:

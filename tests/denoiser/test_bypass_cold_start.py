@@ -81,7 +81,7 @@ def timeline(x: np.ndarray, **detector: Any) -> tuple[np.ndarray, np.ndarray, np
 
 
 def test_music_still_undecided_when_the_start_hold_ends_stays_held() -> None:
-    """Hold music over a noise bed (0 dB) is not yet confirmed when the 120 ms hold runs out: the
+    """Hold music over a noise bed (0 dB) is not yet confirmed when the 100 ms hold runs out: the
     hold goes on while the classifier leans to music, so no hop of it fades in denoised."""
     det = BypassDetector()
     start, longest, lean = det.start_hops, det.start_extend_hops, det.start_extend_min
@@ -89,12 +89,12 @@ def test_music_still_undecided_when_the_start_hold_ends_stays_held() -> None:
     back = 2 * (det.start_extend_misses - 1)
     for seed in (0, 2):
         x = over_dishes(keyboard_music(4.0, seed), 0.0)
-        cut = bypassed(x, start_extend_ms=0.0)  # the hold as it was: 120 ms, then denoise
-        assert not cut[start : start + 10].all(), "the case must leave the 120 ms hold undecided"
+        cut = bypassed(x, start_extend_ms=0.0)  # the hold alone: 100 ms, then denoise
+        assert not cut[start : start + 10].all(), "the case must leave the 100 ms hold undecided"
         b, starting, p_hold = timeline(x)
         assert b.all(), f"denoised hops: {np.flatnonzero(~b)[:10]}"
         extended = np.flatnonzero(starting[start:]) + start
-        assert len(extended), "the hold must go on past 120 ms here"
+        assert len(extended), "the hold must go on past 100 ms here"
         assert extended.max() < longest, "the hold never outlasts start_extend_ms"
         leaned = [p_hold[max(0, i - back) : i + 1].max() >= lean for i in extended]
         assert all(leaned), "it goes on only while the recent frames lean to music"

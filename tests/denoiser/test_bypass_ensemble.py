@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from denoiser.bypass.classifier import DEFAULT_PATH, MusicClassifier
+from denoiser.bypass.features import N_FEATURES
 from denoiser.training.bypass_ensemble import main
 
 
@@ -22,13 +23,13 @@ def single_model(path: Path, n_in: int, hidden: int, seed: int) -> Path:
 
 def test_members_combine_as_their_maximum(tmp_path: Path) -> None:
     shipped = MusicClassifier(DEFAULT_PATH)
-    extra = single_model(tmp_path / "extra.npz", 30, 8, seed=1)
+    extra = single_model(tmp_path / "extra.npz", 30, 8, seed=1)  # an older feature set
     out = tmp_path / "ens.npz"
     assert main([str(out), str(extra), *(f"{DEFAULT_PATH}:{k}" for k in range(shipped.members)),
                  "--report", str(tmp_path / "r.json"), "--about", "test"]) == 0
     ens = MusicClassifier(out)
     assert ens.members == shipped.members + 1 and ens.combine == "max"
-    x = np.random.default_rng(2).normal(size=(50, 30)).astype(np.float32)
+    x = np.random.default_rng(2).normal(size=(50, N_FEATURES)).astype(np.float32)
     expected = np.maximum(MusicClassifier(extra).proba(x), shipped.proba(x))
     np.testing.assert_allclose(ens.proba(x), expected, rtol=1e-5, atol=1e-6)
 
