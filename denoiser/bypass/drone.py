@@ -64,9 +64,9 @@ class DroneGuard:
 
     @property
     def present(self) -> bool:
-        """A stretch called a drone in the last `MEMORY` frames is still there: no frame since
-        fell `DROP_DB` below it in its strong bands, nor was silent. Speech over a buzz hides
-        its stillness, not its floor: the buzz under the voice is still a drone."""
+        """A stretch called a drone in the last `MEMORY` frames is still there: no two frames
+        in a row since fell `DROP_DB` below it in its strong bands, nor was one silent. Speech
+        over a buzz hides its stillness, not the buzz: under the voice it is still a drone."""
         return bool((self._kept & self._droned & (self._ages < MEMORY)).any())
 
     def adopt(self, top: np.ndarray) -> None:

@@ -321,6 +321,8 @@ class ContextFeatures:
 
 
 N_FEATURES = N_GROUPS + 1 + 12 + 5 + 6 + 1
+
+
 class OpeningDrone:
     """Does a stream open on a drone? From the 20 ms spectrum, every hop of its first 300 ms.
 

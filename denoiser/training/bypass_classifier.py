@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="music segments per speech segment (default 1)")
     ap.add_argument("--segment-seconds", type=float, default=SEG / RATE,
                     help="length of each mixed segment, every one a stream's cold start "
-                         "(default 3; an opening member learns from short ones: the "
-                         "detector's `opening_classifier`)")
+                         "(default 3; short ones train a member for a stream's opening, "
+                         "tried in docs/bypass.md and not shipped)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
