@@ -47,6 +47,9 @@ def ship_weights(run_weights: Path, out: Path, note: str = "", half: bool = True
     `provenance["parent"]`, so where the first weights came from, and their licence, travel
     with every fine-tune of them."""
     body = torch.load(run_weights, map_location="cpu", weights_only=True)
+    if "state_dict" not in body:
+        raise ValueError(f"{run_weights} holds no exported weights (a training checkpoint? "
+                         "ship it with --average, one checkpoint or several)")
     if half:
         body["state_dict"] = {k: v.half() if v.is_floating_point() else v
                               for k, v in body["state_dict"].items()}
@@ -106,7 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.average:
         if len(args.run_weights) != 1:
             parser.error("several inputs need --average")
-        print(ship_weights(args.run_weights[0], args.out, **options))
+        try:
+            print(ship_weights(args.run_weights[0], args.out, **options))
+        except ValueError as exc:
+            parser.error(str(exc))
         return
     with tempfile.TemporaryDirectory() as tmp:
         averaged = average_checkpoints(args.run_weights, Path(tmp))

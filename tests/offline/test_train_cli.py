@@ -59,6 +59,10 @@ def test_kept_checkpoints_average_into_a_shipped_file(tmp_path: Path, capsys) ->
     assert not (tmp_path / "models" / "avg.averaged").exists()
     with pytest.raises(SystemExit):
         export_main([*map(str, kept), str(tmp_path / "x.pt")])  # several files need --average
+    with pytest.raises(SystemExit):
+        export_main([str(kept[0]), str(tmp_path / "x.pt")])  # a checkpoint needs --average
+    assert "ship it with --average" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_shipped_file_keeps_its_parent_and_can_stay_float32(tmp_path: Path) -> None:
